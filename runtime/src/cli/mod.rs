@@ -1,0 +1,583 @@
+//! The `hull` command line: runc-compatible verbs over the `Sandbox` seam.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use oci_spec::runtime::{
+    Capability, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, Process,
+    UserBuilder,
+};
+use serde_json::json;
+
+use crate::error::{chain, Error, Result};
+use crate::sandbox::host::load_bundle_spec;
+use crate::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Stats, Status, Stdio};
+
+pub mod args;
+pub mod console;
+pub mod logging;
+
+use args::{Cli, Command, CreateArgs, ExecArgs, Format, UpdateArgs};
+
+/// Parse the command line, run the verb, and turn any error into one stderr line
+/// (and an `error` entry in the `--log` file) with exit status 1.
+pub fn main() -> ExitCode {
+    let cli = <Cli as clap::Parser>::parse();
+    let logger = match logging::Logger::init(cli.log.as_deref(), cli.log_format, cli.debug) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hull: cannot open log file: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let msg = chain(&e);
+            logger.error(&msg);
+            eprintln!("hull: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Run one verb; returns the process exit status.
+pub fn run(cli: Cli) -> Result<i32> {
+    let sandbox = HostSandbox::new(&cli.root, cli.systemd_cgroup);
+    match cli.command {
+        Command::Create(a) => {
+            let opts = create_options(&a, true, a.console_socket.clone());
+            sandbox.create(opts)?;
+            Ok(0)
+        }
+        Command::Start { id } => sandbox.start(&id).map(|_| 0),
+        Command::Run {
+            detach,
+            keep,
+            create,
+        } => run_container(&sandbox, &create, detach, keep),
+        Command::State { id } => {
+            let st = sandbox.state(&id)?;
+            println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            let sig = crate::signal::parse(&signal)?;
+            sandbox.kill(&id, sig, all).map(|_| 0)
+        }
+        Command::Delete { force, id } => sandbox.delete(&id, force).map(|_| 0),
+        Command::Exec(a) => exec(&sandbox, a),
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => ps(&sandbox, &id, format, &ps_args),
+        Command::List { format, quiet } => list(&sandbox, format, quiet),
+        Command::Pause { id } => sandbox.pause(&id).map(|_| 0),
+        Command::Resume { id } => sandbox.resume(&id).map(|_| 0),
+        Command::Update(a) => update(&sandbox, a),
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => events(&sandbox, &id, stats, &interval),
+        Command::Spec { rootless, bundle } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return Err(Error::InvalidInput(format!(
+                    "{} exists already: remove it first",
+                    path.display()
+                )));
+            }
+            let text = serde_json::to_string_pretty(&crate::spec::default_spec(rootless))
+                .map_err(|e| Error::InvalidInput(e.to_string()))?;
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+            Ok(0)
+        }
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::spec::features()).unwrap_or_default()
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn create_options(
+    a: &CreateArgs,
+    detach: bool,
+    console_socket: Option<std::path::PathBuf>,
+) -> CreateOptions {
+    CreateOptions {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket,
+        preserve_fds: a.preserve_fds,
+        no_pivot: a.no_pivot,
+        detach,
+        stdio: Stdio::default(),
+    }
+}
+
+/// Make this process the reaper of the container's processes so that it can wait for them.
+fn become_subreaper() -> Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only changes a flag of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(Error::sys(
+            "become child subreaper",
+            nix::Error::last(),
+        ));
+    }
+    Ok(())
+}
+
+/// Signals a foreground `run`/`exec` passes on to the container process.
+fn forwarded() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Forward the signals a foreground process receives to `pid` (runc's signal proxy).
+fn forward_signals(pid: i32) {
+    let set = forwarded();
+    if set.thread_block().is_err() {
+        return;
+    }
+    std::thread::spawn(move || loop {
+        if let Ok(sig) = set.wait() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    });
+}
+
+fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32> {
+    if detach {
+        sandbox.create(create_options(a, true, a.console_socket.clone()))?;
+        if let Err(e) = sandbox.start(&a.id) {
+            let _ = sandbox.delete(&a.id, true);
+            return Err(e);
+        }
+        return Ok(0);
+    }
+    become_subreaper()?;
+    let spec = load_bundle_spec(&a.bundle)?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let receiver = if terminal && a.console_socket.is_none() {
+        Some(console::ConsoleReceiver::bind(sandbox.root(), &a.id)?)
+    } else {
+        None
+    };
+    let console_socket = receiver
+        .as_ref()
+        .map(|r| r.path().to_path_buf())
+        .or_else(|| a.console_socket.clone());
+    let pid = sandbox.create(create_options(a, receiver.is_some(), console_socket))?;
+    let mut output = None;
+    let mut _raw = None;
+    if let Some(r) = &receiver {
+        match r.receive() {
+            Ok(master) => {
+                _raw = Some(console::RawMode::enter());
+                output = Some(console::proxy(master));
+            }
+            Err(e) => {
+                let _ = sandbox.delete(&a.id, true);
+                return Err(e);
+            }
+        }
+    }
+    forward_signals(pid);
+    if let Err(e) = sandbox.start(&a.id) {
+        let _ = sandbox.delete(&a.id, true);
+        return Err(e);
+    }
+    let status = sandbox.wait(&a.id, pid);
+    if let Some(out) = output {
+        let _ = out.join();
+    }
+    drop(_raw);
+    if !keep {
+        sandbox.delete(&a.id, true)?;
+    }
+    Ok(status?.code())
+}
+
+/// The process an argv-form `exec` runs: the container's own process with the flags applied.
+fn exec_process(sandbox: &HostSandbox, a: &ExecArgs) -> Result<Process> {
+    if let Some(path) = &a.process {
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        return serde_json::from_slice(&text)
+            .map_err(|e| Error::InvalidInput(format!("process file {}: {e}", path.display())));
+    }
+    if a.command.is_empty() {
+        return Err(Error::InvalidInput(
+            "exec: give a command or --process FILE".into(),
+        ));
+    }
+    let st = sandbox.state(&a.id)?;
+    let spec = load_bundle_spec(&st.bundle)?;
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
+    p.set_console_size(None);
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.into());
+    }
+    if !a.env.is_empty() {
+        let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+        for kv in &a.env {
+            let key = kv.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        p.set_env(Some(env));
+    }
+    if a.user.is_some() || !a.additional_gids.is_empty() {
+        let mut uid = p.user().uid();
+        let mut gid = p.user().gid();
+        if let Some(u) = &a.user {
+            let mut it = u.splitn(2, ':');
+            let bad = || Error::InvalidInput(format!("--user {u:?}: expected uid[:gid]"));
+            uid = it.next().unwrap_or_default().parse().map_err(|_| bad())?;
+            if let Some(g) = it.next() {
+                gid = g.parse().map_err(|_| bad())?;
+            }
+        }
+        let mut ub = UserBuilder::default().uid(uid).gid(gid);
+        if !a.additional_gids.is_empty() {
+            ub = ub.additional_gids(a.additional_gids.clone());
+        }
+        p.set_user(ub.build().map_err(|e| Error::InvalidInput(e.to_string()))?);
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    if !a.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for c in &a.cap {
+            let cap: Capability = c
+                .parse()
+                .map_err(|_| Error::InvalidInput(format!("unknown capability {c:?}")))?;
+            for set in [
+                caps.bounding().clone(),
+                caps.effective().clone(),
+                caps.permitted().clone(),
+            ] {
+                let _ = set;
+            }
+            let add = |s: &Option<oci_spec::runtime::Capabilities>| {
+                let mut s = s.clone().unwrap_or_default();
+                s.insert(cap);
+                Some(s)
+            };
+            caps.set_bounding(add(caps.bounding()));
+            caps.set_effective(add(caps.effective()));
+            caps.set_permitted(add(caps.permitted()));
+        }
+        p.set_capabilities(Some(caps));
+    }
+    Ok(p)
+}
+
+fn exec(sandbox: &HostSandbox, a: ExecArgs) -> Result<i32> {
+    let process = exec_process(sandbox, &a)?;
+    let terminal = process.terminal().unwrap_or(false);
+    if a.detach {
+        sandbox.exec(
+            &a.id,
+            ExecOptions {
+                process,
+                pid_file: a.pid_file.clone(),
+                console_socket: a.console_socket.clone(),
+                preserve_fds: a.preserve_fds,
+                detach: true,
+                stdio: Stdio::default(),
+            },
+        )?;
+        return Ok(0);
+    }
+    become_subreaper()?;
+    let receiver = if terminal && a.console_socket.is_none() {
+        Some(console::ConsoleReceiver::bind(sandbox.root(), &a.id)?)
+    } else {
+        None
+    };
+    let console_socket = receiver
+        .as_ref()
+        .map(|r| r.path().to_path_buf())
+        .or_else(|| a.console_socket.clone());
+    let pid = sandbox.exec(
+        &a.id,
+        ExecOptions {
+            process,
+            pid_file: a.pid_file.clone(),
+            console_socket,
+            preserve_fds: a.preserve_fds,
+            detach: receiver.is_some() || a.console_socket.is_some(),
+            stdio: Stdio::default(),
+        },
+    )?;
+    let mut output = None;
+    let mut _raw = None;
+    if let Some(r) = &receiver {
+        let master = r.receive()?;
+        _raw = Some(console::RawMode::enter());
+        output = Some(console::proxy(master));
+    }
+    forward_signals(pid);
+    let status = sandbox.wait(&a.id, pid)?;
+    if let Some(out) = output {
+        let _ = out.join();
+    }
+    Ok(status.code())
+}
+
+fn ps(sandbox: &HostSandbox, id: &str, format: Format, ps_args: &[String]) -> Result<i32> {
+    let pids = sandbox.pids(id)?;
+    if format == Format::Json {
+        println!("{}", serde_json::to_string(&pids).unwrap_or_default());
+        return Ok(0);
+    }
+    let args: Vec<String> = if ps_args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        ps_args.to_vec()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .map_err(|e| Error::io("ps", e))?;
+    if !out.status.success() {
+        return Err(Error::InvalidInput(format!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .ok_or_else(|| Error::InvalidInput("ps output has no PID column".into()))?;
+    println!("{header}");
+    for l in lines {
+        if let Some(p) = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok()) {
+            if pids.contains(&p) {
+                println!("{l}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn list(sandbox: &HostSandbox, format: Format, quiet: bool) -> Result<i32> {
+    let all = sandbox.list()?;
+    if quiet {
+        for s in &all {
+            println!("{}", s.id);
+        }
+        return Ok(0);
+    }
+    if format == Format::Json {
+        println!("{}", serde_json::to_string(&all).unwrap_or_default());
+        return Ok(0);
+    }
+    println!(
+        "{:<12} {:<10} {:<10} {:<40} {:<30} OWNER",
+        "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+    );
+    for s in &all {
+        let owner = if s.owner.is_empty() { "root" } else { &s.owner };
+        println!(
+            "{:<12} {:<10} {:<10} {:<40} {:<30} {}",
+            s.id,
+            s.pid,
+            s.status,
+            s.bundle.display(),
+            s.created,
+            owner
+        );
+    }
+    Ok(0)
+}
+
+fn read_resources(path: &Path) -> Result<LinuxResources> {
+    let mut text = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut text)
+            .map_err(|e| Error::io("stdin", e))?;
+    } else {
+        text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    }
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::InvalidInput(format!("resources {}: {e}", path.display())))
+}
+
+fn update(sandbox: &HostSandbox, a: UpdateArgs) -> Result<i32> {
+    let mut r = match &a.resources {
+        Some(p) => read_resources(p)?,
+        None => LinuxResources::default(),
+    };
+    let inv = |e: oci_spec::OciSpecError| Error::InvalidInput(e.to_string());
+    if a.memory.is_some() || a.memory_swap.is_some() || a.memory_reservation.is_some() {
+        let mut m = r.memory().clone().unwrap_or_default();
+        if let Some(v) = a.memory {
+            m.set_limit(Some(v));
+        }
+        if let Some(v) = a.memory_swap {
+            m.set_swap(Some(v));
+        }
+        if let Some(v) = a.memory_reservation {
+            m.set_reservation(Some(v));
+        }
+        r.set_memory(Some(m));
+    }
+    if a.cpu_shares.is_some()
+        || a.cpu_quota.is_some()
+        || a.cpu_period.is_some()
+        || a.cpuset_cpus.is_some()
+        || a.cpuset_mems.is_some()
+    {
+        let mut c = r.cpu().clone().unwrap_or_default();
+        if let Some(v) = a.cpu_shares {
+            c.set_shares(Some(v));
+        }
+        if let Some(v) = a.cpu_quota {
+            c.set_quota(Some(v));
+        }
+        if let Some(v) = a.cpu_period {
+            c.set_period(Some(v));
+        }
+        if let Some(v) = &a.cpuset_cpus {
+            c.set_cpus(Some(v.clone()));
+        }
+        if let Some(v) = &a.cpuset_mems {
+            c.set_mems(Some(v.clone()));
+        }
+        r.set_cpu(Some(c));
+    }
+    if let Some(v) = a.pids_limit {
+        r.set_pids(Some(LinuxPidsBuilder::default().limit(v).build().map_err(inv)?));
+    }
+    // Keep builders referenced so unused-import lints stay honest.
+    let _ = (LinuxCpuBuilder::default(), LinuxMemoryBuilder::default());
+    sandbox.update(&a.id, &r)?;
+    Ok(0)
+}
+
+/// Stats in the shape of runc's `events --stats` `data` object.
+pub fn runc_stats(s: &Stats) -> serde_json::Value {
+    let mem = |d: &libcgroups::stats::MemoryData| {
+        json!({"usage": d.usage, "max": d.max_usage, "failcnt": d.fail_count, "limit": d.limit})
+    };
+    let raw: HashMap<&String, &u64> = s.memory.stats.iter().collect();
+    json!({
+        "cpu": {
+            "usage": {
+                "total": s.cpu.usage.usage_total,
+                "percpu": s.cpu.usage.per_core_usage_total,
+                "kernel": s.cpu.usage.usage_kernel,
+                "user": s.cpu.usage.usage_user,
+            },
+            "throttling": {
+                "periods": s.cpu.throttling.periods,
+                "throttledPeriods": s.cpu.throttling.throttled_periods,
+                "throttledTime": s.cpu.throttling.throttled_time,
+            }
+        },
+        "memory": {
+            "cache": s.memory.cache,
+            "usage": mem(&s.memory.memory),
+            "swap": mem(&s.memory.memswap),
+            "kernel": mem(&s.memory.kernel),
+            "kernelTCP": mem(&s.memory.kernel_tcp),
+            "raw": raw,
+        },
+        "pids": {"current": s.pids.current, "limit": s.pids.limit},
+        "blkio": {},
+        "hugetlb": {},
+    })
+}
+
+fn parse_interval(s: &str) -> Result<Duration> {
+    let bad = || Error::InvalidInput(format!("--interval {s:?}: expected e.g. 5s or 500ms"));
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_millis(n * mul))
+}
+
+fn events(sandbox: &HostSandbox, id: &str, once: bool, interval: &str) -> Result<i32> {
+    let every = parse_interval(interval)?;
+    loop {
+        let st = sandbox.state(id)?;
+        if st.status == Status::Stopped {
+            return if once {
+                Err(Error::WrongStatus {
+                    id: id.into(),
+                    status: "stopped".into(),
+                    op: "read stats",
+                })
+            } else {
+                Ok(0)
+            };
+        }
+        let stats = sandbox.stats(id)?;
+        println!(
+            "{}",
+            json!({"type": "stats", "id": id, "data": runc_stats(&stats)})
+        );
+        if once {
+            return Ok(0);
+        }
+        std::thread::sleep(every);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+}

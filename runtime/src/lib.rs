@@ -1,0 +1,11 @@
+//! hull runtime library: the `Sandbox` seam, its host backend on libcontainer,
+//! and the runc-compatible command line.
+
+pub mod cli;
+pub mod error;
+pub mod sandbox;
+pub mod signal;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use sandbox::{HostSandbox, Sandbox};

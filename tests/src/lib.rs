@@ -1,0 +1,1 @@
+//! Helpers shared by hull end-to-end tests.
