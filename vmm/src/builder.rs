@@ -1,0 +1,741 @@
+//! Wires memory, the KVM VM, vCPUs and devices into a [`Vmm`] from a [`VmConfig`], and runs
+//! the VMM's event loop (exit, serial input, virtio host-side I/O, API socket).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linux_loader::cmdline::Cmdline;
+use tracing::{debug, info, warn};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{self, boot, layout, mptable, regs::BootEntry};
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::SerialDevice;
+use crate::devices::legacy::EventFdTrigger;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::{self, VirtioDevice};
+use crate::devices::{Bus, BusError};
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{
+    ExitNotifier, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmExit,
+};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors while building or driving the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A file named in the configuration could not be opened.
+    #[error("cannot open {what} {path}: {source}")]
+    Open {
+        /// kernel, initrd, block device...
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// KVM VM set-up failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the kernel or writing boot parameters failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// A vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Devices overlap on a bus.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A virtio device could not be created.
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioError),
+    /// An eventfd, irqfd or epoll operation failed.
+    #[error("cannot {what}: {source}")]
+    Sys {
+        /// What was attempted.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Saving or restoring a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The API socket failed.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    /// The seccomp filter could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+}
+
+/// A block device: a raw image file, optionally read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Path of the raw image.
+    pub path: PathBuf,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for BlockConfig {
+    type Err = String;
+    /// Parses `FILE` or `FILE,ro`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.rsplit_once(',') {
+            Some((path, "ro")) => Ok(BlockConfig {
+                path: path.into(),
+                read_only: true,
+            }),
+            Some((path, "rw")) => Ok(BlockConfig {
+                path: path.into(),
+                read_only: false,
+            }),
+            Some((_, opt)) => Err(format!("unknown block option {opt:?} (expected ro or rw)")),
+            None if s.is_empty() => Err("empty block device path".into()),
+            None => Ok(BlockConfig {
+                path: s.into(),
+                read_only: false,
+            }),
+        }
+    }
+}
+
+/// What to boot and with which devices.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (virtio-mmio devices are appended).
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Host unix socket of the hybrid vsock device.
+    pub vsock_uds: Option<PathBuf>,
+    /// Guest CID of the vsock device.
+    pub vsock_cid: u64,
+    /// Block device.
+    pub block: Option<BlockConfig>,
+    /// Host tap interface for the net device.
+    pub tap: Option<String>,
+    /// Add a virtio entropy device.
+    pub rng: bool,
+    /// Add a virtio console (output to the serial writer).
+    pub virtio_console: bool,
+    /// Unix socket for the control API.
+    pub api_sock: Option<PathBuf>,
+    /// Install the seccomp filter on VMM threads.
+    pub seccomp: bool,
+    /// Forward the VMM's stdin to the serial console.
+    pub stdin: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            mem_mib: 128,
+            vcpus: 1,
+            vsock_uds: None,
+            vsock_cid: 3,
+            block: None,
+            tap: None,
+            rng: true,
+            virtio_console: false,
+            api_sock: None,
+            seccomp: true,
+            stdin: false,
+        }
+    }
+}
+
+/// Kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule";
+
+/// A registered virtio-mmio device.
+pub struct VirtioSlot {
+    /// The transport (holding the device model).
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// MMIO base address.
+    pub base: u64,
+    /// Legacy IRQ (GSI).
+    pub irq: u32,
+}
+
+/// A built VM: memory, devices and (once started) vCPU threads.
+pub struct Vmm {
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    config: VmConfig,
+    io_bus: Bus,
+    mmio_bus: Bus,
+    vcpus: Vec<Vcpu>,
+    handles: Vec<VcpuHandle>,
+    exit: ExitNotifier,
+    serial: Arc<Mutex<SerialDevice>>,
+    virtio: Vec<VirtioSlot>,
+    paused: bool,
+    api: Option<crate::api::ApiServer>,
+    /// The command line the guest got (with virtio-mmio devices).
+    pub cmdline: String,
+    /// How the boot vCPU enters the kernel.
+    pub entry: BootEntry,
+}
+
+fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+    move |source| BuildError::Sys { what, source }
+}
+
+impl Vmm {
+    /// Builds the VM from `config`; the serial console writes to `serial_out`. vCPUs are created
+    /// and configured but do not run until [`Vmm::start`].
+    pub fn build(config: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Vmm, BuildError> {
+        let mut vmm = Vmm::build_machine(config, serial_out)?;
+        let mut kernel = File::open(&vmm.config.kernel).map_err(|source| BuildError::Open {
+            what: "kernel",
+            path: vmm.config.kernel.clone(),
+            source,
+        })?;
+        let loaded = boot::load_kernel(&vmm.mem, &mut kernel)?;
+        let initrd = match &vmm.config.initrd {
+            Some(path) => {
+                let mut f = File::open(path).map_err(|source| BuildError::Open {
+                    what: "initrd",
+                    path: path.clone(),
+                    source,
+                })?;
+                let max = loaded
+                    .setup_header
+                    .map(|h| u64::from(h.initrd_addr_max))
+                    .filter(|m| *m != 0);
+                Some(boot::load_initrd(&vmm.mem, &mut f, max)?)
+            }
+            None => None,
+        };
+        let cmdline = vmm.full_cmdline()?;
+        let cmdline_len = boot::write_cmdline(&vmm.mem, &cmdline)?;
+        match loaded.entry {
+            BootEntry::Linux64 { .. } => {
+                boot::configure_linux_boot(&vmm.mem, loaded.setup_header, cmdline_len, initrd)?;
+            }
+            BootEntry::Pvh { .. } => {
+                boot::configure_pvh_boot(&vmm.mem, initrd)?;
+            }
+        }
+        mptable::setup_mptable(&vmm.mem, vmm.config.vcpus)?;
+        vmm.entry = loaded.entry;
+        let cpuid = arch::cpuid::supported_cpuid(vmm.vm.kvm()).map_err(VcpuError::from)?;
+        for vcpu in &vmm.vcpus {
+            vcpu.configure(&vmm.mem, &cpuid, vmm.config.vcpus, loaded.entry)?;
+        }
+        info!(entry = ?loaded.entry, cmdline = %vmm.cmdline, "guest loaded");
+        Ok(vmm)
+    }
+
+    /// Everything but the kernel: KVM VM, memory, legacy and virtio devices, vCPUs.
+    pub(crate) fn build_machine(
+        config: VmConfig,
+        serial_out: Box<dyn Write + Send>,
+    ) -> Result<Vmm, BuildError> {
+        if config.vcpus == 0 || config.vcpus > 32 {
+            return Err(BuildError::Config(format!(
+                "{} vCPUs: must be 1..=32",
+                config.vcpus
+            )));
+        }
+        if config.mem_mib < 2 || config.mem_mib > 256 * 1024 {
+            return Err(BuildError::Config(format!(
+                "{} MiB of memory: must be 2..=262144",
+                config.mem_mib
+            )));
+        }
+        let vm = Vm::new()?;
+        let mem = memory::create_guest_memory(config.mem_mib << 20)?;
+        vm.register_memory(&mem)?;
+
+        let exit = ExitNotifier::new(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(sys("create exit eventfd"))?,
+        );
+        let mut io_bus = Bus::new();
+
+        let serial_irq = EventFdTrigger::new().map_err(sys("create serial eventfd"))?;
+        vm.fd()
+            .register_irqfd(&serial_irq.0, layout::COM1_IRQ)
+            .map_err(|e| {
+                sys("register serial irqfd")(std::io::Error::from_raw_os_error(e.errno()))
+            })?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
+        io_bus.insert(serial.clone(), u64::from(layout::COM1_BASE), 8)?;
+
+        let reset = EventFdTrigger(exit.evt().try_clone().map_err(sys("clone exit eventfd"))?);
+        io_bus.insert(
+            Arc::new(Mutex::new(I8042::new(reset))),
+            u64::from(layout::I8042_BASE),
+            5,
+        )?;
+
+        let mut vmm = Vmm {
+            vm,
+            mem,
+            config,
+            io_bus,
+            mmio_bus: Bus::new(),
+            vcpus: Vec::new(),
+            handles: Vec::new(),
+            exit,
+            serial,
+            virtio: Vec::new(),
+            paused: false,
+            api: None,
+            cmdline: String::new(),
+            entry: BootEntry::Linux64 { entry: 0 },
+        };
+        vmm.add_configured_virtio_devices()?;
+        if let Some(path) = vmm.config.api_sock.clone() {
+            vmm.api = Some(crate::api::ApiServer::bind(&path)?);
+        }
+        Ok(vmm)
+    }
+
+    fn add_configured_virtio_devices(&mut self) -> Result<(), BuildError> {
+        if self.config.virtio_console {
+            let out = Box::new(std::io::stdout());
+            self.add_virtio_device(Box::new(virtio::console::Console::new(out)))?;
+        }
+        if let Some(b) = self.config.block.clone() {
+            self.add_virtio_device(Box::new(virtio::block::Block::open(&b.path, b.read_only)?))?;
+        }
+        if let Some(tap) = self.config.tap.clone() {
+            let dev = virtio::net::Net::with_tap(&tap)?;
+            self.add_virtio_device(Box::new(dev))?;
+        }
+        if let Some(uds) = self.config.vsock_uds.clone() {
+            let dev = virtio::vsock::Vsock::new(self.config.vsock_cid, &uds)?;
+            self.add_virtio_device(Box::new(dev))?;
+        }
+        if self.config.rng {
+            self.add_virtio_device(Box::new(virtio::rng::Rng::new()))?;
+        }
+        Ok(())
+    }
+
+    /// Puts a virtio device on the MMIO bus with its own window and IRQ (before start).
+    pub fn add_virtio_device(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<&VirtioSlot, BuildError> {
+        let idx = self.virtio.len() as u64;
+        let irq = layout::VIRTIO_IRQ_BASE + idx as u32;
+        if irq > layout::VIRTIO_IRQ_MAX {
+            return Err(BuildError::Config(
+                "too many virtio devices for the legacy IRQs".into(),
+            ));
+        }
+        let base = layout::VIRTIO_MMIO_START + idx * layout::VIRTIO_MMIO_SIZE;
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(sys("create virtio irq eventfd"))?;
+        self.vm.fd().register_irqfd(&irq_evt, irq).map_err(|e| {
+            sys("register virtio irqfd")(std::io::Error::from_raw_os_error(e.errno()))
+        })?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            self.mem.clone(),
+            device,
+            irq_evt,
+        )));
+        self.mmio_bus
+            .insert(transport.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
+        self.virtio.push(VirtioSlot {
+            transport,
+            base,
+            irq,
+        });
+        Ok(self.virtio.last().expect("just pushed"))
+    }
+
+    /// Registered virtio devices.
+    pub fn virtio_devices(&self) -> &[VirtioSlot] {
+        &self.virtio
+    }
+
+    fn full_cmdline(&mut self) -> Result<Cmdline, BuildError> {
+        let mut cmdline = boot::build_cmdline(&self.config.cmdline)?;
+        for slot in &self.virtio {
+            cmdline
+                .add_virtio_mmio_device(
+                    layout::VIRTIO_MMIO_SIZE,
+                    vm_memory::GuestAddress(slot.base),
+                    slot.irq,
+                    None,
+                )
+                .map_err(|e| boot::BootError::Cmdline(e.to_string()))?;
+        }
+        self.cmdline = cmdline
+            .as_cstring()
+            .map_err(|e| boot::BootError::Cmdline(e.to_string()))?
+            .into_string()
+            .unwrap_or_default();
+        self.create_vcpus()?;
+        Ok(cmdline)
+    }
+
+    pub(crate) fn create_vcpus(&mut self) -> Result<(), BuildError> {
+        let io_bus = Arc::new(self.io_bus.clone());
+        let mmio_bus = Arc::new(self.mmio_bus.clone());
+        for id in 0..self.config.vcpus {
+            self.vcpus.push(Vcpu::new(
+                self.vm.fd(),
+                id,
+                io_bus.clone(),
+                mmio_bus.clone(),
+                self.exit.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The port I/O bus (tests add devices here before start).
+    pub fn io_bus_mut(&mut self) -> &mut Bus {
+        &mut self.io_bus
+    }
+
+    /// The MMIO bus. Devices added after [`Vmm::build`] are not seen by vCPUs.
+    pub fn mmio_bus(&self) -> &Bus {
+        &self.mmio_bus
+    }
+
+    /// The KVM VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// The COM1 UART.
+    pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
+        &self.serial
+    }
+
+    /// Starts the vCPU threads.
+    pub fn start(&mut self) -> Result<(), BuildError> {
+        let filter = if self.config.seccomp {
+            Some(Arc::new(crate::seccomp::vcpu_filter()?))
+        } else {
+            None
+        };
+        for vcpu in self.vcpus.drain(..) {
+            self.handles.push(vcpu.start(filter.clone())?);
+        }
+        debug!(vcpus = self.handles.len(), "vCPUs started");
+        Ok(())
+    }
+
+    /// Pauses every vCPU.
+    pub fn pause(&mut self) -> Result<(), BuildError> {
+        for h in &self.handles {
+            h.request(VcpuEvent::Pause)?;
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Resumes every vCPU.
+    pub fn resume(&mut self) -> Result<(), BuildError> {
+        for h in &self.handles {
+            h.request(VcpuEvent::Resume)?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Saves vCPU, irqchip, PIT, device and memory state into `dir` (the VM must be paused).
+    pub fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), BuildError> {
+        if !self.paused {
+            return Err(BuildError::Config(
+                "pause the VM before taking a snapshot".into(),
+            ));
+        }
+        let mut vcpus = Vec::new();
+        for h in &self.handles {
+            match h.request(VcpuEvent::SaveState)? {
+                VcpuResponse::State(s) => vcpus.push(*s),
+                _ => {
+                    return Err(BuildError::Config(
+                        "vCPU answered a state request oddly".into(),
+                    ))
+                }
+            }
+        }
+        crate::snapshot::save(self, vcpus, dir)?;
+        Ok(())
+    }
+
+    /// Rebuilds a VM from a snapshot directory written by [`Vmm::snapshot`]; it starts paused
+    /// only in the sense that its vCPUs are not started until [`Vmm::start`].
+    pub fn restore(
+        dir: &std::path::Path,
+        config: VmConfig,
+        serial_out: Box<dyn Write + Send>,
+    ) -> Result<Vmm, BuildError> {
+        Ok(crate::snapshot::restore(dir, config, serial_out)?)
+    }
+
+    pub(crate) fn parts_mut(
+        &mut self,
+    ) -> (
+        &Vm,
+        &GuestMemoryMmap,
+        &mut Vec<Vcpu>,
+        &Arc<Mutex<SerialDevice>>,
+        &[VirtioSlot],
+    ) {
+        (
+            &self.vm,
+            &self.mem,
+            &mut self.vcpus,
+            &self.serial,
+            &self.virtio,
+        )
+    }
+
+    /// Stops the vCPU threads.
+    pub fn stop(&mut self) {
+        for h in self.handles.drain(..) {
+            h.finish();
+        }
+    }
+
+    /// Runs the event loop until the guest resets or shuts down, a VMM error happens, or
+    /// `timeout` passes (then `VmExit::Error`).
+    pub fn run(&mut self, timeout: Option<Duration>) -> Result<VmExit, BuildError> {
+        if self.handles.is_empty() && !self.vcpus.is_empty() {
+            self.start()?;
+        }
+        let epoll = Epoll::new().map_err(sys("create epoll"))?;
+        const EXIT: u64 = u64::MAX;
+        const STDIN: u64 = u64::MAX - 1;
+        const API: u64 = u64::MAX - 2;
+        let add = |fd: RawFd, data: u64, set: EventSet| {
+            epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(set, data))
+                .map_err(sys("add fd to epoll"))
+        };
+        add(self.exit.evt().as_raw_fd(), EXIT, EventSet::IN)?;
+        if self.config.stdin {
+            // stdin may be a file or /dev/null, which epoll refuses: then there is no input.
+            if add(libc::STDIN_FILENO, STDIN, EventSet::IN).is_err() {
+                debug!("stdin cannot be polled; serial input disabled");
+            }
+        }
+        if let Some(api) = &self.api {
+            add(api.listener_fd(), API, EventSet::IN)?;
+        }
+        // Host-side fds of virtio devices, keyed (device index << 32 | fd).
+        let mut watched: Vec<(u64, RawFd)> = Vec::new();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            self.sync_device_fds(&epoll, &mut watched)?;
+            let wait_ms = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.stop();
+                        return Ok(VmExit::Error(format!(
+                            "guest did not finish within {:?}",
+                            timeout.unwrap_or_default()
+                        )));
+                    }
+                    left.as_millis().min(i32::MAX as u128) as i32
+                }
+                None => -1,
+            };
+            let n = match epoll.wait(wait_ms, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(sys("wait on epoll")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    EXIT => {
+                        let _ = self.exit.evt().read();
+                        let why = self.exit.reason();
+                        info!(reason = ?why, "VM exit");
+                        self.stop();
+                        return Ok(why);
+                    }
+                    STDIN => {
+                        let mut buf = [0u8; 64];
+                        // SAFETY: reading into a stack buffer of the length passed.
+                        let r = unsafe {
+                            libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
+                        };
+                        if r <= 0 {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
+                        } else {
+                            self.serial
+                                .lock()
+                                .expect("serial lock")
+                                .enqueue_input(&buf[..r as usize]);
+                        }
+                    }
+                    API => {
+                        if let Some(api) = &mut self.api {
+                            if let Some(fd) = api.accept() {
+                                add(fd, API - 1 - fd as u64, EventSet::IN)?;
+                            }
+                        }
+                    }
+                    data if data >= API - 1 - (i32::MAX as u64) && data < API => {
+                        let fd = (API - 1 - data) as RawFd;
+                        self.handle_api_client(fd, &epoll);
+                    }
+                    data => {
+                        let idx = (data >> 32) as usize;
+                        let fd = data as u32 as RawFd;
+                        if let Some(slot) = self.virtio.get(idx) {
+                            let set = ev.event_set();
+                            slot.transport
+                                .lock()
+                                .expect("transport lock")
+                                .process_host_event(
+                                    fd,
+                                    set.contains(EventSet::IN) || set.contains(EventSet::HANG_UP),
+                                    set.contains(EventSet::OUT),
+                                );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_device_fds(
+        &self,
+        epoll: &Epoll,
+        watched: &mut Vec<(u64, RawFd)>,
+    ) -> Result<(), BuildError> {
+        let mut want: Vec<(u64, RawFd, EventSet)> = Vec::new();
+        for (i, slot) in self.virtio.iter().enumerate() {
+            for (fd, out) in slot.transport.lock().expect("transport lock").host_fds() {
+                let set = if out {
+                    EventSet::IN | EventSet::OUT
+                } else {
+                    EventSet::IN
+                };
+                want.push((((i as u64) << 32) | fd as u32 as u64, fd, set));
+            }
+        }
+        watched.retain(|(key, fd)| {
+            if want.iter().any(|(k, _, _)| k == key) {
+                true
+            } else {
+                let _ = epoll.ctl(ControlOperation::Delete, *fd, EpollEvent::default());
+                false
+            }
+        });
+        for (key, fd, set) in want {
+            let ev = EpollEvent::new(set, key);
+            if watched.iter().any(|(k, _)| *k == key) {
+                let _ = epoll.ctl(ControlOperation::Modify, fd, ev);
+            } else if epoll.ctl(ControlOperation::Add, fd, ev).is_ok() {
+                watched.push((key, fd));
+            } else {
+                warn!(fd, "cannot watch device fd");
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_api_client(&mut self, fd: RawFd, epoll: &Epoll) {
+        let Some(api) = self.api.as_mut() else { return };
+        match api.read_request(fd) {
+            crate::api::ClientRead::Requests(reqs) => {
+                for req in reqs {
+                    let resp = self.handle_api_request(req);
+                    if let Some(api) = self.api.as_mut() {
+                        api.respond(fd, &resp);
+                    }
+                }
+            }
+            crate::api::ClientRead::Pending => {}
+            crate::api::ClientRead::Closed => {
+                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                api.close(fd);
+            }
+        }
+    }
+
+    fn handle_api_request(&mut self, req: crate::api::Request) -> crate::api::Response {
+        use crate::api::{Request, Response};
+        let res = match req {
+            Request::Pause => self.pause(),
+            Request::Resume => self.resume(),
+            Request::Snapshot { dir } => self.snapshot(std::path::Path::new(&dir)),
+            Request::Status => Ok(()),
+        };
+        match res {
+            Ok(()) => Response::ok(if self.paused { "paused" } else { "running" }),
+            Err(e) => Response::error(e.to_string()),
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_config_parses_ro() {
+        assert_eq!(
+            "a.img,ro".parse::<BlockConfig>().unwrap(),
+            BlockConfig {
+                path: "a.img".into(),
+                read_only: true
+            }
+        );
+        assert!(!"a.img".parse::<BlockConfig>().unwrap().read_only);
+        assert!("a.img,xx".parse::<BlockConfig>().is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! The KVM VM: memory slots, in-kernel irqchip (PIC + IOAPIC) and PIT, irqfd/ioeventfd.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::layout::KVM_TSS_ADDRESS;
+
+/// Errors while setting up the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm ({0}): this host needs KVM (hardware virtualization) and access to /dev/kvm")]
+    OpenKvm(kvm_ioctls::Error),
+    /// The KVM API version is not 12.
+    #[error("unsupported KVM API version {0}, expected 12")]
+    ApiVersion(i32),
+    /// A KVM capability hull needs is missing.
+    #[error("KVM lacks the capability {0:?} that hull-vmm needs")]
+    MissingCap(kvm_ioctls::Cap),
+    /// A VM ioctl failed.
+    #[error("cannot {what}: {source}")]
+    Kvm {
+        /// What was attempted.
+        what: &'static str,
+        /// The KVM error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// A KVM VM with its memory registered.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Opens /dev/kvm, checks the capabilities used and creates a VM with irqchip, PIT and TSS.
+    pub fn new() -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(VmError::ApiVersion(version));
+        }
+        for cap in [
+            kvm_ioctls::Cap::Irqchip,
+            kvm_ioctls::Cap::Ioeventfd,
+            kvm_ioctls::Cap::Irqfd,
+            kvm_ioctls::Cap::UserMemory,
+            kvm_ioctls::Cap::SetTssAddr,
+            kvm_ioctls::Cap::Pit2,
+            kvm_ioctls::Cap::ImmediateExit,
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(cap));
+            }
+        }
+        let fd = kvm.create_vm().map_err(|source| VmError::Kvm {
+            what: "create VM",
+            source,
+        })?;
+        fd.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(|source| VmError::Kvm {
+                what: "set TSS address",
+                source,
+            })?;
+        fd.create_irq_chip().map_err(|source| VmError::Kvm {
+            what: "create in-kernel irqchip",
+            source,
+        })?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(|source| VmError::Kvm {
+            what: "create in-kernel PIT",
+            source,
+        })?;
+        Ok(Vm { kvm, fd })
+    }
+
+    /// Registers every region of `mem` as a KVM memory slot.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| VmError::Kvm {
+                    what: "find host address of guest memory",
+                    source: kvm_ioctls::Error::new(libc::EFAULT),
+                })?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`, which
+            // the VMM keeps alive (it is cloned into every device and the Vmm) for as long as
+            // the VM exists.
+            unsafe { self.fd.set_user_memory_region(r) }.map_err(|source| VmError::Kvm {
+                what: "register guest memory",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The /dev/kvm handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The VM file descriptor.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}
