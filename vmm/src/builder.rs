@@ -23,7 +23,7 @@ use crate::devices::virtio::{self, VirtioDevice};
 use crate::devices::{Bus, BusError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{
-    ExitNotifier, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmExit,
+    Buses, ExitNotifier, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmExit,
 };
 use crate::vstate::vm::{Vm, VmError};
 
@@ -398,16 +398,9 @@ impl Vmm {
     }
 
     pub(crate) fn create_vcpus(&mut self) -> Result<(), BuildError> {
-        let io_bus = Arc::new(self.io_bus.clone());
-        let mmio_bus = Arc::new(self.mmio_bus.clone());
         for id in 0..self.config.vcpus {
-            self.vcpus.push(Vcpu::new(
-                self.vm.fd(),
-                id,
-                io_bus.clone(),
-                mmio_bus.clone(),
-                self.exit.clone(),
-            )?);
+            self.vcpus
+                .push(Vcpu::new(self.vm.fd(), id, self.exit.clone())?);
         }
         Ok(())
     }
@@ -417,9 +410,9 @@ impl Vmm {
         &mut self.io_bus
     }
 
-    /// The MMIO bus. Devices added after [`Vmm::build`] are not seen by vCPUs.
-    pub fn mmio_bus(&self) -> &Bus {
-        &self.mmio_bus
+    /// The MMIO bus (tests add devices here before start).
+    pub fn mmio_bus_mut(&mut self) -> &mut Bus {
+        &mut self.mmio_bus
     }
 
     /// The KVM VM.
@@ -449,8 +442,13 @@ impl Vmm {
         } else {
             None
         };
+        let buses = Buses {
+            io: Arc::new(self.io_bus.clone()),
+            mmio: Arc::new(self.mmio_bus.clone()),
+        };
         for vcpu in self.vcpus.drain(..) {
-            self.handles.push(vcpu.start(filter.clone())?);
+            self.handles
+                .push(vcpu.start(buses.clone(), filter.clone())?);
         }
         debug!(vcpus = self.handles.len(), "vCPUs started");
         Ok(())

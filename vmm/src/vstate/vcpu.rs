@@ -232,9 +232,16 @@ pub enum VcpuResponse {
 pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
-    io_bus: Arc<Bus>,
-    mmio_bus: Arc<Bus>,
     exit: ExitNotifier,
+}
+
+/// The buses a running vCPU dispatches port I/O and MMIO exits to.
+#[derive(Clone)]
+pub struct Buses {
+    /// Port I/O.
+    pub io: Arc<Bus>,
+    /// MMIO.
+    pub mmio: Arc<Bus>,
 }
 
 const PIO_UNCLAIMED_READ: u8 = 0xff;
@@ -273,23 +280,11 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 
 impl Vcpu {
     /// Creates vCPU `id` in `vm`.
-    pub fn new(
-        vm: &VmFd,
-        id: u8,
-        io_bus: Arc<Bus>,
-        mmio_bus: Arc<Bus>,
-        exit: ExitNotifier,
-    ) -> Result<Vcpu, VcpuError> {
+    pub fn new(vm: &VmFd, id: u8, exit: ExitNotifier) -> Result<Vcpu, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Create { id, source })?;
-        Ok(Vcpu {
-            fd,
-            id,
-            io_bus,
-            mmio_bus,
-            exit,
-        })
+        Ok(Vcpu { fd, id, exit })
     }
 
     /// The vCPU's index.
@@ -402,29 +397,29 @@ impl Vcpu {
 
     /// Runs until one exit is handled. `Ok(true)` to keep running, `Ok(false)` when the VM
     /// ended, `Err(EINTR)` when kicked.
-    fn run_once(&mut self) -> Result<bool, kvm_ioctls::Error> {
+    fn run_once(&mut self, buses: &Buses) -> Result<bool, kvm_ioctls::Error> {
         match self.fd.run()? {
             VcpuExit::IoIn(port, data) => {
-                if !self.io_bus.read(u64::from(port), data) {
+                if !buses.io.read(u64::from(port), data) {
                     data.fill(PIO_UNCLAIMED_READ);
                 }
                 Ok(true)
             }
             VcpuExit::IoOut(port, data) => {
-                if !self.io_bus.write(u64::from(port), data) {
+                if !buses.io.write(u64::from(port), data) {
                     trace!(port, "write to unclaimed port");
                 }
                 Ok(true)
             }
             VcpuExit::MmioRead(addr, data) => {
-                if !self.mmio_bus.read(addr, data) {
+                if !buses.mmio.read(addr, data) {
                     debug!(addr = format_args!("{addr:#x}"), "read of unclaimed MMIO");
                     data.fill(0);
                 }
                 Ok(true)
             }
             VcpuExit::MmioWrite(addr, data) => {
-                if !self.mmio_bus.write(addr, data) {
+                if !buses.mmio.write(addr, data) {
                     debug!(addr = format_args!("{addr:#x}"), "write to unclaimed MMIO");
                 }
                 Ok(true)
@@ -475,6 +470,7 @@ impl Vcpu {
     /// Starts the vCPU thread; it runs the guest right away.
     pub fn start(
         self,
+        buses: Buses,
         seccomp: Option<Arc<crate::seccomp::BpfProgram>>,
     ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
@@ -490,7 +486,7 @@ impl Vcpu {
                         return;
                     }
                 }
-                self.thread_main(ev_rx, resp_tx)
+                self.thread_main(&buses, ev_rx, resp_tx)
             })
             .map_err(VcpuError::Spawn)?;
         Ok(VcpuHandle {
@@ -501,12 +497,17 @@ impl Vcpu {
         })
     }
 
-    fn thread_main(mut self, events: Receiver<VcpuEvent>, resp: Sender<VcpuResponse>) {
+    fn thread_main(
+        mut self,
+        buses: &Buses,
+        events: Receiver<VcpuEvent>,
+        resp: Sender<VcpuResponse>,
+    ) {
         KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         let mut running = true;
         'outer: loop {
             if running {
-                match self.run_once() {
+                match self.run_once(buses) {
                     Ok(true) => continue,
                     Ok(false) => running = false,
                     Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -12,6 +12,11 @@ pub enum VmError {
     /// /dev/kvm could not be opened.
     #[error("cannot open /dev/kvm ({0}): this host needs KVM (hardware virtualization) and access to /dev/kvm")]
     OpenKvm(kvm_ioctls::Error),
+    /// /dev/kvm does not answer KVM ioctls.
+    #[error(
+        "/dev/kvm does not answer KVM_GET_API_VERSION: it is not a usable KVM device on this host"
+    )]
+    NotKvm,
     /// The KVM API version is not 12.
     #[error("unsupported KVM API version {0}, expected 12")]
     ApiVersion(i32),
@@ -39,6 +44,9 @@ impl Vm {
     pub fn new() -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
+        if version < 0 {
+            return Err(VmError::NotKvm);
+        }
         if version != 12 {
             return Err(VmError::ApiVersion(version));
         }

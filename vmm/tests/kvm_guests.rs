@@ -1,0 +1,244 @@
+//! Tiny guests on the real /dev/kvm: serial output, i8042 reset, PVH entry, MMIO dispatch,
+//! irqfd delivery, pause/resume and snapshot/restore. Every run is bounded by a timeout.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use hull_vmm::arch::regs::BootEntry;
+use hull_vmm::devices::BusDevice;
+use hull_vmm::{VmConfig, VmExit, Vmm};
+use vmm_sys_util::eventfd::EventFd;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn config(kernel: &std::path::Path) -> VmConfig {
+    VmConfig {
+        kernel: kernel.to_path_buf(),
+        mem_mib: 16,
+        rng: false,
+        cmdline: "Zcmd".into(),
+        ..VmConfig::default()
+    }
+}
+
+#[test]
+fn serial_output_and_i8042_reset_end_the_vm() {
+    if !kvm_available("serial_output_and_i8042_reset_end_the_vm") {
+        return;
+    }
+    let (_d, kernel) = write_temp("serial.elf", &elf(SERIAL64, false));
+    let out = Capture::default();
+    let mut vmm = Vmm::build(config(&kernel), Box::new(out.clone())).unwrap();
+    assert_eq!(vmm.entry, BootEntry::Linux64 { entry: LOAD });
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    // 'U' is the zero page's boot_flag (0xaa55) read through RSI.
+    assert_eq!(out.text(), "HU\n");
+}
+
+#[test]
+fn pvh_entry_gets_start_info_and_cmdline() {
+    if !kvm_available("pvh_entry_gets_start_info_and_cmdline") {
+        return;
+    }
+    let (_d, kernel) = write_temp("pvh.elf", &elf(PVH32, true));
+    let out = Capture::default();
+    let mut vmm = Vmm::build(config(&kernel), Box::new(out.clone())).unwrap();
+    assert_eq!(vmm.entry, BootEntry::Pvh { entry: LOAD });
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    assert_eq!(out.text(), "PVZ");
+}
+
+/// Records writes; reads return 'T'.
+type WriteLog = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+struct Recorder(WriteLog);
+
+impl BusDevice for Recorder {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(b'T');
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.lock().unwrap().push((offset, data.to_vec()));
+    }
+}
+
+#[test]
+fn mmio_exits_reach_the_right_device() {
+    if !kvm_available("mmio_exits_reach_the_right_device") {
+        return;
+    }
+    let (_d, kernel) = write_temp("mmio.elf", &elf(MMIO64, false));
+    let out = Capture::default();
+    let cfg = VmConfig {
+        rng: true,
+        ..config(&kernel)
+    };
+    let mut vmm = Vmm::build(cfg, Box::new(out.clone())).unwrap();
+    assert!(
+        vmm.cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"),
+        "{}",
+        vmm.cmdline
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    vmm.mmio_bus_mut()
+        .insert(
+            Arc::new(Mutex::new(Recorder(log.clone()))),
+            0xd010_0000,
+            0x1000,
+        )
+        .unwrap();
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    // "virt" from the virtio-mmio magic, '4' = virtio-rng's device id, 'T' from the recorder.
+    assert_eq!(out.text(), "virt4T");
+    assert_eq!(*log.lock().unwrap(), vec![(0x10, vec![0x42, 0, 0, 0])]);
+}
+
+#[test]
+fn irqfd_interrupt_is_delivered_to_the_guest() {
+    if !kvm_available("irqfd_interrupt_is_delivered_to_the_guest") {
+        return;
+    }
+    let (_d, kernel) = write_temp("irq.elf", &elf(&irq64(), false));
+    let out = Capture::default();
+    let mut vmm = Vmm::build(config(&kernel), Box::new(out.clone())).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    vmm.vm().fd().register_irqfd(&irq, 3).unwrap();
+    // Fire IRQ3 once the guest says it is ready ('R').
+    out.on_byte(b'R', irq.try_clone().unwrap());
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    assert_eq!(out.text(), "RIS");
+}
+
+fn wait_for(out: &Capture, what: &str) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !out.text().contains(what) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest never printed {what:?}: {:?}",
+            out.text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn pause_resume_then_snapshot_restore_continue_where_stopped() {
+    if !kvm_available("pause_resume_then_snapshot_restore_continue_where_stopped") {
+        return;
+    }
+    let (dir, kernel) = write_temp("irq.elf", &elf(&irq64(), false));
+    let snap = dir.as_path().join("snap");
+
+    // VM A: run to 'R' (PIC programmed, IDT loaded, r12 = 'S', halted), pause, resume, pause,
+    // snapshot, and drop it without ever raising the interrupt.
+    let out_a = Capture::default();
+    let mut a = Vmm::build(config(&kernel), Box::new(out_a.clone())).unwrap();
+    a.start().unwrap();
+    wait_for(&out_a, "R");
+    a.pause().unwrap();
+    assert!(a.is_paused());
+    a.resume().unwrap();
+    a.pause().unwrap();
+    a.snapshot(&snap).unwrap();
+    assert!(snap.join("vm.json").exists());
+    assert_eq!(
+        std::fs::metadata(snap.join("memory.bin")).unwrap().len(),
+        16 << 20
+    );
+    a.stop();
+    drop(a);
+    assert_eq!(out_a.text(), "R");
+
+    // VM B: restored; the interrupt is handled by the IDT, PIC programming and r12 that VM A
+    // set up, so the guest prints "IS" and never re-runs its start ('R').
+    let out_b = Capture::default();
+    let mut b = Vmm::restore(&snap, config(&kernel), Box::new(out_b.clone())).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    b.vm().fd().register_irqfd(&irq, 3).unwrap();
+    b.start().unwrap();
+    irq.write(1).unwrap();
+    assert_eq!(b.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    assert_eq!(out_b.text(), "IS");
+}
+
+#[test]
+fn resumed_vm_still_takes_interrupts() {
+    if !kvm_available("resumed_vm_still_takes_interrupts") {
+        return;
+    }
+    let (_d, kernel) = write_temp("irq.elf", &elf(&irq64(), false));
+    let out = Capture::default();
+    let mut vmm = Vmm::build(config(&kernel), Box::new(out.clone())).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    vmm.vm().fd().register_irqfd(&irq, 3).unwrap();
+    vmm.start().unwrap();
+    wait_for(&out, "R");
+    vmm.pause().unwrap();
+    irq.write(1).unwrap();
+    // Paused: the interrupt is pending in the PIC but no vCPU runs to take it.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(out.text(), "R");
+    vmm.resume().unwrap();
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    assert_eq!(out.text(), "RIS");
+}
+
+#[test]
+fn two_vcpus_boot_with_an_mp_table() {
+    if !kvm_available("two_vcpus_boot_with_an_mp_table") {
+        return;
+    }
+    let (_d, kernel) = write_temp("serial.elf", &elf(SERIAL64, false));
+    let out = Capture::default();
+    let cfg = VmConfig {
+        vcpus: 2,
+        ..config(&kernel)
+    };
+    let mut vmm = Vmm::build(cfg, Box::new(out.clone())).unwrap();
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    assert_eq!(out.text(), "HU\n");
+    let mut sig = [0u8; 4];
+    vm_memory::Bytes::read_slice(vmm.memory(), &mut sig, vm_memory::GuestAddress(0x9fc00)).unwrap();
+    assert_eq!(&sig, b"_MP_");
+}
+
+#[test]
+fn bad_configurations_fail_with_clear_errors() {
+    let missing = VmConfig {
+        kernel: "/nonexistent/vmlinux".into(),
+        ..VmConfig::default()
+    };
+    if kvm_available("bad_configurations_fail_with_clear_errors") {
+        let e = Vmm::build(missing, Box::new(std::io::sink()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cannot open kernel /nonexistent/vmlinux"), "{e}");
+        let (_d, garbage) = write_temp("garbage", b"not a kernel at all, just bytes");
+        let e = Vmm::build(
+            VmConfig {
+                mem_mib: 16,
+                ..config(&garbage)
+            },
+            Box::new(std::io::sink()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("cannot load kernel image"), "{e}");
+    }
+    let e = Vmm::build(
+        VmConfig {
+            vcpus: 0,
+            ..VmConfig::default()
+        },
+        Box::new(std::io::sink()),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("0 vCPUs"), "{e}");
+}
