@@ -1,6 +1,7 @@
 //! hull runtime library: the `Sandbox` seam, its host backend on libcontainer,
 //! and the runc-compatible command line.
 
+pub mod agent_client;
 pub mod cli;
 pub mod error;
 pub mod sandbox;

@@ -1,0 +1,152 @@
+//! What the agent does as PID 1 of the guest: early mounts, reaping, power-off.
+
+use std::ffi::CString;
+
+use crate::error::{AgentError, Result};
+
+/// One early mount of the guest.
+struct EarlyMount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: libc::c_ulong,
+    data: &'static str,
+}
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+const EARLY_MOUNTS: &[EarlyMount] = &[
+    EarlyMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    EarlyMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    // DEVTMPFS_MOUNT does not apply to an initramfs: mount it ourselves.
+    EarlyMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: libc::MS_NOSUID,
+        data: "mode=0755",
+    },
+    EarlyMount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: "newinstance,ptmxmode=0666,mode=0620",
+    },
+    EarlyMount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "mode=1777",
+    },
+    EarlyMount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    EarlyMount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: "mode=0755",
+    },
+    EarlyMount {
+        source: "tmpfs",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: "mode=1777",
+    },
+];
+
+fn c(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| AgentError::InvalidArgument(format!("NUL in {s:?}")))
+}
+
+/// Mounts proc, sys, dev (devtmpfs), devpts, shm, cgroup2, /run and /tmp; what is already
+/// mounted stays.
+pub fn early_mounts() -> Result<()> {
+    for m in EARLY_MOUNTS {
+        std::fs::create_dir_all(m.target)
+            .map_err(|e| AgentError::io(format!("create {}", m.target), e))?;
+        let (src, tgt, fst, data) = (c(m.source)?, c(m.target)?, c(m.fstype)?, c(m.data)?);
+        // SAFETY: valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                tgt.as_ptr(),
+                fst.as_ptr(),
+                m.flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                continue;
+            }
+            return Err(AgentError::io(
+                format!("mount {} on {}", m.fstype, m.target),
+                e,
+            ));
+        }
+    }
+    // With a private devpts instance, /dev/ptmx must point into it.
+    let _ = std::fs::remove_file("/dev/ptmx");
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    Ok(())
+}
+
+/// Whether `/` is the initramfs (`rootfs`), where pivot_root cannot work.
+pub fn root_is_initramfs() -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    text.lines().any(|l| {
+        let mut halves = l.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        left.split(' ').nth(4) == Some("/") && right.split(' ').next() == Some("rootfs")
+    })
+}
+
+/// Makes the agent the reaper of orphans below it when it is not PID 1.
+pub fn become_subreaper() -> Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(AgentError::last_os("PR_SET_CHILD_SUBREAPER"));
+    }
+    Ok(())
+}
+
+/// Shuts down: as PID 1, reboot(RB_POWER_OFF) (the VM powers off; in a child pid namespace the
+/// namespace ends); otherwise the agent just exits.
+pub fn power_off(is_init: bool) -> ! {
+    tracing::info!(is_init, "powering off");
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
+    // SAFETY: getpid(2) takes no arguments.
+    if is_init && unsafe { libc::getpid() } == 1 {
+        // SAFETY: reboot(2) with a valid command; only reached as PID 1.
+        unsafe { libc::reboot(libc::RB_POWER_OFF) };
+        tracing::error!(error = %std::io::Error::last_os_error(), "reboot(RB_POWER_OFF) failed");
+    }
+    std::process::exit(0)
+}

@@ -1,0 +1,85 @@
+//! `hull-agent`: the guest agent binary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use hull_agent::container::StateDirs;
+use hull_agent::paths::AllowedRoots;
+use hull_agent::reaper::Reaper;
+use hull_agent::transport::{self, Listen};
+use hull_agent::{init, Agent, AgentConfig};
+
+/// Whether to do the guest's PID 1 set-up (early mounts).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GuestInit {
+    /// When PID 1 and /proc is not mounted yet (a fresh guest).
+    Auto,
+    /// Always.
+    On,
+    /// Never (tests on the host).
+    Off,
+}
+
+/// hull's guest agent.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// vsock://PORT, serial:/dev/vportNpM or unix:///PATH.
+    #[arg(long, default_value = "vsock://1024")]
+    listen: String,
+    /// A directory under which host-supplied paths must resolve (repeatable).
+    #[arg(long = "allowed-root", default_value = "/run/hull/shared")]
+    allowed_roots: Vec<PathBuf>,
+    /// Where the agent keeps container state.
+    #[arg(long, default_value = "/run/hull-agent")]
+    state_dir: PathBuf,
+    /// Where SetupSandbox writes DNS settings.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// PID 1 set-up of the guest.
+    #[arg(long, value_enum, default_value = "auto")]
+    guest_init: GuestInit,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    // SAFETY: getpid(2) takes no arguments.
+    let is_init = unsafe { libc::getpid() } == 1;
+    let do_init = match args.guest_init {
+        GuestInit::On => true,
+        GuestInit::Off => false,
+        GuestInit::Auto => is_init && !std::path::Path::new("/proc/self").exists(),
+    };
+    if do_init {
+        init::early_mounts().context("early mounts of the guest")?;
+    }
+    if !is_init {
+        init::become_subreaper().context("become child subreaper")?;
+    }
+    let listen: Listen = args.listen.parse().context("--listen")?;
+    let reaper = Reaper::new();
+    reaper.spawn().context("start the reaper")?;
+
+    let no_pivot = init::root_is_initramfs();
+    let cfg = AgentConfig {
+        allowed_roots: AllowedRoots::new(args.allowed_roots).context("--allowed-root")?,
+        dirs: StateDirs::new(&args.state_dir, no_pivot).context("--state-dir")?,
+        resolv_conf: args.resolv_conf,
+        is_init,
+    };
+    tracing::info!(?listen, is_init, do_init, no_pivot, "hull-agent starting");
+    let agent = Agent::new(cfg, reaper);
+    let services = Arc::new(agent.services());
+    transport::serve(&listen, services).context("serve")?;
+    Ok(())
+}
