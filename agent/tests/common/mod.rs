@@ -58,7 +58,10 @@ impl TestAgent {
             .arg(env!("CARGO_BIN_EXE_hull-agent"))
             .arg(format!("--listen=unix://{}", socket.display()))
             .arg(format!("--allowed-root={}", shared.display()))
-            .arg(format!("--state-dir={}", dir.path().join("state").display()))
+            .arg(format!(
+                "--state-dir={}",
+                dir.path().join("state").display()
+            ))
             .arg(format!(
                 "--resolv-conf={}",
                 dir.path().join("resolv.conf").display()
