@@ -1,0 +1,132 @@
+//! Sandbox-level requests: set-up (hostname, DNS, storages), guest details, networking, OOM
+//! events and the clean shutdown of DestroySandbox.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestAgent;
+use hull_runtime::agent_client::{Interface, IpAddress, Route, Storage};
+
+fn nsenter(agent_pid: u32, args: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg("-t")
+        .arg(agent_pid.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn setup_network_and_destroy() {
+    let mut agent = TestAgent::start();
+    let c = agent.client();
+    let pid = agent.agent_pid().expect("agent pid");
+
+    c.setup_sandbox(
+        "sb1",
+        "pod-one",
+        &["nameserver 10.0.0.53".into(), "search example.org".into()],
+        vec![Storage {
+            source: "tmpfs".into(),
+            fstype: "tmpfs".into(),
+            options: vec!["nosuid".into(), "size=1m".into()],
+            mount_point: "sb1/scratch".into(),
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    assert_eq!(nsenter(pid, &["-u", "hostname"]).trim(), "pod-one");
+    let resolv = std::fs::read_to_string(agent.dir.path().join("resolv.conf")).unwrap();
+    assert_eq!(resolv, "nameserver 10.0.0.53\nsearch example.org\n");
+    let scratch = agent.shared.canonicalize().unwrap().join("sb1/scratch");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(
+        mountinfo.contains(&format!(" {} ", scratch.display())),
+        "no tmpfs at {scratch:?}"
+    );
+    // the mount stays inside the agent's namespace
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host_mounts.contains(&format!(" {} ", scratch.display())));
+    // a bad hostname is refused
+    assert!(c.setup_sandbox("sb1", "a b/c", &[], vec![]).is_err());
+
+    let d = c.guest_details().unwrap();
+    assert!(d.cpus >= 1 && d.mem_total_bytes > 0 && !d.kernel_release.is_empty());
+    assert_eq!(
+        d.allowed_roots,
+        vec![agent.shared.canonicalize().unwrap().display().to_string()]
+    );
+
+    // networking of the agent's (private) network namespace
+    let iface = Interface {
+        name: "lo".into(),
+        addresses: vec![IpAddress {
+            address: "127.0.0.1".into(),
+            prefix_len: 8,
+            ..Default::default()
+        }],
+        mtu: 1400,
+        up: true,
+        ..Default::default()
+    };
+    c.update_interface(iface).unwrap();
+    let link = nsenter(pid, &["-n", "ip", "-o", "link", "show", "lo"]);
+    assert!(link.contains("mtu 1400") && link.contains("UP"), "{link}");
+    c.update_routes(vec![Route {
+        destination: "10.9.0.0/16".into(),
+        device: "lo".into(),
+        ..Default::default()
+    }])
+    .unwrap();
+    let routes = nsenter(pid, &["-n", "ip", "-4", "route", "show"]);
+    assert!(routes.contains("10.9.0.0/16 dev lo"), "{routes}");
+    let bad = Route {
+        destination: "fd00::/64".into(),
+        ..Default::default()
+    };
+    assert!(c.update_routes(vec![bad]).is_err());
+
+    // a running container, then DestroySandbox powers the (namespace's) machine off
+    let rootfs = agent.busybox_rootfs("c1");
+    let spec = agent.spec("c1", &["/bin/sleep", "600"], false, &["CAP_KILL"]);
+    c.create_container("c1", &spec, &rootfs, vec![]).unwrap();
+    c.start_container("c1").unwrap();
+    c.destroy_sandbox("sb1", true).unwrap();
+    assert!(
+        agent.exited_within(Duration::from_secs(10)),
+        "agent still running after DestroySandbox:\n{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn oom_event_reaches_the_host() {
+    let agent = TestAgent::start();
+    let c = agent.client();
+    let rootfs = agent.busybox_rootfs("hog");
+    let mut spec: serde_json::Value = serde_json::from_slice(&agent.spec(
+        "hog",
+        &[
+            "/bin/sh",
+            "-c",
+            "x=0123456789abcdef; while true; do x=$x$x; done",
+        ],
+        false,
+        &["CAP_KILL"],
+    ))
+    .unwrap();
+    spec["linux"]["resources"] =
+        serde_json::json!({"memory": {"limit": 16777216, "swap": 16777216}});
+    c.create_container("hog", &serde_json::to_vec(&spec).unwrap(), &rootfs, vec![])
+        .unwrap();
+    c.start_container("hog").unwrap();
+    assert_eq!(c.get_oom_event(Duration::from_secs(30)).unwrap(), "hog");
+    assert_eq!(
+        c.wait_process("hog", "", Duration::from_secs(20)).unwrap(),
+        128 + libc::SIGKILL
+    );
+    c.remove_container("hog").unwrap();
+}
