@@ -379,16 +379,18 @@ impl AgentService for Agent {
         ctx: &TtrpcContext,
         req: pb::ProcessRequest,
     ) -> ttrpc::Result<pb::WaitProcessResponse> {
-        let p = reply(
-            self.container(&req.container_id)
-                .and_then(|c| c.process(&req.exec_id)),
-        )?;
+        let c = reply(self.container(&req.container_id))?;
+        let p = reply(c.process(&req.exec_id))?;
         match self.reaper.wait(p.pid, deadline(ctx)) {
-            Some(status) => Ok(pb::WaitProcessResponse {
-                status,
-                pid: p.pid as u32,
-                ..Default::default()
-            }),
+            Some(status) => {
+                p.mark_waited();
+                c.retire_if_finished(&req.exec_id, &self.reaper);
+                Ok(pb::WaitProcessResponse {
+                    status,
+                    pid: p.pid as u32,
+                    ..Default::default()
+                })
+            }
             None => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
                 ttrpc::Code::DEADLINE_EXCEEDED,
                 format!(
@@ -420,11 +422,14 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         req: pb::ReadStreamRequest,
     ) -> ttrpc::Result<pb::ReadStreamResponse> {
+        let c = reply(self.container(&req.container_id))?;
         let (data, eof) = reply(
-            self.container(&req.container_id)
-                .and_then(|c| c.process(&req.exec_id))
+            c.process(&req.exec_id)
                 .and_then(|p| p.read_stdout(req.len as usize)),
         )?;
+        if eof {
+            c.retire_if_finished(&req.exec_id, &self.reaper);
+        }
         Ok(pb::ReadStreamResponse {
             data,
             eof,
@@ -437,11 +442,14 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         req: pb::ReadStreamRequest,
     ) -> ttrpc::Result<pb::ReadStreamResponse> {
+        let c = reply(self.container(&req.container_id))?;
         let (data, eof) = reply(
-            self.container(&req.container_id)
-                .and_then(|c| c.process(&req.exec_id))
+            c.process(&req.exec_id)
                 .and_then(|p| p.read_stderr(req.len as usize)),
         )?;
+        if eof {
+            c.retire_if_finished(&req.exec_id, &self.reaper);
+        }
         Ok(pb::ReadStreamResponse {
             data,
             eof,

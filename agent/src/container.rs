@@ -319,6 +319,22 @@ impl Container {
             })
     }
 
+    /// Forgets an exec whose exit status and output the host has fully collected, so a
+    /// long-lived container does not accumulate finished processes and their descriptors.
+    pub fn retire_if_finished(&self, exec_id: &str, reaper: &Reaper) {
+        if exec_id.is_empty() {
+            return;
+        }
+        let mut execs = lock(&self.execs);
+        if let Some(p) = execs.get(exec_id) {
+            if p.finished() {
+                reaper.forget(p.pid);
+                execs.remove(exec_id);
+                tracing::debug!(container_id = %self.id, exec_id, "exec retired");
+            }
+        }
+    }
+
     /// Signals one process, or every process of the container.
     pub fn signal(&self, exec_id: &str, signal: i32, all: bool, reaper: &Reaper) -> Result<()> {
         let sig = libcontainer::signal::Signal::try_from(signal)

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,9 @@ pub struct Process {
     stdout: Option<File>,
     stderr: Option<File>,
     tty: Option<File>,
+    waited: AtomicBool,
+    out_eof: AtomicBool,
+    err_eof: AtomicBool,
 }
 
 impl Process {
@@ -151,6 +155,9 @@ impl Process {
             stdout: Some(p.stdout),
             stderr: Some(p.stderr),
             tty: None,
+            waited: AtomicBool::new(false),
+            out_eof: AtomicBool::new(false),
+            err_eof: AtomicBool::new(false),
         }
     }
 
@@ -169,6 +176,9 @@ impl Process {
             stdout: Some(output),
             stderr: None,
             tty: Some(master),
+            waited: AtomicBool::new(false),
+            out_eof: AtomicBool::new(false),
+            err_eof: AtomicBool::new(true),
         })
     }
 
@@ -217,12 +227,33 @@ impl Process {
 
     /// Reads up to `len` bytes of stdout, blocking until some arrive; `true` at end of stream.
     pub fn read_stdout(&self, len: usize) -> Result<(Vec<u8>, bool)> {
-        Self::read_from(self.stdout.as_ref(), len, "stdout")
+        let r = Self::read_from(self.stdout.as_ref(), len, "stdout")?;
+        if r.1 {
+            self.out_eof.store(true, Ordering::SeqCst);
+        }
+        Ok(r)
     }
 
     /// Reads up to `len` bytes of stderr, blocking until some arrive; `true` at end of stream.
     pub fn read_stderr(&self, len: usize) -> Result<(Vec<u8>, bool)> {
-        Self::read_from(self.stderr.as_ref(), len, "stderr")
+        let r = Self::read_from(self.stderr.as_ref(), len, "stderr")?;
+        if r.1 {
+            self.err_eof.store(true, Ordering::SeqCst);
+        }
+        Ok(r)
+    }
+
+    /// Records that the host has collected the exit status; stdin is of no use any more.
+    pub fn mark_waited(&self) {
+        self.waited.store(true, Ordering::SeqCst);
+        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Exit status collected and output read to its end: nothing left for the host.
+    pub fn finished(&self) -> bool {
+        self.waited.load(Ordering::SeqCst)
+            && self.out_eof.load(Ordering::SeqCst)
+            && self.err_eof.load(Ordering::SeqCst)
     }
 
     /// Resizes the process's terminal.

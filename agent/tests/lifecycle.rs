@@ -91,6 +91,11 @@ fn busybox_container_lifecycle() {
         &["/bin/sh", "-c", "echo out; echo err >&2; exit 7"],
     );
     assert_eq!((out.as_str(), err.as_str(), code), ("out\n", "err\n", 7));
+    // once its status and output are collected, the exec is forgotten
+    assert_eq!(
+        code_of(c.wait_process(id, "e1", WAIT).unwrap_err()),
+        Code::NOT_FOUND
+    );
 
     // exec gets the spec's capabilities, not the agent's (the agent has them all)
     let (status, _, code) = exec(&c, id, "caps", &["/bin/cat", "/proc/self/status"]);
@@ -122,8 +127,10 @@ fn busybox_container_lifecycle() {
     c.write_stdin(id, "tty", b"go\n").unwrap();
     read_stdout_until(&c, id, "tty", "41 101");
     assert_eq!(c.wait_process(id, "tty", WAIT).unwrap(), 0);
+    let p = serde_json::to_vec(&process_json(&["/bin/sleep", "600"], false, CAPS)).unwrap();
+    c.exec_process(id, "notty", &p).unwrap();
     assert_eq!(
-        code_of(c.tty_win_resize(id, "e1", 1, 1).unwrap_err()),
+        code_of(c.tty_win_resize(id, "notty", 1, 1).unwrap_err()),
         Code::FAILED_PRECONDITION
     );
 
