@@ -115,9 +115,11 @@ pub fn early_mounts() -> Result<()> {
 
 /// Whether `/` is the initramfs (`rootfs`), where pivot_root cannot work.
 pub fn root_is_initramfs() -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| mountinfo_root_is_rootfs(&t))
+}
+
+/// Whether the `/` entry of a mountinfo text is the initramfs (`rootfs`).
+pub fn mountinfo_root_is_rootfs(text: &str) -> bool {
     text.lines().any(|l| {
         let mut halves = l.splitn(2, " - ");
         let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
@@ -149,4 +151,19 @@ pub fn power_off(is_init: bool) -> ! {
         tracing::error!(error = %std::io::Error::last_os_error(), "reboot(RB_POWER_OFF) failed");
     }
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_root_is_detected() {
+        let initramfs = "1 1 0:2 / / rw - rootfs rootfs rw,size=60k\n\
+                         15 1 0:14 / /proc rw,nosuid - proc proc rw\n";
+        let disk = "23 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    30 23 0:5 / /run rw - tmpfs tmpfs rw\n";
+        assert!(mountinfo_root_is_rootfs(initramfs));
+        assert!(!mountinfo_root_is_rootfs(disk));
+    }
 }

@@ -329,7 +329,24 @@ fn handle_request(
         timeout_nano: req.timeout_nano,
         conn_ctx: Arc::new(ttrpc::ConnectionContext::default()),
     };
-    if let Err(e) = handler.handler(ctx, req) {
+    // A panicking handler (only possible with panic=unwind builds) must not take the
+    // connection down with it: answer INTERNAL instead.
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handler(ctx, req)));
+    let outcome = match outcome {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(path, "request handler panicked");
+            send_status(
+                &tx,
+                mh.stream_id,
+                Code::INTERNAL,
+                format!("{path}: handler panicked"),
+            );
+            return;
+        }
+    };
+    if let Err(e) = outcome {
         // The handler answers itself on success and on service errors; an error here means the
         // payload did not decode (or the answer could not be encoded).
         let (code, msg) = match e {

@@ -152,11 +152,16 @@ fn vsock_listen(port: u32) -> Result<OwnedFd> {
 /// is lost (garbage from the host) drop what is buffered and start over on a frame boundary.
 fn serve_serial(path: &PathBuf, services: &Arc<Services>) -> Result<()> {
     loop {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| AgentError::io(format!("open {path:?}"), e))?;
+        let dev = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(path)
+                .map_err(|e| AgentError::io(format!("open {path:?}"), e))?
+        };
+        make_raw_if_tty(&dev);
         let write = dev
             .try_clone()
             .map_err(|e| AgentError::io(format!("dup {path:?}"), e))?;
@@ -170,6 +175,23 @@ fn serve_serial(path: &PathBuf, services: &Arc<Services>) -> Result<()> {
                 tracing::warn!(error = %e, "framing lost on serial port; resynchronising");
                 drain(path);
             }
+        }
+    }
+}
+
+/// A serial console that is a tty must not cook the byte stream (echo, CR/LF, signals).
+fn make_raw_if_tty(dev: &File) {
+    use std::os::fd::AsRawFd;
+    let fd = dev.as_raw_fd();
+    // SAFETY: isatty/tcgetattr/tcsetattr on an open descriptor with a valid termios buffer.
+    unsafe {
+        if libc::isatty(fd) != 1 {
+            return;
+        }
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
         }
     }
 }

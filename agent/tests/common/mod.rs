@@ -33,6 +33,11 @@ pub fn busybox() -> &'static Path {
 
 impl TestAgent {
     pub fn start() -> TestAgent {
+        Self::start_listen(None)
+    }
+
+    /// An agent listening on `listen` (default: a unix socket in the test's directory).
+    pub fn start_listen(listen: Option<&str>) -> TestAgent {
         let dir = tempfile::Builder::new()
             .prefix("hull-agent-test")
             .tempdir_in("/tmp")
@@ -56,7 +61,10 @@ impl TestAgent {
                 "private",
             ])
             .arg(env!("CARGO_BIN_EXE_hull-agent"))
-            .arg(format!("--listen=unix://{}", socket.display()))
+            .arg(match listen {
+                Some(l) => format!("--listen={l}"),
+                None => format!("--listen=unix://{}", socket.display()),
+            })
             .arg(format!("--allowed-root={}", shared.display()))
             .arg(format!(
                 "--state-dir={}",
