@@ -1,6 +1,8 @@
 //! hull-agent: PID 1 of the pod VM. It takes orders from the host runtime over ttrpc (vsock,
 //! virtio-serial or a unix socket) and creates the pod's containers with libcontainer.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod container;
 pub mod error;

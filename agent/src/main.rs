@@ -41,6 +41,10 @@ struct Args {
     /// PID 1 set-up of the guest.
     #[arg(long, value_enum, default_value = "auto")]
     guest_init: GuestInit,
+    /// Create containers with move-mount + chroot instead of pivot_root (automatic when the
+    /// guest's root is the initramfs, where pivot_root fails).
+    #[arg(long)]
+    no_pivot: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     let reaper = Reaper::new();
     reaper.spawn().context("start the reaper")?;
 
-    let no_pivot = init::root_is_initramfs();
+    let no_pivot = args.no_pivot || init::root_is_initramfs();
     let cfg = AgentConfig {
         allowed_roots: AllowedRoots::new(args.allowed_roots).context("--allowed-root")?,
         dirs: StateDirs::new(&args.state_dir, no_pivot).context("--state-dir")?,

@@ -190,3 +190,25 @@ fn init_on_a_terminal_and_exit_status() {
     assert_eq!(c.wait_process(id, "", WAIT).unwrap(), 3);
     c.remove_container(id).unwrap();
 }
+
+#[test]
+fn chroot_fallback_when_pivot_root_is_impossible() {
+    // In a guest whose root is the initramfs the agent creates containers with move-mount +
+    // chroot; force that path here.
+    let agent = TestAgent::start_with(None, &["--no-pivot"]);
+    let c = agent.client();
+    let id = "np1";
+    let rootfs = agent.busybox_rootfs(id);
+    let spec = agent.spec(
+        id,
+        &["/bin/sh", "-c", "ls /bin/busybox; echo rooted"],
+        false,
+        CAPS,
+    );
+    c.create_container(id, &spec, &rootfs, vec![]).unwrap();
+    c.start_container(id).unwrap();
+    let out = c.read_stdout_to_end(id, "").unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "/bin/busybox\nrooted\n");
+    assert_eq!(c.wait_process(id, "", WAIT).unwrap(), 0);
+    c.remove_container(id).unwrap();
+}

@@ -94,3 +94,21 @@ fn ttrpc_over_a_serial_port() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(c.check().unwrap(), "{}", agent.log());
 }
+
+#[test]
+fn vsock_listener_binds() {
+    // This host has no vsock transport to connect through (no vhost-vsock, no loopback), so
+    // only the agent's side can be checked: it binds AF_VSOCK and keeps serving.
+    let port = 20_000 + std::process::id() % 20_000;
+    let mut agent = TestAgent::start_listen(Some(&format!("vsock://{port}")));
+    let start = std::time::Instant::now();
+    while !agent.log().contains("listening on vsock") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "agent did not listen on vsock:\n{}",
+            agent.log()
+        );
+        assert!(!agent.exited_within(Duration::from_millis(20)), "{}", agent.log());
+    }
+    assert!(!agent.exited_within(Duration::from_millis(300)), "{}", agent.log());
+}

@@ -1,6 +1,8 @@
 //! hull-agent's API: protobuf messages and ttrpc services, generated at build time from
 //! `protos/*.proto` by the pure-Rust `ttrpc-codegen` (no `protoc`).
 
+#![warn(missing_docs)]
+
 /// Messages of the agent service (`protos/agent.proto`).
 #[allow(
     missing_docs,

@@ -38,6 +38,11 @@ impl TestAgent {
 
     /// An agent listening on `listen` (default: a unix socket in the test's directory).
     pub fn start_listen(listen: Option<&str>) -> TestAgent {
+        Self::start_with(listen, &[])
+    }
+
+    /// An agent with extra command-line arguments.
+    pub fn start_with(listen: Option<&str>, extra: &[&str]) -> TestAgent {
         let dir = tempfile::Builder::new()
             .prefix("hull-agent-test")
             .tempdir_in("/tmp")
@@ -75,6 +80,7 @@ impl TestAgent {
                 dir.path().join("resolv.conf").display()
             ))
             .arg("--guest-init=off")
+            .args(extra)
             .env("HULL_AGENT_LOG", "hull_agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
