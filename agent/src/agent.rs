@@ -262,7 +262,10 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         req: pb::ContainerRequest,
     ) -> ttrpc::Result<pb::Empty> {
-        reply(self.container(&req.container_id).and_then(|c| c.start()))?;
+        reply(
+            self.container(&req.container_id)
+                .and_then(|c| c.start(&self.reaper)),
+        )?;
         Ok(pb::Empty::new())
     }
 

@@ -224,7 +224,9 @@ impl Container {
     }
 
     /// Starts the container's init process.
-    pub fn start(&self) -> Result<()> {
+    pub fn start(&self, reaper: &Reaper) -> Result<()> {
+        // Start hooks run as children that libcontainer waits for itself.
+        let _guard = reaper.fork_guard();
         lock(&self.lc).start().map_err(lc_err(&self.id, "start"))?;
         tracing::info!(container_id = %self.id, "container started");
         Ok(())
@@ -468,7 +470,11 @@ impl Container {
         }
         // Give the init a moment to die so libcontainer sees it stopped.
         let _ = reaper.wait(self.init.pid, Some(Duration::from_secs(5)));
-        lc.delete(true).map_err(lc_err(&self.id, "delete"))?;
+        {
+            // Poststop hooks run as children that libcontainer waits for itself.
+            let _guard = reaper.fork_guard();
+            lc.delete(true).map_err(lc_err(&self.id, "delete"))?;
+        }
         reaper.forget(self.init.pid);
         for p in lock(&self.execs).values() {
             reaper.forget(p.pid);

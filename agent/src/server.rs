@@ -33,8 +33,13 @@ pub enum FrameError {
     #[error("end of stream")]
     Eof,
     /// The header announces a body larger than the agent accepts.
-    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
-    TooLarge(u32),
+    #[error("stream {stream_id}: frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge {
+        /// The stream the frame claimed.
+        stream_id: u32,
+        /// The announced length.
+        len: u32,
+    },
     /// The stream ended or stalled in the middle of a frame.
     #[error("truncated frame: {0}")]
     Truncated(io::Error),
@@ -63,7 +68,10 @@ pub enum FrameError {
 pub fn parse_header(buf: &[u8; MESSAGE_HEADER_LENGTH]) -> Result<MessageHeader, FrameError> {
     let mh = MessageHeader::from(&buf[..]);
     if mh.length as usize > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge(mh.length));
+        return Err(FrameError::TooLarge {
+            stream_id: mh.stream_id,
+            len: mh.length,
+        });
     }
     Ok(mh)
 }
@@ -238,17 +246,13 @@ pub fn serve_connection(services: &Arc<Services>, mut reader: File, writer: File
         let (mh, body) = match read_frame(&mut reader) {
             Ok(f) => f,
             Err(FrameError::Eof) => break ConnectionEnd::Closed,
-            Err(FrameError::TooLarge(len)) => {
+            Err(e @ FrameError::TooLarge { .. }) => {
                 // The body cannot be skipped safely: answer on the claimed stream and close.
-                let head_stream = 0;
-                tracing::warn!(len, "frame too large, closing connection");
-                send_status(
-                    &tx,
-                    head_stream,
-                    Code::RESOURCE_EXHAUSTED,
-                    format!("frame of {len} bytes exceeds {MAX_FRAME_LEN}"),
-                );
-                break ConnectionEnd::ProtocolError(FrameError::TooLarge(len));
+                tracing::warn!(error = %e, "closing connection");
+                if let FrameError::TooLarge { stream_id, .. } = e {
+                    send_status(&tx, stream_id, Code::RESOURCE_EXHAUSTED, e.to_string());
+                }
+                break ConnectionEnd::ProtocolError(e);
             }
             Err(e) => break ConnectionEnd::ProtocolError(e),
         };
@@ -380,8 +384,14 @@ mod tests {
         let mut head = [0u8; MESSAGE_HEADER_LENGTH];
         head[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         head[8] = MESSAGE_TYPE_REQUEST;
-        assert!(matches!(parse_header(&head), Err(FrameError::TooLarge(_))));
-        assert!(matches!(decode_frame(&head), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            parse_header(&head),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_frame(&head),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

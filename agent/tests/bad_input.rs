@@ -103,8 +103,8 @@ fn garbage_frames_and_protobuf() {
     let mut head = vec![0xff, 0xff, 0xff, 0xf0];
     head.extend_from_slice(&[0, 0, 0, 9, 1, 0]);
     s.write_all(&head).unwrap();
-    let (_, res) = read_response(&mut s);
-    assert_eq!(status_code(&res), Code::RESOURCE_EXHAUSTED);
+    let (sid, res) = read_response(&mut s);
+    assert_eq!((sid, status_code(&res)), (9, Code::RESOURCE_EXHAUSTED));
     assert_closed(&mut s);
 
     // a truncated frame, then the peer goes away

@@ -108,7 +108,15 @@ fn vsock_listener_binds() {
             "agent did not listen on vsock:\n{}",
             agent.log()
         );
-        assert!(!agent.exited_within(Duration::from_millis(20)), "{}", agent.log());
+        assert!(
+            !agent.exited_within(Duration::from_millis(20)),
+            "{}",
+            agent.log()
+        );
     }
-    assert!(!agent.exited_within(Duration::from_millis(300)), "{}", agent.log());
+    assert!(
+        !agent.exited_within(Duration::from_millis(300)),
+        "{}",
+        agent.log()
+    );
 }
