@@ -1,0 +1,9 @@
+#!/bin/sh
+# Wall time from exec of hull-vmm to the tiny guest's first serial byte, and hull-vmm's max
+# RSS, with 64 MiB of guest memory. Prints numbers only (no pass/fail).
+# Usage: vmm/bench/first-serial-byte.sh [RUNS]
+set -eu
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-vmm}"
+cargo build --release -q -p hull-vmm --bin hull-vmm --example first_serial_byte
+"$CARGO_TARGET_DIR/release/examples/first_serial_byte" "$CARGO_TARGET_DIR/release/hull-vmm" "${1:-20}"
