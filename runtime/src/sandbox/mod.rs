@@ -153,6 +153,19 @@ pub trait Sandbox {
     fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32>;
     /// Send a signal to the init process, or to every process with `all`.
     fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()>;
+    /// Send a signal to one process of the container: an exec'd process, by the pid
+    /// `exec` returned. The default is `kill(2)` on that host pid, right for backends
+    /// whose pids are host pids; a backend whose processes live elsewhere (a VM) overrides it.
+    fn signal(&self, id: &str, pid: i32, signal: Signal) -> Result<()> {
+        if pid <= 0 {
+            return Err(crate::Error::InvalidInput(format!(
+                "signal {signal} to container {id}: invalid pid {pid}"
+            )));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| {
+            crate::Error::sys(format!("signal {signal} to pid {pid} of container {id}"), e)
+        })
+    }
     /// Wait for a process of the container (init or exec) to end. The caller must be its
     /// parent or child subreaper.
     fn wait(&self, id: &str, pid: i32) -> Result<ExitStatus>;
