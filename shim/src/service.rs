@@ -1,0 +1,781 @@
+//! The containerd task API (shim v2) over the `Sandbox` seam: the pod's sandbox server.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use containerd_shim::api::{
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+    CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest,
+    PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::protobuf::EnumOrUnknown;
+use containerd_shim::protos::ttrpc;
+use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
+use containerd_shim::{ExitSignal, Task, TtrpcContext};
+use hull_runtime::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Status};
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{LinuxResources, Process as OciProcess};
+use tracing::{info, warn};
+
+use crate::config::{HullConfig, Isolation, ISOLATION_ANNOTATION};
+use crate::error::{Error, Result};
+use crate::events::{now, Publisher, Timestamp};
+use crate::io::{self, IoPaths, IoState};
+use crate::metrics::{self, CgroupMode};
+use crate::reaper::Reaper;
+use crate::rootfs;
+
+/// The sandbox every container of this shim's pod runs in.
+type DynSandbox = Arc<dyn Sandbox + Send + Sync>;
+
+/// How long a process' pty output may keep draining after it exited.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+/// Lock, ignoring poisoning (a panicked holder left consistent data behind: plain fields).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct ProcState {
+    pid: i32,
+    started: bool,
+    exit: Option<(u32, Timestamp)>,
+}
+
+/// One process containerd knows: a container's init or an exec.
+struct Proc {
+    /// "" for the init process.
+    exec_id: String,
+    paths: IoPaths,
+    /// What an exec runs (None for init).
+    spec: Option<OciProcess>,
+    /// Held across a start and its start event; the waiter takes it before the exit event.
+    life: Mutex<()>,
+    st: Mutex<ProcState>,
+    cv: Condvar,
+    io: Mutex<IoState>,
+}
+
+impl Proc {
+    fn new(exec_id: String, paths: IoPaths, spec: Option<OciProcess>) -> Arc<Self> {
+        Arc::new(Self {
+            exec_id,
+            paths,
+            spec,
+            life: Mutex::new(()),
+            st: Mutex::new(ProcState::default()),
+            cv: Condvar::new(),
+            io: Mutex::new(IoState::default()),
+        })
+    }
+
+    fn exited(&self) -> Option<(u32, Timestamp)> {
+        lock(&self.st).exit.clone()
+    }
+}
+
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    /// Rootfs we mounted from containerd's mounts (unmounted on delete).
+    mounted_rootfs: Option<PathBuf>,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+}
+
+struct Pod {
+    sandbox: DynSandbox,
+    root: PathBuf,
+}
+
+/// The task service of one shim (one pod).
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    events: Publisher,
+    reaper: Arc<Reaper>,
+    exit: Arc<ExitSignal>,
+    pod: Mutex<Option<Pod>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    cgroups: CgroupMode,
+}
+
+/// Name of the file in a bundle recording where its container's state lives, for the
+/// `delete` verb that cleans up after a dead shim.
+pub const BUNDLE_STATE_FILE: &str = "hull-shim.json";
+
+/// What the `delete` verb needs to find a container after its shim died.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct BundleState {
+    /// The sandbox state root.
+    pub root: PathBuf,
+    /// Whether cgroups are managed through systemd.
+    pub systemd_cgroup: bool,
+}
+
+impl Service {
+    /// A service publishing events to containerd's ttrpc `events_address`.
+    pub fn new(namespace: &str, events_address: String, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                events: Publisher::start(events_address, namespace.to_string()),
+                reaper: Reaper::start(),
+                exit,
+                pod: Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+                cgroups: metrics::cgroup_mode(),
+            }),
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        lock(&self.inner.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    fn sandbox(&self) -> Result<DynSandbox> {
+        lock(&self.inner.pod)
+            .as_ref()
+            .map(|p| Arc::clone(&p.sandbox))
+            .ok_or_else(|| {
+                Error::FailedPrecondition("no container was created in this shim".into())
+            })
+    }
+
+    /// The process `exec_id` of container `c` ("" = init).
+    fn process(c: &Container, exec_id: &str) -> Result<Arc<Proc>> {
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&c.init));
+        }
+        lock(&c.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::ExecNotFound {
+                id: c.id.clone(),
+                exec: exec_id.to_string(),
+            })
+    }
+
+    /// The pod's sandbox: the first container (the pod's sandbox container under CRI)
+    /// chooses it from its config; later containers join it.
+    fn pod_for(
+        &self,
+        id: &str,
+        bundle: &Path,
+        config: &HullConfig,
+    ) -> Result<(DynSandbox, PathBuf)> {
+        let isolation = match annotation(bundle, ISOLATION_ANNOTATION) {
+            Some(v) => Isolation::parse(&v, &format!("annotation {ISOLATION_ANNOTATION}"))?,
+            None => match &config.isolation {
+                Some(v) => Isolation::parse(v, "config")?,
+                None => Isolation::Host,
+            },
+        };
+        let mut pod = lock(&self.inner.pod);
+        if let Some(p) = pod.as_ref() {
+            return Ok((Arc::clone(&p.sandbox), p.root.clone()));
+        }
+        if isolation == Isolation::Vm {
+            return Err(Error::Unsupported(format!(
+                "container {id}: vm isolation is not available through containerd-shim-hull-v2 yet; \
+                 use isolation = \"host\""
+            )));
+        }
+        let root = config.root(&self.inner.namespace);
+        let sandbox: DynSandbox = Arc::new(HostSandbox::new(&root, config.shim.systemd_cgroup));
+        info!(container = %id, root = %root.display(), "pod sandbox: host");
+        *pod = Some(Pod {
+            sandbox: Arc::clone(&sandbox),
+            root: root.clone(),
+        });
+        Ok((sandbox, root))
+    }
+
+    /// Wait for `pid` in its own thread; record and publish its exit.
+    fn spawn_waiter(&self, sandbox: DynSandbox, cid: String, p: Arc<Proc>, pid: i32) {
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name(format!("wait-{pid}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let status = match sandbox.wait(&cid, pid) {
+                    Ok(s) => s.code() as u32,
+                    Err(e) => {
+                        warn!(container = %cid, pid, "wait: {}", hull_runtime::error::chain(&e));
+                        255
+                    }
+                };
+                inner.reaper.release(pid);
+                lock(&p.io).finish(OUTPUT_DRAIN);
+                let _life = lock(&p.life);
+                let at = now();
+                lock(&p.st).exit = Some((status, at.clone()));
+                p.cv.notify_all();
+                let exec = if p.exec_id.is_empty() {
+                    &cid
+                } else {
+                    &p.exec_id
+                };
+                info!(container = %cid, exec = %p.exec_id, pid, status, "exited");
+                inner.events.exit(&cid, exec, pid as u32, status, &at);
+            });
+        if let Err(e) = spawned {
+            warn!(pid, "cannot start a waiter thread: {e}");
+        }
+    }
+
+    fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        let id = req.id.clone();
+        if lock(&self.inner.containers).contains_key(&id) {
+            return Err(Error::AlreadyExists(format!("container {id}")));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "container {id}: restore from a checkpoint is not supported by hull"
+            )));
+        }
+        let (config, _) = HullConfig::for_task(req.options.as_ref())?;
+        let bundle = PathBuf::from(&req.bundle);
+        let (sandbox, root) = self.pod_for(&id, &bundle, &config)?;
+        let record = BundleState {
+            root,
+            systemd_cgroup: config.shim.systemd_cgroup,
+        };
+        let state_file = bundle.join(BUNDLE_STATE_FILE);
+        std::fs::write(&state_file, serde_json::to_vec(&record).unwrap_or_default())
+            .map_err(|e| Error::io(state_file.display(), e))?;
+
+        let mounted_rootfs = if req.rootfs.is_empty() {
+            None
+        } else {
+            let target = bundle.join("rootfs");
+            rootfs::mount(&id, &req.rootfs, &target)?;
+            Some(target)
+        };
+        let undo = |e: Error| {
+            if let Some(t) = &mounted_rootfs {
+                rootfs::unmount(&id, t);
+            }
+            e
+        };
+        let paths = IoPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let prepared = io::prepare(&paths).map_err(undo)?;
+        let opts = CreateOptions {
+            id: id.clone(),
+            bundle: bundle.clone(),
+            console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
+            detach: true,
+            stdio: prepared.stdio,
+            ..Default::default()
+        };
+        let pid = {
+            let _gate = self.inner.reaper.spawning();
+            let pid = sandbox.create(opts).map_err(|e| undo(e.into()))?;
+            self.inner.reaper.claim(pid);
+            pid
+        };
+        let init = Proc::new(String::new(), paths.clone(), None);
+        lock(&init.st).pid = pid;
+        let mut state = prepared.state;
+        if let Some(receiver) = &prepared.console {
+            if let Err(e) = state.attach_console(receiver, &paths) {
+                let _gate = self.inner.reaper.spawning();
+                let _ = sandbox.delete(&id, true);
+                drop(_gate);
+                self.spawn_waiter(Arc::clone(&sandbox), id.clone(), Arc::clone(&init), pid);
+                return Err(undo(e));
+            }
+        }
+        *lock(&init.io) = state;
+        let c = Arc::new(Container {
+            id: id.clone(),
+            bundle,
+            mounted_rootfs,
+            init: Arc::clone(&init),
+            execs: Mutex::new(HashMap::new()),
+        });
+        lock(&self.inner.containers).insert(id.clone(), c);
+        self.spawn_waiter(sandbox, id.clone(), init, pid);
+        info!(container = %id, pid, "created");
+        self.inner.events.create(&id, &req.bundle, pid as u32);
+        Ok(CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
+        let c = self.container(&req.id)?;
+        let sandbox = self.sandbox()?;
+        let p = Self::process(&c, &req.exec_id)?;
+        let _life = lock(&p.life);
+        {
+            let st = lock(&p.st);
+            if st.started || st.exit.is_some() {
+                return Err(Error::FailedPrecondition(format!(
+                    "process {} of container {} was started already",
+                    if p.exec_id.is_empty() {
+                        &c.id
+                    } else {
+                        &p.exec_id
+                    },
+                    c.id
+                )));
+            }
+        }
+        if p.exec_id.is_empty() {
+            {
+                let _gate = self.inner.reaper.spawning();
+                sandbox.start(&c.id)?;
+            }
+            let pid = {
+                let mut st = lock(&p.st);
+                st.started = true;
+                st.pid
+            };
+            info!(container = %c.id, pid, "started");
+            self.inner.events.start_task(&c.id, pid as u32);
+            return Ok(StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            });
+        }
+        if c.init.exited().is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is stopped: cannot exec {} in it",
+                c.id, p.exec_id
+            )));
+        }
+        let prepared = io::prepare(&p.paths)?;
+        let opts = ExecOptions {
+            process: p.spec.clone().unwrap_or_default(),
+            console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
+            detach: true,
+            stdio: prepared.stdio,
+            ..Default::default()
+        };
+        let pid = {
+            let _gate = self.inner.reaper.spawning();
+            let pid = sandbox.exec(&c.id, opts)?;
+            self.inner.reaper.claim(pid);
+            pid
+        };
+        let mut state = prepared.state;
+        let attached = match &prepared.console {
+            Some(receiver) => state.attach_console(receiver, &p.paths),
+            None => Ok(()),
+        };
+        *lock(&p.io) = state;
+        {
+            let mut st = lock(&p.st);
+            st.pid = pid;
+            st.started = true;
+        }
+        self.spawn_waiter(sandbox.clone(), c.id.clone(), Arc::clone(&p), pid);
+        if let Err(e) = attached {
+            let _ = sandbox.signal(&c.id, pid, Signal::SIGKILL);
+            return Err(e);
+        }
+        info!(container = %c.id, exec = %p.exec_id, pid, "exec started");
+        self.inner
+            .events
+            .exec_started(&c.id, &p.exec_id, pid as u32);
+        Ok(StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    fn do_state(&self, req: StateRequest) -> Result<StateResponse> {
+        let c = self.container(&req.id)?;
+        let p = Self::process(&c, &req.exec_id)?;
+        let (pid, started, exit) = {
+            let st = lock(&p.st);
+            (st.pid, st.started, st.exit.clone())
+        };
+        let status = match (&exit, started) {
+            (Some(_), _) => TaskStatus::STOPPED,
+            (None, false) => TaskStatus::CREATED,
+            (None, true) if p.exec_id.is_empty() => match self.sandbox()?.state(&c.id) {
+                Ok(s) => match s.status {
+                    Status::Creating | Status::Created => TaskStatus::CREATED,
+                    Status::Running => TaskStatus::RUNNING,
+                    Status::Paused => TaskStatus::PAUSED,
+                    Status::Stopped => TaskStatus::STOPPED,
+                },
+                Err(e) => {
+                    warn!(container = %c.id, "state: {}", hull_runtime::error::chain(&e));
+                    TaskStatus::UNKNOWN
+                }
+            },
+            (None, true) => TaskStatus::RUNNING,
+        };
+        let (exit_status, exited_at) = match exit {
+            Some((s, at)) => (s, Some(at)),
+            None => (0, None),
+        };
+        Ok(StateResponse {
+            id: c.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: pid as u32,
+            status: EnumOrUnknown::new(status),
+            stdin: p.paths.stdin.clone(),
+            stdout: p.paths.stdout.clone(),
+            stderr: p.paths.stderr.clone(),
+            terminal: p.paths.terminal,
+            exit_status,
+            exited_at: exited_at.into(),
+            exec_id: p.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let c = self.container(&req.id)?;
+        let p = Self::process(&c, &req.exec_id)?;
+        let (pid, started, exit) = {
+            let st = lock(&p.st);
+            (st.pid, st.started, st.exit.clone())
+        };
+        if !p.exec_id.is_empty() {
+            if started && exit.is_none() {
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {} of container {} is running: kill it before delete",
+                    p.exec_id, c.id
+                )));
+            }
+            lock(&c.execs).remove(&p.exec_id);
+            let (status, at) = exit.unwrap_or((0, now()));
+            return Ok(DeleteResponse {
+                pid: pid as u32,
+                exit_status: status,
+                exited_at: Some(at).into(),
+                ..Default::default()
+            });
+        }
+        if started && exit.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is running: kill it before delete",
+                c.id
+            )));
+        }
+        let sandbox = self.sandbox()?;
+        {
+            let _gate = self.inner.reaper.spawning();
+            match sandbox.delete(&c.id, true) {
+                Ok(()) | Err(hull_runtime::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A created container's init was killed by the delete: let its waiter record it.
+        let (status, at) = {
+            let mut st = lock(&p.st);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while st.exit.is_none() && std::time::Instant::now() < deadline {
+                st =
+                    p.cv.wait_timeout(st, Duration::from_millis(100))
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+            }
+            st.exit.clone().unwrap_or((137, now()))
+        };
+        if let Some(t) = &c.mounted_rootfs {
+            rootfs::unmount(&c.id, t);
+        }
+        let _ = std::fs::remove_file(c.bundle.join(BUNDLE_STATE_FILE));
+        lock(&self.inner.containers).remove(&c.id);
+        info!(container = %c.id, status, "deleted");
+        self.inner.events.delete(&c.id, pid as u32, status, &at);
+        Ok(DeleteResponse {
+            pid: pid as u32,
+            exit_status: status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn do_kill(&self, req: KillRequest) -> Result<()> {
+        let c = self.container(&req.id)?;
+        let sig = Signal::try_from(req.signal as i32)
+            .map_err(|_| Error::InvalidArgument(format!("unknown signal {}", req.signal)))?;
+        let p = Self::process(&c, &req.exec_id)?;
+        let sandbox = self.sandbox()?;
+        let (pid, started, exited) = {
+            let st = lock(&p.st);
+            (st.pid, st.started, st.exit.is_some())
+        };
+        let _gate = self.inner.reaper.spawning();
+        if p.exec_id.is_empty() {
+            if req.all {
+                return match sandbox.kill(&c.id, sig, true) {
+                    Err(e) if !exited => Err(e.into()),
+                    _ => Ok(()),
+                };
+            }
+            if exited {
+                return Err(Error::Finished {
+                    id: c.id.clone(),
+                    exec: c.id.clone(),
+                });
+            }
+            sandbox.kill(&c.id, sig, false)?;
+            return Ok(());
+        }
+        if exited {
+            return Err(Error::Finished {
+                id: c.id.clone(),
+                exec: p.exec_id.clone(),
+            });
+        }
+        if !started {
+            return Err(Error::FailedPrecondition(format!(
+                "exec {} of container {} is not started",
+                p.exec_id, c.id
+            )));
+        }
+        sandbox.signal(&c.id, pid, sig)?;
+        Ok(())
+    }
+
+    fn do_exec(&self, req: ExecProcessRequest) -> Result<()> {
+        let c = self.container(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "exec in container {}: an exec id is required",
+                c.id
+            )));
+        }
+        if c.init.exited().is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is stopped: cannot exec {} in it",
+                c.id, req.exec_id
+            )));
+        }
+        let spec: OciProcess = serde_json::from_slice(&req.spec.value).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "exec {} in container {}: process spec: {e}",
+                req.exec_id, c.id
+            ))
+        })?;
+        let mut execs = lock(&c.execs);
+        if execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {} in container {}",
+                req.exec_id, c.id
+            )));
+        }
+        let paths = IoPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        execs.insert(
+            req.exec_id.clone(),
+            Proc::new(req.exec_id.clone(), paths, Some(spec)),
+        );
+        drop(execs);
+        self.inner.events.exec_added(&c.id, &req.exec_id);
+        Ok(())
+    }
+
+    fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse> {
+        let c = self.container(&req.id)?;
+        let p = Self::process(&c, &req.exec_id)?;
+        let mut st = lock(&p.st);
+        while st.exit.is_none() {
+            st = p.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let (status, at) = st.exit.clone().unwrap_or((255, now()));
+        Ok(WaitResponse {
+            exit_status: status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
+        let c = self.container(&req.id)?;
+        let resources: LinuxResources =
+            serde_json::from_slice(&req.resources.value).map_err(|e| {
+                Error::InvalidArgument(format!("update container {}: resources: {e}", c.id))
+            })?;
+        let _gate = self.inner.reaper.spawning();
+        self.sandbox()?.update(&c.id, &resources)?;
+        Ok(())
+    }
+}
+
+/// A container annotation from its bundle's config.json.
+pub fn annotation(bundle: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v.get("annotations")?.get(key)?.as_str().map(str::to_string)
+}
+
+fn reply<T>(what: &str, id: &str, r: Result<T>) -> ttrpc::Result<T> {
+    r.map_err(|e| {
+        warn!(container = %id, "{what}: {e}");
+        e.into()
+    })
+}
+
+impl Task for Service {
+    fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        let id = req.id.clone();
+        reply("state", &id, self.do_state(req))
+    }
+
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
+        let id = req.id.clone();
+        reply("create", &id, self.do_create(req))
+    }
+
+    fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        let id = req.id.clone();
+        reply("start", &id, self.do_start(req))
+    }
+
+    fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        let id = req.id.clone();
+        reply("delete", &id, self.do_delete(req))
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let r = self.container(&req.id).and_then(|c| {
+            let pids = self.sandbox()?.pids(&c.id)?;
+            Ok(PidsResponse {
+                processes: pids
+                    .into_iter()
+                    .map(|pid| ProcessInfo {
+                        pid: pid as u32,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        });
+        reply("pids", &req.id, r)
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        let r = self.container(&req.id).and_then(|c| {
+            self.sandbox()?.pause(&c.id)?;
+            self.inner.events.paused(&c.id);
+            Ok(Empty::new())
+        });
+        reply("pause", &req.id, r)
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
+        let r = self.container(&req.id).and_then(|c| {
+            self.sandbox()?.resume(&c.id)?;
+            self.inner.events.resumed(&c.id);
+            Ok(Empty::new())
+        });
+        reply("resume", &req.id, r)
+    }
+
+    fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        reply(
+            "checkpoint",
+            &req.id,
+            Err(Error::Unsupported(format!(
+                "checkpoint of container {}: not supported by hull",
+                req.id
+            ))),
+        )
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+        let id = req.id.clone();
+        reply("kill", &id, self.do_kill(req).map(|_| Empty::new()))
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let id = req.id.clone();
+        reply("exec", &id, self.do_exec(req).map(|_| Empty::new()))
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let r = self.container(&req.id).and_then(|c| {
+            let p = Self::process(&c, &req.exec_id)?;
+            let io = lock(&p.io);
+            io.resize(req.width, req.height)?;
+            Ok(Empty::new())
+        });
+        reply("resize pty", &req.id, r)
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+        let r = self.container(&req.id).and_then(|c| {
+            let p = Self::process(&c, &req.exec_id)?;
+            if req.stdin {
+                lock(&p.io).close_stdin();
+            }
+            Ok(Empty::new())
+        });
+        reply("close io", &req.id, r)
+    }
+
+    fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let id = req.id.clone();
+        reply("update", &id, self.do_update(req).map(|_| Empty::new()))
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        let id = req.id.clone();
+        reply("wait", &id, self.do_wait(req))
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        let r = self.container(&req.id).and_then(|c| {
+            let stats = self.sandbox()?.stats(&c.id)?;
+            Ok(StatsResponse {
+                stats: Some(metrics::to_any(&stats, self.inner.cgroups)?).into(),
+                ..Default::default()
+            })
+        });
+        reply("stats", &req.id, r)
+    }
+
+    fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+        let r = self.container(&req.id).map(|c| ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: lock(&c.init.st).pid as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        });
+        reply("connect", &req.id, r)
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<Empty> {
+        let left = lock(&self.inner.containers).len();
+        if left == 0 {
+            info!(container = %req.id, "last container gone: shim exits");
+            self.inner.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}
