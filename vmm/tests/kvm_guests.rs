@@ -242,3 +242,28 @@ fn bad_configurations_fail_with_clear_errors() {
     .to_string();
     assert!(e.contains("0 vCPUs"), "{e}");
 }
+
+#[test]
+fn guest_driver_uses_virtio_rng_over_mmio_with_interrupt() {
+    if !kvm_available("guest_driver_uses_virtio_rng_over_mmio_with_interrupt") {
+        return;
+    }
+    let (_d, kernel) = write_temp("virtio.elf", &elf(&virtio_rng64(), false));
+    let out = Capture::default();
+    let cfg = VmConfig {
+        rng: true,
+        ..config(&kernel)
+    };
+    let mut vmm = Vmm::build(cfg, Box::new(out.clone())).unwrap();
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    // Status 0xf ('?'); in the IRQ5 handler: used idx 1, used len 8, interrupt status 1, then 0
+    // after the ack.
+    assert_eq!(out.text(), "?I1810");
+    let mut buf = [0u8; 8];
+    vm_memory::Bytes::read_slice(vmm.memory(), &mut buf, vm_memory::GuestAddress(0x20_1000))
+        .unwrap();
+    assert_ne!(
+        buf, [0u8; 8],
+        "the device filled the buffer with random bytes"
+    );
+}
