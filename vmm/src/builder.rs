@@ -18,7 +18,7 @@ use crate::arch::{self, boot, layout, mptable, regs::BootEntry};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::legacy::EventFdTrigger;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::{self, VirtioDevice};
 use crate::devices::{Bus, BusError};
 use crate::vstate::memory::{self, MemoryError};
@@ -180,6 +180,8 @@ pub struct VirtioSlot {
     pub base: u64,
     /// Legacy IRQ (GSI).
     pub irq: u32,
+    /// ioeventfd KVM signals on guest writes to QueueNotify (no exit to the vCPU thread).
+    pub notify: EventFd,
 }
 
 /// A built VM: memory, devices and (once started) vCPU threads.
@@ -356,6 +358,18 @@ impl Vmm {
         self.vm.fd().register_irqfd(&irq_evt, irq).map_err(|e| {
             sys("register virtio irqfd")(std::io::Error::from_raw_os_error(e.errno()))
         })?;
+        let notify =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(sys("create virtio notify eventfd"))?;
+        self.vm
+            .fd()
+            .register_ioevent(
+                &notify,
+                &kvm_ioctls::IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(|e| {
+                sys("register virtio ioeventfd")(std::io::Error::from_raw_os_error(e.errno()))
+            })?;
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             self.mem.clone(),
             device,
@@ -364,6 +378,7 @@ impl Vmm {
         self.mmio_bus
             .insert(transport.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
         self.virtio.push(VirtioSlot {
+            notify,
             transport,
             base,
             irq,
@@ -627,6 +642,12 @@ impl Vmm {
                         let idx = (data >> 32) as usize;
                         let fd = data as u32 as RawFd;
                         if let Some(slot) = self.virtio.get(idx) {
+                            if fd == slot.notify.as_raw_fd() {
+                                let _ = slot.notify.read();
+                                let mut t = slot.transport.lock().expect("transport lock");
+                                t.notify_all_queues();
+                                continue;
+                            }
                             let set = ev.event_set();
                             slot.transport
                                 .lock()
@@ -650,6 +671,8 @@ impl Vmm {
     ) -> Result<(), BuildError> {
         let mut want: Vec<(u64, RawFd, EventSet)> = Vec::new();
         for (i, slot) in self.virtio.iter().enumerate() {
+            let fd = slot.notify.as_raw_fd();
+            want.push((((i as u64) << 32) | fd as u32 as u64, fd, EventSet::IN));
             for (fd, out) in slot.transport.lock().expect("transport lock").host_fds() {
                 let set = if out {
                     EventSet::IN | EventSet::OUT

@@ -184,6 +184,15 @@ impl MmioTransport {
         }
     }
 
+    /// The driver notified (through the ioeventfd, so the queue is unknown): process all queues.
+    pub fn notify_all_queues(&mut self) {
+        if self.activated {
+            for i in 0..self.device.queue_max_sizes().len() {
+                self.device.process_queue(i as u16);
+            }
+        }
+    }
+
     /// Forwards a host event to the device model.
     pub fn process_host_event(&mut self, fd: RawFd, readable: bool, writable: bool) {
         if self.activated {
