@@ -47,6 +47,15 @@ fn deadline(ctx: &TtrpcContext) -> Option<Duration> {
     (ctx.timeout_nano > 0).then(|| Duration::from_nanos(ctx.timeout_nano as u64))
 }
 
+/// How long a stream read may wait for data: a little less than the caller's timeout, so that
+/// "no data yet" reaches it before it gives up.
+fn read_wait(ctx: &TtrpcContext) -> Option<Duration> {
+    deadline(ctx).map(|d| {
+        d.saturating_sub(d / 10)
+            .saturating_sub(Duration::from_millis(50))
+    })
+}
+
 /// Runs a handler and maps its error onto a ttrpc status.
 fn reply<T>(r: Result<T>) -> ttrpc::Result<T> {
     r.map_err(|e| {
@@ -422,13 +431,13 @@ impl AgentService for Agent {
 
     fn read_stdout(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: pb::ReadStreamRequest,
     ) -> ttrpc::Result<pb::ReadStreamResponse> {
         let c = reply(self.container(&req.container_id))?;
         let (data, eof) = reply(
             c.process(&req.exec_id)
-                .and_then(|p| p.read_stdout(req.len as usize)),
+                .and_then(|p| p.read_stdout(req.len as usize, read_wait(ctx))),
         )?;
         if eof {
             c.retire_if_finished(&req.exec_id, &self.reaper);
@@ -442,13 +451,13 @@ impl AgentService for Agent {
 
     fn read_stderr(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: pb::ReadStreamRequest,
     ) -> ttrpc::Result<pb::ReadStreamResponse> {
         let c = reply(self.container(&req.container_id))?;
         let (data, eof) = reply(
             c.process(&req.exec_id)
-                .and_then(|p| p.read_stderr(req.len as usize)),
+                .and_then(|p| p.read_stderr(req.len as usize, read_wait(ctx))),
         )?;
         if eof {
             c.retire_if_finished(&req.exec_id, &self.reaper);

@@ -205,10 +205,30 @@ impl Process {
         Ok(())
     }
 
-    fn read_from(file: Option<&File>, len: usize, what: &str) -> Result<(Vec<u8>, bool)> {
+    fn read_from(
+        file: Option<&File>,
+        len: usize,
+        wait: Option<Duration>,
+        what: &str,
+    ) -> Result<(Vec<u8>, bool)> {
         let Some(mut f) = file else {
             return Ok((Vec::new(), true));
         };
+        if let Some(wait) = wait {
+            // Answer "no data yet" before the caller's deadline rather than leave a thread
+            // blocked in read(2) for a reply nobody waits for.
+            let mut pfd = libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n == 0 {
+                return Ok((Vec::new(), false));
+            }
+        }
         let mut buf = vec![0u8; len.clamp(1, MAX_READ)];
         loop {
             match f.read(&mut buf) {
@@ -225,18 +245,19 @@ impl Process {
         }
     }
 
-    /// Reads up to `len` bytes of stdout, blocking until some arrive; `true` at end of stream.
-    pub fn read_stdout(&self, len: usize) -> Result<(Vec<u8>, bool)> {
-        let r = Self::read_from(self.stdout.as_ref(), len, "stdout")?;
+    /// Reads up to `len` bytes of stdout, waiting up to `wait` (forever if `None`) for some;
+    /// `true` at end of stream, empty and `false` when nothing came in time.
+    pub fn read_stdout(&self, len: usize, wait: Option<Duration>) -> Result<(Vec<u8>, bool)> {
+        let r = Self::read_from(self.stdout.as_ref(), len, wait, "stdout")?;
         if r.1 {
             self.out_eof.store(true, Ordering::SeqCst);
         }
         Ok(r)
     }
 
-    /// Reads up to `len` bytes of stderr, blocking until some arrive; `true` at end of stream.
-    pub fn read_stderr(&self, len: usize) -> Result<(Vec<u8>, bool)> {
-        let r = Self::read_from(self.stderr.as_ref(), len, "stderr")?;
+    /// Reads up to `len` bytes of stderr, like [`Process::read_stdout`].
+    pub fn read_stderr(&self, len: usize, wait: Option<Duration>) -> Result<(Vec<u8>, bool)> {
+        let r = Self::read_from(self.stderr.as_ref(), len, wait, "stderr")?;
         if r.1 {
             self.err_eof.store(true, Ordering::SeqCst);
         }

@@ -141,12 +141,23 @@ fn busybox_container_lifecycle() {
         c.wait_process(id, "sl", Duration::from_millis(200)),
         Err(AgentClientError::Timeout { .. })
     ));
+    // a read on a silent process answers "nothing yet" within the caller's timeout
+    let short = AgentClient::connect_unix(&agent.socket, WAIT, Duration::from_secs(1)).unwrap();
+    let t = Instant::now();
+    let chunk = short.read_stdout(id, "sl", 4096).unwrap();
+    assert!(chunk.data.is_empty() && !chunk.eof, "{chunk:?}");
+    assert!(t.elapsed() < Duration::from_secs(1));
     c.signal_process(id, "sl", libc::SIGTERM as u32, false)
         .unwrap();
     assert_eq!(c.wait_process(id, "sl", WAIT).unwrap(), 128 + libc::SIGTERM);
 
-    // pause / resume: while frozen the init does not answer, after thaw it does
+    // pause / resume: after the thaw the container runs processes again
     c.pause_container(id).unwrap();
+    let p = serde_json::to_vec(&process_json(&["/bin/true"], false, CAPS)).unwrap();
+    assert!(
+        c.exec_process(id, "frozen", &p).is_err(),
+        "exec into a paused container"
+    );
     c.resume_container(id).unwrap();
     let (out, _, code) = exec(&c, id, "after", &["/bin/echo", "thawed"]);
     assert_eq!((out.as_str(), code), ("thawed\n", 0));
