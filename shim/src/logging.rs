@@ -44,7 +44,12 @@ pub fn init(debug: bool) {
     let Ok(file) = file else {
         return;
     };
-    let default = if debug { "debug" } else { "info" };
+    // libcgroups warns about every controller this host lacks: keep that quiet.
+    let default = if debug {
+        "debug"
+    } else {
+        "info,libcgroups=error"
+    };
     let filter =
         EnvFilter::try_from_env("HULL_SHIM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

@@ -313,7 +313,6 @@ impl Service {
         });
         lock(&self.inner.containers).insert(id.clone(), c);
         self.spawn_waiter(sandbox, id.clone(), init, pid);
-        info!(container = %id, pid, "created");
         self.inner.events.create(&id, &req.bundle, pid as u32);
         Ok(CreateTaskResponse {
             pid: pid as u32,
@@ -350,7 +349,6 @@ impl Service {
                 st.started = true;
                 st.pid
             };
-            info!(container = %c.id, pid, "started");
             self.inner.events.start_task(&c.id, pid as u32);
             return Ok(StartResponse {
                 pid: pid as u32,

@@ -1,0 +1,351 @@
+//! A private containerd 1.6 for the shim's end-to-end tests: its own socket, root and
+//! state dir, the hull shim on its PATH, a locally built busybox image, and a
+//! namespace of its own. Dropping it kills containerd and everything it started and
+//! checks that nothing is left behind.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The image every test runs.
+pub const IMAGE: &str = "docker.io/hull/busybox:latest";
+/// The shim's runtime name.
+pub const HULL: &str = "io.containerd.hull.v2";
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Skip (pass vacuously, with a note) when the host cannot run the tests.
+pub fn usable() -> bool {
+    let ok = nix_is_root()
+        && Path::new("/usr/bin/containerd").exists()
+        && Command::new("busybox").arg("true").status().is_ok();
+    if !ok {
+        eprintln!("SKIP: needs root, containerd 1.6 and busybox-static");
+    }
+    ok
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A running private containerd.
+pub struct Containerd {
+    /// Scratch dir holding everything.
+    pub dir: PathBuf,
+    /// containerd's gRPC socket.
+    pub sock: PathBuf,
+    /// The namespace this test uses.
+    pub ns: String,
+    child: Option<Child>,
+}
+
+/// The result of one `ctr` call.
+pub struct Run {
+    /// Exit status (-1 when killed by the time bound).
+    pub code: i32,
+    /// stdout.
+    pub out: String,
+    /// stderr.
+    pub err: String,
+}
+
+fn shim_bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-hull-v2"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Where the hull shim keeps container state for namespace `ns` by default.
+pub fn hull_root(ns: &str) -> PathBuf {
+    Path::new("/run/hull/containerd").join(ns)
+}
+
+impl Containerd {
+    /// Start a private containerd and import the busybox image into a fresh namespace.
+    pub fn start(name: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{}-{n}", name, std::process::id());
+        let dir = PathBuf::from(format!("/tmp/hull-shim-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("c.sock");
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{s}\"\n",
+            d = dir.display(),
+            s = sock.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let mut c = Self {
+            dir,
+            sock,
+            ns: format!("hulltest-{tag}"),
+            child: None,
+        };
+        c.boot();
+        let image = c.dir.join("busybox.tar");
+        let st = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/mkimage.sh"
+        ))
+        .arg(&image)
+        .arg(IMAGE)
+        .status()
+        .unwrap();
+        assert!(st.success(), "mkimage failed");
+        let r = c.ctr(&["images", "import", image.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "import: {}", r.err);
+        c
+    }
+
+    /// (Re)start the daemon and wait for its socket.
+    pub fn boot(&mut self) {
+        let path = format!(
+            "{}:{}",
+            shim_bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.sock.exists() && self.ctr(&["version"]).code == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "containerd did not come up: see {}",
+            self.dir.join("containerd.log").display()
+        );
+    }
+
+    /// SIGKILL the daemon (its shims and containers live on).
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn base(&self, timeout_s: u32) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", &timeout_s.to_string(), "ctr", "-a"])
+            .arg(&self.sock)
+            .args(["-n", &self.ns]);
+        cmd
+    }
+
+    /// `ctr ARGS` bounded to 30 s, stdin from /dev/null.
+    pub fn ctr(&self, args: &[&str]) -> Run {
+        let mut cmd = self.base(30);
+        cmd.args(args).stdin(Stdio::null());
+        run(cmd)
+    }
+
+    /// `ctr run` through hull with `extra` flags, then image, id and command.
+    pub fn run(&self, extra: &[&str], id: &str, command: &[&str]) -> Run {
+        let mut args = vec!["run", "--runtime", HULL];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
+    /// The task's status as `ctr task ls` prints it ("" when absent).
+    pub fn status(&self, id: &str) -> String {
+        let r = self.ctr(&["task", "ls"]);
+        r.out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The task's init pid.
+    pub fn pid(&self, id: &str) -> i32 {
+        let r = self.ctr(&["task", "ls"]);
+        r.out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Poll until the task reaches `want` (bounded).
+    pub fn wait_status(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.status(id);
+            if s == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id}: status {s:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The bundle dir containerd made for `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.ns)
+            .join(id)
+    }
+
+    /// Pids of shim processes serving this containerd.
+    pub fn shims(&self) -> Vec<i32> {
+        let needle = format!("-address\0{}\0", self.sock.display());
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            // Shim servers only (`-socket`), not a passing `start` or `delete` verb.
+            if cmd.starts_with(env!("CARGO_BIN_EXE_containerd-shim-hull-v2"))
+                && cmd.contains(&needle)
+                && cmd.contains("\0-socket\0")
+            {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Mount points under this containerd's dirs.
+    pub fn mounts(&self) -> Vec<String> {
+        let prefix = self.dir.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Cgroup dirs of this namespace's containers (ctr puts them at /<ns>/<id>).
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in ctrls.flatten() {
+                if let Ok(ids) = std::fs::read_dir(c.path().join(&self.ns)) {
+                    out.extend(
+                        ids.flatten()
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.path()),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Assert that no container, shim, mount, cgroup or hull state is left.
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let shims = self.shims();
+            let mounts = self.mounts();
+            let cgroups = self.cgroups();
+            let state: Vec<_> = std::fs::read_dir(hull_root(&self.ns))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            if shims.is_empty() && mounts.is_empty() && cgroups.is_empty() && state.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: shims {shims:?} mounts {mounts:?} cgroups {cgroups:?} state {state:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn run(mut cmd: Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run ctr");
+    Run {
+        code: status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&stdout).into_owned(),
+        err: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Kill what this test started, by pid: the shims, the containers (by cgroup), the daemon.
+        for pid in self.shims() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        for cg in self.cgroups() {
+            if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                for p in procs.split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", p]).status();
+                }
+            }
+        }
+        self.kill_daemon();
+        std::thread::sleep(Duration::from_millis(100));
+        for cg in self.cgroups() {
+            let _ = std::fs::remove_dir(&cg);
+        }
+        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in ctrls.flatten() {
+                let _ = std::fs::remove_dir(c.path().join(&self.ns));
+            }
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        let _ = std::fs::remove_dir_all(hull_root(&self.ns));
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("containerd.log (last lines, newest first):");
+            for l in tail {
+                eprintln!("  {l}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
