@@ -274,6 +274,7 @@ impl Vmm {
         let vm = Vm::new()?;
         let mem = memory::create_guest_memory(config.mem_mib << 20)?;
         vm.register_memory(&mem)?;
+        vm.setup_irqchip()?;
 
         let exit = ExitNotifier::new(
             EventFd::new(libc::EFD_NONBLOCK).map_err(sys("create exit eventfd"))?,

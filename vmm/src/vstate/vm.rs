@@ -40,7 +40,7 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens /dev/kvm, checks the capabilities used and creates a VM with irqchip, PIT and TSS.
+    /// Opens /dev/kvm, checks the capabilities used and creates an empty VM.
     pub fn new() -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
@@ -67,6 +67,13 @@ impl Vm {
             what: "create VM",
             source,
         })?;
+        Ok(Vm { kvm, fd })
+    }
+
+    /// Creates the in-kernel irqchip (PIC + IOAPIC + LAPICs), the PIT and KVM's TSS. Call after
+    /// [`Vm::register_memory`] and before creating vCPUs.
+    pub fn setup_irqchip(&self) -> Result<(), VmError> {
+        let fd = &self.fd;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(|source| VmError::Kvm {
                 what: "set TSS address",
@@ -84,7 +91,7 @@ impl Vm {
             what: "create in-kernel PIT",
             source,
         })?;
-        Ok(Vm { kvm, fd })
+        Ok(())
     }
 
     /// Registers every region of `mem` as a KVM memory slot.
