@@ -346,6 +346,9 @@ impl MmioTransport {
         }
         if s.status & STATUS_DRIVER_OK != 0 && s.status & STATUS_FAILED == 0 {
             self.try_activate();
+            if self.activated {
+                self.device.restored();
+            }
         }
     }
 }

@@ -138,6 +138,8 @@ pub trait VirtioDevice: Send {
     fn process_host_event(&mut self, _fd: RawFd, _readable: bool, _writable: bool) {}
     /// The driver reset the device: drop the queues.
     fn reset(&mut self);
+    /// The device was re-activated from a snapshot (its host-side state is gone).
+    fn restored(&mut self) {}
     /// The activated queues (for snapshots).
     fn queues(&self) -> &[Queue] {
         &[]

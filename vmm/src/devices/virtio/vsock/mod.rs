@@ -25,6 +25,9 @@ use super::{Interrupt, VirtioDevice, VirtioError, TYPE_VSOCK, VIRTIO_F_VERSION_1
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 const RXQ: usize = 0;
 const TXQ: usize = 1;
+const EVQ: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the guest must drop its connections.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Receive buffer the VMM advertises per connection.
 const BUF_ALLOC: u32 = 256 * 1024;
 /// Packets queued for the guest before host reads pause.
@@ -89,6 +92,7 @@ pub struct Vsock {
     conns: HashMap<ConnKey, Conn>,
     rx: VecDeque<(Header, Vec<u8>)>,
     next_local_port: u32,
+    reset_pending: bool,
     active: Option<(GuestMemoryMmap, Vec<Queue>, Interrupt)>,
 }
 
@@ -117,6 +121,7 @@ impl Vsock {
             conns: HashMap::new(),
             rx: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            reset_pending: false,
             active: None,
         })
     }
@@ -418,6 +423,32 @@ impl Vsock {
         }
     }
 
+    /// Tells the guest, through the event queue, that all connections are gone.
+    fn deliver_events(&mut self) {
+        if !self.reset_pending {
+            return;
+        }
+        let Some((mem, queues, irq)) = self.active.as_mut() else {
+            return;
+        };
+        let mut sent = false;
+        let used = drain_queue(&mut queues[EVQ], mem, "virtio-vsock", |chain| {
+            if sent {
+                return None;
+            }
+            sent = true;
+            Some(
+                chain
+                    .write_all(mem, &EVENT_TRANSPORT_RESET.to_le_bytes())
+                    .unwrap_or(0) as u32,
+            )
+        });
+        if used {
+            self.reset_pending = false;
+            irq.signal_used_queue();
+        }
+    }
+
     /// Live connections (host port, guest port).
     pub fn connections(&self) -> Vec<(u32, u32)> {
         self.conns.keys().copied().collect()
@@ -469,6 +500,7 @@ impl VirtioDevice for Vsock {
         match index as usize {
             RXQ => self.deliver_rx(),
             TXQ => self.process_tx(),
+            EVQ => self.deliver_events(),
             _ => {}
         }
     }
@@ -505,8 +537,13 @@ impl VirtioDevice for Vsock {
         }
         self.deliver_rx();
     }
+    fn restored(&mut self) {
+        self.reset_pending = true;
+        self.deliver_events();
+    }
     fn reset(&mut self) {
         self.active = None;
+        self.reset_pending = false;
         self.conns.clear();
         self.handshakes.clear();
         self.rx.clear();
@@ -693,6 +730,33 @@ mod tests {
         rig.pump();
         let p = rig.received();
         assert_eq!(p[0].1, b"hello guest");
+    }
+
+    #[test]
+    fn restore_sends_transport_reset_event() {
+        let m = test_mem();
+        let evq = MockSplitQueue::create(&m, GuestAddress(0x10000), 16);
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hull-vsock").unwrap();
+        let mut dev = Vsock::new(GUEST, &dir.as_path().join("v.sock")).unwrap();
+        let rxq = <virtio_queue::Queue as virtio_queue::QueueT>::new(256).unwrap();
+        let txq = <virtio_queue::Queue as virtio_queue::QueueT>::new(256).unwrap();
+        let (irq, evt) = test_interrupt();
+        dev.activate(m.clone(), vec![rxq, txq, evq.create_queue().unwrap()], irq)
+            .unwrap();
+        // No event buffer yet: the reset waits for one.
+        dev.restored();
+        assert!(used(&evq).is_empty());
+        m.write_obj(0xffff_ffffu32, GuestAddress(0x60_0000))
+            .unwrap();
+        evq.add_desc_chains(&[desc(0x60_0000, 4, VRING_DESC_F_WRITE)], 0)
+            .unwrap();
+        dev.process_queue(EVQ as u16);
+        assert_eq!(used(&evq), vec![(0, 4)]);
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(0x60_0000)).unwrap(),
+            EVENT_TRANSPORT_RESET
+        );
+        assert_eq!(evt.read().unwrap(), 1);
     }
 
     #[test]
