@@ -186,7 +186,12 @@ fn pod_containers_share_one_shim() {
         "containers of one pod must share a shim"
     );
     assert_ne!(addr("pod1"), addr("other"));
-    assert_eq!(c.shims().len(), 2, "one shim per pod: {:?}", c.shims());
+    let shims = c.shims();
+    let cmdlines: Vec<String> = shims
+        .iter()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default())
+        .collect();
+    assert_eq!(shims.len(), 2, "one shim per pod: {cmdlines:?}");
 
     // Stopping one container of the pod leaves the other served.
     assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "app1"]).code, 0);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// The image every test runs.
 pub const IMAGE: &str = "docker.io/hull/busybox:latest";
+/// The pod sandbox ("pause") image of the CRI tests.
+pub const PAUSE: &str = "docker.io/hull/pause:latest";
 /// The shim's runtime name.
 pub const HULL: &str = "io.containerd.hull.v2";
 
@@ -45,6 +47,10 @@ pub struct Containerd {
     pub sock: PathBuf,
     /// The namespace this test uses.
     pub ns: String,
+    /// Where the shim keeps container state for this test.
+    pub hull_root: PathBuf,
+    /// The cgroup parent of this test's containers (under each controller).
+    pub cgroup_parent: String,
     child: Option<Child>,
 }
 
@@ -73,39 +79,101 @@ pub fn hull_root(ns: &str) -> PathBuf {
 impl Containerd {
     /// Start a private containerd and import the busybox image into a fresh namespace.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, false)
+    }
+
+    /// Start a private containerd with its CRI plugin: a `hull` runtime handler whose
+    /// `ConfigPath` names a hull config with a private state root, a local pause image,
+    /// `restrict_oom_score_adj`; images in the `k8s.io` namespace.
+    pub fn start_cri(name: &str) -> Self {
+        Self::start_with(name, true)
+    }
+
+    fn start_with(name: &str, cri: bool) -> Self {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{}-{n}", name, std::process::id());
         let dir = PathBuf::from(format!("/tmp/hull-shim-test-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("c.sock");
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{s}\"\n",
-            d = dir.display(),
-            s = sock.display()
+        // Top-level keys first, then tables.
+        let mut top = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n",
+            d = dir.display()
         );
+        let mut config = format!("[grpc]\n  address = \"{}\"\n", sock.display());
+        let ns = if cri {
+            "k8s.io".to_string()
+        } else {
+            format!("hulltest-{tag}")
+        };
+        let hull_root = if cri {
+            let hull_config = dir.join("hull.toml");
+            std::fs::write(
+                &hull_config,
+                format!(
+                    "isolation = \"host\"\n[shim]\nroot = \"{}/hull-root\"\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            config.push_str(&format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 \x20 sandbox_image = \"{PAUSE}\"\n\
+                 \x20 restrict_oom_score_adj = true\n\
+                 \x20 disable_apparmor = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+                 \x20 bin_dir = \"{d}/cni-bin\"\n\
+                 \x20 conf_dir = \"{d}/cni-conf\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                 \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n\
+                 \x20 runtime_type = \"{HULL}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull.options]\n\
+                 \x20 ConfigPath = \"{c}\"\n",
+                d = dir.display(),
+                c = hull_config.display()
+            ));
+            dir.join("hull-root").join(&ns)
+        } else {
+            top.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+            hull_root(&ns)
+        };
+        let config = format!("{top}{config}");
         std::fs::write(dir.join("config.toml"), config).unwrap();
+        let cgroup_parent = if cri {
+            format!("hulltest-{tag}")
+        } else {
+            ns.clone()
+        };
         let mut c = Self {
             dir,
             sock,
-            ns: format!("hulltest-{tag}"),
+            ns,
+            hull_root,
+            cgroup_parent,
             child: None,
         };
         c.boot();
-        let image = c.dir.join("busybox.tar");
-        let st = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/mkimage.sh"
-        ))
-        .arg(&image)
-        .arg(IMAGE)
-        .status()
-        .unwrap();
-        assert!(st.success(), "mkimage failed");
-        let r = c.ctr(&["images", "import", image.to_str().unwrap()]);
-        assert_eq!(r.code, 0, "import: {}", r.err);
+        let mut images = vec![(IMAGE, "[\"sh\"]")];
+        if cri {
+            images.push((PAUSE, "[\"sleep\",\"2147483647\"]"));
+        }
+        for (i, (name, cmd)) in images.into_iter().enumerate() {
+            let tar = c.dir.join(format!("image-{i}.tar"));
+            let st = Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/mkimage.sh"
+            ))
+            .arg(&tar)
+            .arg(name)
+            .arg(cmd)
+            .status()
+            .unwrap();
+            assert!(st.success(), "mkimage failed");
+            let r = c.ctr(&["images", "import", tar.to_str().unwrap()]);
+            assert_eq!(r.code, 0, "import: {}", r.err);
+        }
         c
     }
 
@@ -243,6 +311,21 @@ impl Containerd {
                 out.push(pid);
             }
         }
+        // A container process the shim cloned and that has not exec'd yet still shows
+        // the shim's command line: its parent is a shim.
+        let ppid = |pid: i32| -> i32 {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1))
+                        .and_then(|p| p.parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        let all = out.clone();
+        out.retain(|p| !all.contains(&ppid(*p)));
         out
     }
 
@@ -262,7 +345,7 @@ impl Containerd {
         let mut out = Vec::new();
         if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in ctrls.flatten() {
-                if let Ok(ids) = std::fs::read_dir(c.path().join(&self.ns)) {
+                if let Ok(ids) = std::fs::read_dir(c.path().join(&self.cgroup_parent)) {
                     out.extend(
                         ids.flatten()
                             .filter(|e| e.path().is_dir())
@@ -281,7 +364,7 @@ impl Containerd {
             let shims = self.shims();
             let mounts = self.mounts();
             let cgroups = self.cgroups();
-            let state: Vec<_> = std::fs::read_dir(hull_root(&self.ns))
+            let state: Vec<_> = std::fs::read_dir(&self.hull_root)
                 .map(|d| d.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default();
             if shims.is_empty() && mounts.is_empty() && cgroups.is_empty() && state.is_empty() {
@@ -329,7 +412,7 @@ impl Drop for Containerd {
         }
         if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in ctrls.flatten() {
-                let _ = std::fs::remove_dir(c.path().join(&self.ns));
+                let _ = std::fs::remove_dir(c.path().join(&self.cgroup_parent));
             }
         }
         let mut mounts = self.mounts();
@@ -337,7 +420,7 @@ impl Drop for Containerd {
         for m in mounts {
             let _ = Command::new("umount").args(["-l", &m]).status();
         }
-        let _ = std::fs::remove_dir_all(hull_root(&self.ns));
+        let _ = std::fs::remove_dir_all(&self.hull_root);
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -1,0 +1,89 @@
+#!/bin/bash
+# run-vs-runc.sh [N]: `ctr run --rm IMAGE ID true` through io.containerd.hull.v2 and
+# io.containerd.runc.v2, interleaved, N runs each (default 30), on a private containerd
+# 1.6; prints both means and the ratio. Then the resident memory of one shim per pod
+# (1 container, then 2 in the same pod), hull's and runc's.
+#
+# SHIM: the shim binary (default: target-shim release build).
+set -euo pipefail
+n=${1:-30}
+here=$(cd "$(dirname "$0")" && pwd)
+shim=${SHIM:-/work/target-shim/release/containerd-shim-hull-v2}
+[ -x "$shim" ] || { echo "build it first: cargo build --release -p hull-shim" >&2; exit 1; }
+dir=$(mktemp -d /tmp/hull-shim-bench.XXXXXX)
+ns=bench
+img=docker.io/hull/busybox:latest
+mkdir -p "$dir/bin"
+ln -s "$shim" "$dir/bin/containerd-shim-hull-v2"
+cat > "$dir/config.toml" <<CFG
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/c.sock"
+CFG
+PATH="$dir/bin:$PATH" containerd --config "$dir/config.toml" > "$dir/containerd.log" 2>&1 &
+cpid=$!
+cleanup() {
+  for id in $(ctr -a "$dir/c.sock" -n $ns task ls -q 2>/dev/null); do
+    ctr -a "$dir/c.sock" -n $ns task kill -s KILL "$id" >/dev/null 2>&1 || true
+  done
+  sleep 0.5
+  for id in $(ctr -a "$dir/c.sock" -n $ns container ls -q 2>/dev/null); do
+    ctr -a "$dir/c.sock" -n $ns task delete "$id" >/dev/null 2>&1 || true
+    ctr -a "$dir/c.sock" -n $ns container rm "$id" >/dev/null 2>&1 || true
+  done
+  kill "$cpid" 2>/dev/null || true
+  wait "$cpid" 2>/dev/null || true
+  grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$dir" "/run/hull/containerd/$ns"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do [ -S "$dir/c.sock" ] && break; sleep 0.05; done
+"$here/../tests/support/mkimage.sh" "$dir/img.tar" $img
+C="ctr -a $dir/c.sock -n $ns"
+$C images import "$dir/img.tar" >/dev/null
+
+ms() { date +%s%N; }
+one() { # runtime id -> elapsed ns
+  local t0 t1
+  t0=$(ms)
+  $C run --rm --runtime "$1" $img "$2" true </dev/null >/dev/null
+  t1=$(ms)
+  echo $((t1 - t0))
+}
+# Warm both paths once.
+one io.containerd.hull.v2 warm-h >/dev/null
+one io.containerd.runc.v2 warm-r >/dev/null
+th=0; tr=0
+for i in $(seq "$n"); do
+  th=$((th + $(one io.containerd.hull.v2 h$i)))
+  tr=$((tr + $(one io.containerd.runc.v2 r$i)))
+done
+mh=$((th / n / 1000)); mr=$((tr / n / 1000))
+echo "ctr run --rm true, $n runs each, interleaved:"
+echo "  hull shim: mean $((mh / 1000)).$(printf %03d $((mh % 1000))) ms"
+echo "  runc shim: mean $((mr / 1000)).$(printf %03d $((mr % 1000))) ms"
+awk -v a=$th -v b=$tr 'BEGIN { printf "  ratio hull/runc: %.2fx\n", a / b }'
+
+rss() { # pid -> "N KiB"
+  awk '/^VmRSS/ {print $2}' "/proc/$1/status"
+}
+shim_of() { # container id -> pid of its shim (the parent/subreaper of its init)
+  local pid
+  pid=$($C task ls | awk -v id="$1" '$1 == id {print $2}')
+  awk '/^PPid/ {print $2}' "/proc/$pid/status"
+}
+echo "shim resident memory (VmRSS) per pod:"
+for rt in io.containerd.hull.v2 io.containerd.runc.v2; do
+  tag=${rt#io.containerd.}; tag=${tag%.v2}
+  $C run -d --runtime $rt --annotation io.kubernetes.cri.sandbox-id=pod-$tag $img pod-$tag sleep 1000 >/dev/null
+  sleep 0.3
+  p=$(shim_of pod-$tag)
+  one_c=$(rss "$p")
+  $C run -d --runtime $rt --annotation io.kubernetes.cri.sandbox-id=pod-$tag $img app-$tag sleep 1000 >/dev/null
+  sleep 0.3
+  two_c=$(rss "$p")
+  echo "  $tag: 1 container ${one_c} KiB, 2 containers in the pod ${two_c} KiB (shim pid $p)"
+done

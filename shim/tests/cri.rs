@@ -1,0 +1,109 @@
+//! The CRI path: containerd's CRI plugin with a `hull` runtime handler, driven the way
+//! kubelet drives it (RunPodSandbox with the handler, CreateContainer, StartContainer,
+//! ExecSync, StopContainer, StopPodSandbox, RemovePodSandbox) by a Python client on the
+//! PyPI `container-runtime-interface-api` CRI v1 stubs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::Containerd;
+
+fn python_cri_client() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import grpc, cri_api.v1.api_pb2_grpc"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: needs python3 with `pip install container-runtime-interface-api`");
+    }
+    ok
+}
+
+#[test]
+fn cri_pod_with_the_hull_handler() {
+    if !common::usable() || !python_cri_client() {
+        return;
+    }
+    let c = Containerd::start_cri("cri");
+    let logs = c.dir.join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut client = Command::new("timeout")
+        .args(["-s", "KILL", "120", "python3"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/cri.py"))
+        .arg(&c.sock)
+        .arg("hull")
+        .arg(format!("/{}", c.cgroup_parent))
+        .arg(&logs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let (tx, rx) = mpsc::channel();
+    let out = client.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |want: &str, seen: &mut Vec<String>| loop {
+        match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line == want {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    };
+    let ready = wait_for("READY", &mut seen);
+    if !ready {
+        let _ = client.kill();
+        let out = client.wait_with_output().unwrap();
+        panic!(
+            "CRI client failed before READY: {seen:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        seen.iter().any(|l| l == "execsync exit=3 stdout=exec-ok"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l == "status CONTAINER_RUNNING"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l == "pod-pids 2"),
+        "pod pid namespace not shared: {seen:?}"
+    );
+    // The sandbox and both containers: one shim.
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1, "one shim per pod, got {shims:?}");
+    assert!(
+        std::fs::read_dir(&c.hull_root).unwrap().count() >= 3,
+        "ConfigPath's state root not used"
+    );
+
+    client.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    let done = wait_for("DONE", &mut seen);
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        done && out.status.success(),
+        "CRI client failed: {seen:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("stopped CONTAINER_EXITED")),
+        "{seen:?}"
+    );
+    c.assert_clean();
+}
