@@ -192,10 +192,13 @@ impl Vsock {
             }
             OP_RESPONSE => match self.conns.get_mut(&key) {
                 Some(c) if c.state == ConnState::Connecting => {
-                    c.state = ConnState::Established;
+                    // The line goes straight to the fresh socket (its buffer is empty), not
+                    // through `to_host`, so that it is not counted as guest data in fwd_cnt.
                     let line = format!("OK {}\n", key.0);
-                    c.to_host.extend_from_slice(line.as_bytes());
-                    self.flush_to_host(key);
+                    match c.stream.write(line.as_bytes()) {
+                        Ok(n) if n == line.len() => c.state = ConnState::Established,
+                        _ => self.reset_conn(key),
+                    }
                 }
                 _ => self.reset_conn(key),
             },
@@ -209,6 +212,11 @@ impl Vsock {
                     return;
                 }
                 let n = (h.len as usize).min(data.len());
+                if c.to_host.len() + n > BUF_ALLOC as usize {
+                    debug!(?key, "guest overran its vsock credit");
+                    self.reset_conn(key);
+                    return;
+                }
                 c.to_host.extend_from_slice(&data[..n]);
                 self.flush_to_host(key);
             }
@@ -249,9 +257,7 @@ impl Vsock {
                 }
                 Ok(n) => {
                     c.to_host.drain(..n);
-                    if c.state == ConnState::Established {
-                        c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
-                    }
+                    c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -338,11 +344,7 @@ impl Vsock {
             return;
         };
         if c.state != ConnState::Established {
-            // Host closed before the guest answered.
-            let mut b = [0u8; 1];
-            if let Ok(0) = c.stream.read(&mut b) {
-                self.reset_conn(key);
-            }
+            // Data sent before the guest accepted stays in the socket until it has.
             return;
         }
         let want = (c.peer_credit() as usize).min(MAX_PAYLOAD);
@@ -509,7 +511,7 @@ impl VirtioDevice for Vsock {
         fds.extend(self.handshakes.keys().map(|fd| (*fd, false)));
         let room = self.rx.len() < MAX_PENDING_RX;
         for c in self.conns.values() {
-            let read = room && (c.state == ConnState::Connecting || c.peer_credit() > 0);
+            let read = room && c.state == ConnState::Established && c.peer_credit() > 0;
             let write = !c.to_host.is_empty();
             if read || write {
                 fds.push((c.stream.as_raw_fd(), write));
@@ -611,7 +613,10 @@ mod tests {
         }
 
         fn send(&mut self, h: Header, data: &[u8]) {
-            let addr = 0x20_0000 + u64::from(self.tx_next) * 0x1000;
+            self.send_at(0x20_0000 + u64::from(self.tx_next) * 0x1000, h, data);
+        }
+
+        fn send_at(&mut self, addr: u64, h: Header, data: &[u8]) {
             let mut b = h.to_bytes().to_vec();
             b.extend_from_slice(data);
             self.m.write_slice(&b, GuestAddress(addr)).unwrap();
@@ -708,7 +713,8 @@ mod tests {
         let m = test_mem();
         let mut rig = Rig::new(&m);
         let mut host = UnixStream::connect(&rig.uds).unwrap();
-        host.write_all(b"CONNECT 1024\n").unwrap();
+        // Data right after the handshake line waits until the guest accepts.
+        host.write_all(b"CONNECT 1024\nearly").unwrap();
         rig.pump();
         let p = rig.received();
         assert_eq!(p.len(), 1);
@@ -726,10 +732,19 @@ mod tests {
             std::str::from_utf8(&line[..n]).unwrap(),
             format!("OK {local}\n")
         );
+        rig.pump();
+        let p = rig.received();
+        assert_eq!(p[0].1, b"early");
+        // The handshake line is not guest data: fwd_cnt stays 0 until the guest sends some.
+        assert_eq!(p[0].0.fwd_cnt, 0);
         host.write_all(b"hello guest").unwrap();
         rig.pump();
         let p = rig.received();
         assert_eq!(p[0].1, b"hello guest");
+        rig.send(guest_hdr(1024, local, OP_RW, 3), b"abc");
+        let mut b = [0u8; 3];
+        host.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"abc");
     }
 
     #[test]
@@ -780,6 +795,21 @@ mod tests {
         let p = rig.received();
         assert!(p.iter().all(|(h, _)| h.op == OP_RST));
         assert_eq!(p.len(), 2);
+        // A guest ignoring its credit gets its connection reset.
+        let _host = UnixListener::bind(format!("{}_60", rig.uds.display())).unwrap();
+        rig.send(guest_hdr(500, 60, OP_REQUEST, 0), &[]);
+        let big = vec![7u8; 60000];
+        for i in 0..8 {
+            rig.send_at(
+                0x80_0000 + i * 0x10000,
+                guest_hdr(500, 60, OP_RW, 60000),
+                &big,
+            );
+        }
+        assert!(rig.dev.connections().is_empty());
+        let ops: Vec<u16> = rig.received().iter().map(|(h, _)| h.op).collect();
+        assert_eq!(ops.first(), Some(&OP_RESPONSE));
+        assert!(ops.contains(&OP_RST), "{ops:?}");
         // Bad handshake lines close the stream.
         let mut host = UnixStream::connect(&rig.uds).unwrap();
         host.write_all(b"HELLO\n").unwrap();
