@@ -376,6 +376,12 @@ impl Vmm {
             device,
             irq_evt,
         )));
+        transport.lock().expect("transport lock").set_notifier(
+            notify
+                .try_clone()
+                .map_err(sys("clone virtio notify eventfd"))?,
+        );
+
         self.mmio_bus
             .insert(transport.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
         self.virtio.push(VirtioSlot {

@@ -1,5 +1,6 @@
 //! Hybrid vsock through the VMM's real event loop: the test plays the guest driver (queues in
-//! guest memory, registers through the virtio-mmio transport) while a host process talks to the
+//! guest memory, registers through the virtio-mmio transport, notifications through the
+//! device's ioeventfd as KVM would signal them) while a host process talks to the
 //! unix socket with the `CONNECT <port>\n` / `OK <port>\n` handshake. The vCPU runs a tiny
 //! guest that waits for IRQ3, which the test raises at the end to reset the VM.
 
@@ -68,6 +69,8 @@ fn host_and_guest_talk_through_the_event_loop() {
     assert!(vmm.cmdline.contains("virtio_mmio.device=4K@0xd0000000:5"));
     let mem = vmm.memory().clone();
     let transport = vmm.virtio_devices()[0].transport.clone();
+    // What KVM signals when the guest writes QueueNotify (the device's ioeventfd).
+    let notify = vmm.virtio_devices()[0].notify.try_clone().unwrap();
 
     // The "driver": three queues in guest memory, rx buffers posted.
     let rxq = MockSplitQueue::create(&mem, GuestAddress(0x30_0000), QSIZE);
@@ -118,10 +121,7 @@ fn host_and_guest_talk_through_the_event_loop() {
         )
         .unwrap();
         tx_next += 1;
-        transport
-            .lock()
-            .unwrap()
-            .write(reg::QUEUE_NOTIFY, &1u32.to_le_bytes());
+        notify.write(1).unwrap();
     };
 
     // Host connects and asks for guest port 1024.

@@ -122,6 +122,7 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     activated: bool,
+    notifier: Option<EventFd>,
 }
 
 impl MmioTransport {
@@ -144,6 +145,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
+            notifier: None,
         }
     }
 
@@ -153,6 +155,12 @@ impl MmioTransport {
             .iter()
             .map(|max| Queue::new(*max).expect("device queue sizes are powers of two"))
             .collect()
+    }
+
+    /// Hands QueueNotify writes that reach the transport (rather than KVM's ioeventfd) to the
+    /// event loop through `evt`, so that device work always runs on the event loop thread.
+    pub fn set_notifier(&mut self, evt: EventFd) {
+        self.notifier = Some(evt);
     }
 
     /// The device model.
@@ -439,7 +447,14 @@ impl BusDevice for MmioTransport {
             reg::QUEUE_USED_HIGH => self.update_queue(|q| hi(q, Queue::set_used_ring_address)),
             reg::QUEUE_NOTIFY => {
                 if self.activated {
-                    self.device.process_queue(v as u16);
+                    match &self.notifier {
+                        Some(evt) => {
+                            if let Err(e) = evt.write(1) {
+                                warn!(error = %e, "cannot signal queue notification");
+                            }
+                        }
+                        None => self.device.process_queue(v as u16),
+                    }
                 }
             }
             reg::INTERRUPT_ACK => self.interrupt.ack(v),
