@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 /// mapping the caller's uid/gid to root.
 pub fn default_spec(rootless: bool) -> Spec {
     if rootless {
-        Spec::rootless(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+        Spec::rootless(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
     } else {
         Spec::default()
     }
@@ -64,7 +67,10 @@ mod tests {
         let s = default_spec(false);
         let text = serde_json::to_string(&s).unwrap();
         let back: Spec = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.process().as_ref().unwrap().args(), s.process().as_ref().unwrap().args());
+        assert_eq!(
+            back.process().as_ref().unwrap().args(),
+            s.process().as_ref().unwrap().args()
+        );
     }
 
     #[test]

@@ -1,1 +1,293 @@
-//! Helpers shared by hull end-to-end tests.
+//! Helpers shared by hull's end-to-end tests: busybox bundles, a `hull` runner with a
+//! private state root, and checks that nothing was left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of a binary built from this workspace (`hull`, ...): `$HULL_BIN_DIR/NAME`, else
+/// next to the test executable's target dir.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("HULL_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` first (or set HULL_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// A unique container id for this test process.
+pub fn unique_id(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Fill `rootfs` with busybox-static and its applets.
+pub fn busybox_rootfs(rootfs: &Path) {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("busybox-static is not installed (apt-get install busybox-static)");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(bb, rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new(bb).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = rootfs.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnobody:x:65534:\n").unwrap();
+}
+
+/// An OCI bundle in a temporary directory with a busybox rootfs.
+pub struct Bundle {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    /// A bundle whose process runs `args`, config from `hull spec` with `terminal: false`.
+    pub fn new(args: &[&str]) -> Self {
+        Self::with(args, |_| {})
+    }
+
+    /// Like `new`, then `edit` may change the config JSON.
+    pub fn with(args: &[&str], edit: impl FnOnce(&mut Value)) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hull-bundle-")
+            .tempdir()
+            .unwrap();
+        busybox_rootfs(&dir.path().join("rootfs"));
+        let out = Command::new(bin("hull"))
+            .args(["spec", "--bundle"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "hull spec: {:?}", out);
+        let b = Self { dir };
+        b.edit(|v| {
+            v["process"]["args"] = args.iter().map(|s| Value::from(*s)).collect();
+            v["process"]["terminal"] = false.into();
+            v["root"]["readonly"] = false.into();
+            edit(v);
+        });
+        b
+    }
+
+    /// Bundle directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Change config.json in place.
+    pub fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let p = self.path().join("config.json");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+}
+
+/// Runs the real `hull` binary with a private `--root`.
+pub struct Hull {
+    /// State root for this test.
+    pub root: tempfile::TempDir,
+}
+
+impl Default for Hull {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hull {
+    /// A runner with a fresh state root.
+    pub fn new() -> Self {
+        Self {
+            root: tempfile::Builder::new()
+                .prefix("hull-root-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A `hull --root ROOT args...` command, stdin from /dev/null.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("hull"));
+        c.arg("--root").arg(self.root.path()).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Run to completion with captured output, bounded by 60 s.
+    pub fn run(&self, args: &[&str]) -> Output {
+        output_with_timeout(self.cmd(args), Duration::from_secs(60))
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "hull {:?} failed: {}\nstderr: {}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `hull state ID` as JSON.
+    pub fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    /// Whether the state dir of `id` exists.
+    pub fn has_state(&self, id: &str) -> bool {
+        self.root.path().join(id).exists()
+    }
+}
+
+impl Drop for Hull {
+    fn drop(&mut self) {
+        // Best effort: leave no container behind even when a test failed.
+        if let Ok(entries) = std::fs::read_dir(self.root.path()) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if id.starts_with('.') {
+                    continue;
+                }
+                let _ = Command::new(bin("hull"))
+                    .arg("--root")
+                    .arg(self.root.path())
+                    .args(["delete", "--force", &id])
+                    .output();
+            }
+        }
+    }
+}
+
+/// Run a command, killing it if it outlives `limit`. Output goes through files, not
+/// pipes: a detached container inherits them and would keep pipes open.
+pub fn output_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    let out_f = tempfile::tempfile().expect("tempfile");
+    let err_f = tempfile::tempfile().expect("tempfile");
+    cmd.stdout(out_f.try_clone().unwrap())
+        .stderr(err_f.try_clone().unwrap());
+    let mut child = cmd.spawn().expect("spawn");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    Output {
+        status,
+        stdout: read(out_f),
+        stderr: read(err_f),
+    }
+}
+
+/// Cgroup directories (any v1 controller or the v2 tree) whose name contains `needle`.
+pub fn cgroups_named(needle: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, needle: &str, depth: usize, out: &mut Vec<PathBuf>) {
+        if depth > 4 {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    let p = e.path();
+                    if e.file_name().to_string_lossy().contains(needle) {
+                        out.push(p.clone());
+                    }
+                    walk(&p, needle, depth + 1, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), needle, 0, &mut out);
+    out
+}
+
+/// Mount points that mention `needle`.
+pub fn mounts_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                if pid == me {
+                    continue;
+                }
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(needle) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Wait until `f` holds, up to `limit`.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}

@@ -48,7 +48,10 @@ impl ConsoleReceiver {
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .map_err(|e| Error::sys("receive pty master", e))?;
-        for c in msg.cmsgs().map_err(|e| Error::sys("receive pty master", e))? {
+        for c in msg
+            .cmsgs()
+            .map_err(|e| Error::sys("receive pty master", e))?
+        {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 if let Some(&fd) = fds.first() {
                     // SAFETY: the kernel just installed this fd in our table for us

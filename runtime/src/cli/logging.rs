@@ -47,7 +47,8 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.rest.push((field.name().to_string(), value.to_string()));
+            self.rest
+                .push((field.name().to_string(), value.to_string()));
         }
     }
 }
@@ -80,10 +81,7 @@ impl LogLayer {
                 s
             }
             LogFormat::Text => {
-                let mut s = format!(
-                    "time={time:?} level={} msg={msg:?}",
-                    level_name(level)
-                );
+                let mut s = format!("time={time:?} level={} msg={msg:?}", level_name(level));
                 for (k, v) in fields {
                     let _ = write!(s, " {k}={v:?}");
                 }
@@ -156,9 +154,7 @@ impl Logger {
             None if debug || env_level.is_some() => Some(Sink::Stderr),
             None => None,
         };
-        let layer = sink.map(|sink| {
-            std::sync::Arc::new(LogLayer { sink, format, max })
-        });
+        let layer = sink.map(|sink| std::sync::Arc::new(LogLayer { sink, format, max }));
         if let Some(l) = &layer {
             let _ = tracing_subscriber::registry()
                 .with(Shared(l.clone()))
@@ -203,6 +199,9 @@ mod tests {
             max: Level::INFO,
         };
         let line = l.line(&Level::WARN, "a b", &[("id".into(), "c1".into())]);
-        assert!(line.contains("level=warning msg=\"a b\" id=\"c1\""), "{line}");
+        assert!(
+            line.contains("level=warning msg=\"a b\" id=\"c1\""),
+            "{line}"
+        );
     }
 }

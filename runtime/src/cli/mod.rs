@@ -7,10 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
-use oci_spec::runtime::{
-    Capability, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, Process,
-    UserBuilder,
-};
+use oci_spec::runtime::{Capability, LinuxPidsBuilder, LinuxResources, Process, UserBuilder};
 use serde_json::json;
 
 use crate::error::{chain, Error, Result};
@@ -130,10 +127,7 @@ fn become_subreaper() -> Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only changes a flag of this process.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc != 0 {
-        return Err(Error::sys(
-            "become child subreaper",
-            nix::Error::last(),
-        ));
+        return Err(Error::sys("become child subreaper", nix::Error::last()));
     }
     Ok(())
 }
@@ -280,13 +274,6 @@ fn exec_process(sandbox: &HostSandbox, a: &ExecArgs) -> Result<Process> {
             let cap: Capability = c
                 .parse()
                 .map_err(|_| Error::InvalidInput(format!("unknown capability {c:?}")))?;
-            for set in [
-                caps.bounding().clone(),
-                caps.effective().clone(),
-                caps.permitted().clone(),
-            ] {
-                let _ = set;
-            }
             let add = |s: &Option<oci_spec::runtime::Capabilities>| {
                 let mut s = s.clone().unwrap_or_default();
                 s.insert(cap);
@@ -385,7 +372,11 @@ fn ps(sandbox: &HostSandbox, id: &str, format: Format, ps_args: &[String]) -> Re
         .ok_or_else(|| Error::InvalidInput("ps output has no PID column".into()))?;
     println!("{header}");
     for l in lines {
-        if let Some(p) = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok()) {
+        if let Some(p) = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok())
+        {
             if pids.contains(&p) {
                 println!("{l}");
             }
@@ -445,7 +436,7 @@ fn update(sandbox: &HostSandbox, a: UpdateArgs) -> Result<i32> {
     };
     let inv = |e: oci_spec::OciSpecError| Error::InvalidInput(e.to_string());
     if a.memory.is_some() || a.memory_swap.is_some() || a.memory_reservation.is_some() {
-        let mut m = r.memory().clone().unwrap_or_default();
+        let mut m = (*r.memory()).unwrap_or_default();
         if let Some(v) = a.memory {
             m.set_limit(Some(v));
         }
@@ -482,19 +473,17 @@ fn update(sandbox: &HostSandbox, a: UpdateArgs) -> Result<i32> {
         r.set_cpu(Some(c));
     }
     if let Some(v) = a.pids_limit {
-        r.set_pids(Some(LinuxPidsBuilder::default().limit(v).build().map_err(inv)?));
+        r.set_pids(Some(
+            LinuxPidsBuilder::default().limit(v).build().map_err(inv)?,
+        ));
     }
-    // Keep builders referenced so unused-import lints stay honest.
-    let _ = (LinuxCpuBuilder::default(), LinuxMemoryBuilder::default());
     sandbox.update(&a.id, &r)?;
     Ok(0)
 }
 
 /// Stats in the shape of runc's `events --stats` `data` object.
 pub fn runc_stats(s: &Stats) -> serde_json::Value {
-    let mem = |d: &libcgroups::stats::MemoryData| {
-        json!({"usage": d.usage, "max": d.max_usage, "failcnt": d.fail_count, "limit": d.limit})
-    };
+    let mem = |d: &libcgroups::stats::MemoryData| json!({"usage": d.usage, "max": d.max_usage, "failcnt": d.fail_count, "limit": d.limit});
     let raw: HashMap<&String, &u64> = s.memory.stats.iter().collect();
     json!({
         "cpu": {

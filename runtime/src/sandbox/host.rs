@@ -7,6 +7,7 @@ use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, Controll
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -127,16 +128,43 @@ impl HostSandbox {
         self.root.join(id)
     }
 
-    /// Load a container's libcontainer record with its status refreshed.
-    pub fn load(&self, id: &str) -> Result<Container> {
+    /// Lock a container's state dir: shared to read, exclusive to change it.
+    /// libcontainer rewrites state.json in place, so concurrent verbs (a `kill`
+    /// while `run` waits, containerd's `state` polls) must not interleave.
+    fn lock(&self, id: &str, exclusive: bool) -> Result<Flock<fs::File>> {
         validate_id(id)?;
+        let dir = self.dir(id);
+        let f = match fs::File::open(&dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let arg = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        Flock::lock(f, arg).map_err(|(_, e)| Error::sys(format!("lock state of {id}"), e))
+    }
+
+    /// Load a container's libcontainer record with its status refreshed; the returned
+    /// lock guards the state until dropped.
+    pub fn open(&self, id: &str, exclusive: bool) -> Result<(Flock<fs::File>, Container)> {
+        let lock = self.lock(id, exclusive)?;
         let dir = self.dir(id);
         if !dir.join("state.json").exists() {
             return Err(Error::NotFound(id.to_string()));
         }
         let mut c = Container::load(dir).map_err(|e| lc_err("load", id, e))?;
         c.refresh_status().map_err(|e| lc_err("load", id, e))?;
-        Ok(c)
+        Ok((lock, c))
+    }
+
+    /// Load a container's libcontainer record (shared lock, released on return).
+    pub fn load(&self, id: &str) -> Result<Container> {
+        self.open(id, false).map(|(_, c)| c)
     }
 
     fn cgroup(&self, c: &Container) -> Result<AnyCgroupManager> {
@@ -158,7 +186,13 @@ impl HostSandbox {
         let rootfs = load_bundle_spec(&st.bundle)
             .ok()
             .and_then(|s| s.root().as_ref().map(|r| r.path().clone()))
-            .map(|p| if p.is_absolute() { p } else { st.bundle.join(p) })
+            .map(|p| {
+                if p.is_absolute() {
+                    p
+                } else {
+                    st.bundle.join(p)
+                }
+            })
             .unwrap_or_default();
         ContainerState {
             oci_version: "1.0.2".to_string(),
@@ -269,7 +303,7 @@ impl Sandbox for HostSandbox {
     }
 
     fn start(&self, id: &str) -> Result<()> {
-        let mut c = self.load(id)?;
+        let (_lock, mut c) = self.open(id, true)?;
         if c.status() != ContainerStatus::Created {
             return Err(Error::WrongStatus {
                 id: id.to_string(),
@@ -349,7 +383,7 @@ impl Sandbox for HostSandbox {
     }
 
     fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
-        let mut c = self.load(id)?;
+        let (_lock, mut c) = self.open(id, true)?;
         if !all && !c.can_kill() {
             return Err(Error::WrongStatus {
                 id: id.to_string(),
@@ -369,7 +403,9 @@ impl Sandbox for HostSandbox {
             } else {
                 before
             };
-            c.set_status(keep).save().map_err(|e| lc_err("kill", id, e))?;
+            c.set_status(keep)
+                .save()
+                .map_err(|e| lc_err("kill", id, e))?;
         }
         Ok(())
     }
@@ -419,7 +455,7 @@ impl Sandbox for HostSandbox {
     }
 
     fn pause(&self, id: &str) -> Result<()> {
-        let mut c = self.load(id)?;
+        let (_lock, mut c) = self.open(id, true)?;
         if !c.can_pause() {
             return Err(Error::WrongStatus {
                 id: id.to_string(),
@@ -431,7 +467,7 @@ impl Sandbox for HostSandbox {
     }
 
     fn resume(&self, id: &str) -> Result<()> {
-        let mut c = self.load(id)?;
+        let (_lock, mut c) = self.open(id, true)?;
         if !c.can_resume() {
             return Err(Error::WrongStatus {
                 id: id.to_string(),
@@ -443,7 +479,7 @@ impl Sandbox for HostSandbox {
     }
 
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
-        let c = self.load(id)?;
+        let (_lock, c) = self.open(id, true)?;
         if c.status() == ContainerStatus::Stopped {
             return Err(Error::WrongStatus {
                 id: id.to_string(),
@@ -465,7 +501,7 @@ impl Sandbox for HostSandbox {
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let mut c = self.load(id)?;
+        let (_lock, mut c) = self.open(id, true)?;
         if !force && !c.can_delete() {
             return Err(Error::WrongStatus {
                 id: id.to_string(),
@@ -496,10 +532,7 @@ mod tests {
     #[test]
     fn missing_bundle_and_bad_config() {
         let d = std::env::temp_dir().join(format!("hull-ut-{}", std::process::id()));
-        assert!(matches!(
-            load_bundle_spec(&d),
-            Err(Error::BundleMissing(_))
-        ));
+        assert!(matches!(load_bundle_spec(&d), Err(Error::BundleMissing(_))));
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join("config.json"), b"{not json").unwrap();
         let e = load_bundle_spec(&d).unwrap_err();
