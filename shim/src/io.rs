@@ -250,7 +250,7 @@ impl IoState {
                 let _ = h.join();
             }
         }
+        // The master stays open until the process is deleted: a late ResizePty is harmless.
         self.close_stdin();
-        self.console = None;
     }
 }

@@ -3,6 +3,8 @@
 //! The shim is the pod's sandbox server: one shim process per pod serves the task API
 //! for every container of the pod through the `Sandbox` seam of `hull-runtime`.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod events;

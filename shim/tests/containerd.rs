@@ -149,6 +149,27 @@ fn tty_container() {
         "no pty in the container:\n{text}"
     );
     assert_eq!(out.status.code(), Some(4), "output:\n{text}");
+
+    // An exec with a terminal (ctr resizes its pty too) in a detached container.
+    assert_eq!(c.run(&["-d"], "t2", &["sleep", "1000"]).code, 0);
+    let cmd = format!(
+        "timeout -s KILL 30 ctr -a {} -n {} task exec -t --exec-id e1 t2 sh -c 'tty; exit 6'",
+        c.sock.display(),
+        c.ns
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "no pty in the exec:\n{text}");
+    assert!(!text.contains("resize"), "resize failed:\n{text}");
+    assert_eq!(out.status.code(), Some(6), "output:\n{text}");
+    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "t2"]).code, 0);
+    c.wait_status("t2", "STOPPED");
+    assert_eq!(c.ctr(&["task", "delete", "t2"]).code, 0);
+    assert_eq!(c.ctr(&["container", "rm", "t2"]).code, 0);
     c.assert_clean();
 }
 
