@@ -146,6 +146,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Forward the VMM's stdin to the serial console.
     pub stdin: bool,
+    /// Name of the VM on every log line (the sandbox id).
+    pub id: String,
 }
 
 impl Default for VmConfig {
@@ -165,6 +167,7 @@ impl Default for VmConfig {
             api_sock: None,
             seccomp: true,
             stdin: false,
+            id: "hull-vm".to_string(),
         }
     }
 }
@@ -212,6 +215,7 @@ impl Vmm {
     /// Builds the VM from `config`; the serial console writes to `serial_out`. vCPUs are created
     /// and configured but do not run until [`Vmm::start`].
     pub fn build(config: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Vmm, BuildError> {
+        let _span = tracing::info_span!("vm", id = %config.id).entered();
         let mut vmm = Vmm::build_machine(config, serial_out)?;
         let mut kernel = File::open(&vmm.config.kernel).map_err(|source| BuildError::Open {
             what: "kernel",
@@ -459,6 +463,7 @@ impl Vmm {
 
     /// Starts the vCPU threads.
     pub fn start(&mut self) -> Result<(), BuildError> {
+        let _span = tracing::info_span!("vm", id = %self.config.id).entered();
         let filter = if self.config.seccomp {
             Some(Arc::new(crate::seccomp::vcpu_filter()?))
         } else {
@@ -559,6 +564,7 @@ impl Vmm {
     /// Runs the event loop until the guest resets or shuts down, a VMM error happens, or
     /// `timeout` passes (then `VmExit::Error`).
     pub fn run(&mut self, timeout: Option<Duration>) -> Result<VmExit, BuildError> {
+        let _span = tracing::info_span!("vm", id = %self.config.id).entered();
         if self.handles.is_empty() && !self.vcpus.is_empty() {
             self.start()?;
         }

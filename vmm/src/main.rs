@@ -50,6 +50,9 @@ struct Cli {
     /// Leave out the virtio entropy device.
     #[arg(long)]
     no_rng: bool,
+    /// Name of the VM on every log line (hull passes the sandbox id).
+    #[arg(long, default_value = "hull-vm")]
+    id: String,
     /// Do not install the seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -71,6 +74,7 @@ fn run(cli: Cli) -> Result<VmExit, String> {
         api_sock: cli.api_sock,
         seccomp: !cli.no_seccomp,
         stdin: true,
+        id: cli.id,
     };
     let seccomp = config.seccomp;
     let out = Box::new(std::io::stdout());
@@ -90,6 +94,7 @@ fn run(cli: Cli) -> Result<VmExit, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HULL_VMM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

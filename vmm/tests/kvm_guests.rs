@@ -267,3 +267,20 @@ fn guest_driver_uses_virtio_rng_over_mmio_with_interrupt() {
         "the device filled the buffer with random bytes"
     );
 }
+
+#[test]
+fn pause_right_after_start_is_not_lost() {
+    if !kvm_available("pause_right_after_start_is_not_lost") {
+        return;
+    }
+    // The command may reach a vCPU thread before it ever entered KVM_RUN.
+    let (_d, kernel) = write_temp("irq.elf", &elf(&irq64(), false));
+    for _ in 0..20 {
+        let mut vmm = Vmm::build(config(&kernel), Box::new(std::io::sink())).unwrap();
+        vmm.start().unwrap();
+        vmm.pause().unwrap();
+        vmm.resume().unwrap();
+        vmm.pause().unwrap();
+        vmm.stop();
+    }
+}

@@ -477,9 +477,12 @@ impl Vcpu {
         let id = self.id;
         let (ev_tx, ev_rx) = channel();
         let (resp_tx, resp_rx) = channel();
+        // The caller's span (the VM's id) carries over to the vCPU thread's log lines.
+        let span = tracing::info_span!("vcpu", index = id);
         let thread = std::thread::Builder::new()
             .name(format!("hull-vcpu{id}"))
             .spawn(move || {
+                let _span = span.entered();
                 if let Some(filter) = seccomp {
                     if let Err(e) = crate::seccomp::apply(&filter) {
                         self.exit.notify(VmExit::Error(format!("vCPU {id}: {e}")));
@@ -505,8 +508,11 @@ impl Vcpu {
     ) {
         KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         let mut running = true;
+        // A command sent before KVM_RUN_PTR was set got a kick that did nothing: look at the
+        // commands once before the first KVM_RUN. Every later kick sets immediate_exit.
+        let mut commands_first = true;
         'outer: loop {
-            if running {
+            if running && !commands_first {
                 match self.run_once(buses) {
                     Ok(true) => continue,
                     Ok(false) => running = false,
@@ -523,6 +529,7 @@ impl Vcpu {
                     }
                 }
             }
+            commands_first = false;
             // Drain commands; block for one while not running.
             loop {
                 let ev = if running {
