@@ -291,3 +291,18 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Lazily unmount every mount point under `dir` (what a stopped daemon left behind).
+pub fn unmount_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = mounts_mentioning(&needle)
+        .iter()
+        .filter_map(|m| m.split_whitespace().nth(4).map(String::from))
+        .filter(|mp| mp.starts_with(&needle))
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for mp in points {
+        let _ = nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -1,7 +1,6 @@
 //! Docker 20.10 calls hull the runc way (`--runtime hull`): a private dockerd on its own
 //! socket and directories, a busybox image made by `docker import`, run/exec/stop.
 
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -15,7 +14,10 @@ struct Dockerd {
 
 impl Dockerd {
     fn start(runtimes: serde_json::Value) -> Self {
-        let dir = tempfile::Builder::new().prefix("hull-docker-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hull-docker-")
+            .tempdir()
+            .unwrap();
         let cfg = dir.path().join("daemon.json");
         std::fs::write(
             &cfg,
@@ -33,7 +35,10 @@ impl Dockerd {
             .arg("--pidfile")
             .arg(dir.path().join("docker.pid"))
             .arg("-H")
-            .arg(format!("unix://{}", dir.path().join("docker.sock").display()))
+            .arg(format!(
+                "unix://{}",
+                dir.path().join("docker.sock").display()
+            ))
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -41,7 +46,10 @@ impl Dockerd {
             .expect("dockerd (apt-get install docker.io)");
         let d = Self { dir, child };
         assert!(
-            wait_until(Duration::from_secs(60), || d.docker(&["version"]).status.success()),
+            wait_until(Duration::from_secs(60), || d
+                .docker(&["version"])
+                .status
+                .success()),
             "dockerd did not come up: {}",
             std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default()
         );
@@ -51,7 +59,10 @@ impl Dockerd {
     fn docker(&self, args: &[&str]) -> std::process::Output {
         let mut c = Command::new("/usr/bin/docker");
         c.arg("-H")
-            .arg(format!("unix://{}", self.dir.path().join("docker.sock").display()))
+            .arg(format!(
+                "unix://{}",
+                self.dir.path().join("docker.sock").display()
+            ))
             .args(args)
             .stdin(std::process::Stdio::null());
         output_with_timeout(c, Duration::from_secs(120))
@@ -67,10 +78,6 @@ impl Dockerd {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-
-    fn exec_root(&self) -> PathBuf {
-        self.dir.path().join("exec")
-    }
 }
 
 impl Drop for Dockerd {
@@ -82,11 +89,7 @@ impl Drop for Dockerd {
         );
         let _ = self.child.wait();
         // dockerd leaves its overlay mounts to the next start: unmount them ourselves.
-        for m in mounts_mentioning(&self.dir.path().to_string_lossy()) {
-            if let Some(mp) = m.split_whitespace().nth(4) {
-                let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        unmount_under(self.dir.path());
     }
 }
 
@@ -118,28 +121,74 @@ fn docker_run_exec_stop_with_runtime_hull() {
 
     // Output and exit status of `docker run`.
     let out = d.docker(&[
-        "run", "--rm", "--runtime", "hull", "hull-busybox:test", "sh", "-c", "echo hi from docker; exit 3",
+        "run",
+        "--rm",
+        "--runtime",
+        "hull",
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "echo hi from docker; exit 3",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from docker\n");
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A detached container: exec (plain and tty), pause/unpause, stop.
-    d.ok(&["run", "-d", "--name", "hull-d1", "--runtime", "hull", "hull-busybox:test", "sleep", "1000"]);
-    let state_dir = d.exec_root().join("runtime-hull");
-    assert!(state_dir.exists(), "docker did not call hull (no {})", state_dir.display());
-    assert_eq!(d.ok(&["exec", "hull-d1", "sh", "-c", "echo exec-ok"]), "exec-ok\n");
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hull-d1",
+        "--runtime",
+        "hull",
+        "hull-busybox:test",
+        "sleep",
+        "1000",
+    ]);
+    // Docker 20.10's runc shim keeps runtime state under <exec-root>/runtime-runc/moby;
+    // hull's record there (libcontainer's youki_config.json) proves Docker called hull.
+    let id = d
+        .ok(&["inspect", "-f", "{{.Id}}", "hull-d1"])
+        .trim()
+        .to_string();
+    let state_dir = d.dir.path().join("exec/runtime-runc/moby").join(&id);
+    assert!(
+        state_dir.join("youki_config.json").exists(),
+        "docker did not call hull (no hull state in {})",
+        state_dir.display()
+    );
+    assert_eq!(
+        d.ok(&["exec", "hull-d1", "sh", "-c", "echo exec-ok"]),
+        "exec-ok\n"
+    );
     let out = d.docker(&["exec", "hull-d1", "sh", "-c", "exit 9"]);
     assert_eq!(out.status.code(), Some(9));
-    assert!(d.ok(&["exec", "-t", "hull-d1", "tty"]).starts_with("/dev/pts/"));
+    assert!(d
+        .ok(&["exec", "-t", "hull-d1", "tty"])
+        .starts_with("/dev/pts/"));
     d.ok(&["pause", "hull-d1"]);
-    assert_eq!(d.ok(&["inspect", "-f", "{{.State.Status}}", "hull-d1"]).trim(), "paused");
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Status}}", "hull-d1"])
+            .trim(),
+        "paused"
+    );
     d.ok(&["unpause", "hull-d1"]);
     d.ok(&["stop", "-t", "1", "hull-d1"]);
-    assert_eq!(d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "hull-d1"]).trim(), "137");
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "hull-d1"])
+            .trim(),
+        "137"
+    );
     d.ok(&["rm", "hull-d1"]);
     // hull's state for the container is gone with it.
-    let left: Vec<_> = std::fs::read_dir(state_dir.join("moby"))
-        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "hull state left: {left:?}");
+    assert!(
+        !state_dir.exists(),
+        "hull state left in {}",
+        state_dir.display()
+    );
 }

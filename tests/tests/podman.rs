@@ -11,7 +11,10 @@ struct Podman {
 
 impl Podman {
     fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("hull-podman-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hull-podman-")
+            .tempdir()
+            .unwrap();
         // This host's root lacks CAP_SYS_RESOURCE: podman's default ulimits fail here.
         std::fs::write(
             dir.path().join("containers.conf"),
@@ -51,11 +54,7 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-f", "-a"]);
-        for m in mounts_mentioning(&self.dir.path().to_string_lossy()) {
-            if let Some(mp) = m.split_whitespace().nth(4) {
-                let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        unmount_under(self.dir.path());
     }
 }
 
@@ -76,21 +75,53 @@ fn podman_run_exec_stop_with_runtime_hull() {
         .success());
     p.ok(&["import", tar.to_str().unwrap(), "hull-busybox:test"]);
 
-    let out = p.podman(&["run", "--rm", "hull-busybox:test", "sh", "-c", "echo hi from podman; exit 4"]);
+    let out = p.podman(&[
+        "run",
+        "--rm",
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "echo hi from podman; exit 4",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from podman\n");
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let name = unique_id("hull-p");
-    p.ok(&["run", "-d", "--name", &name, "hull-busybox:test", "sleep", "1000"]);
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "hull-busybox:test",
+        "sleep",
+        "1000",
+    ]);
     // Podman calls hull without --root: the container's state is under /run/hull.
-    let id = p.ok(&["inspect", "-f", "{{.Id}}", &name]).trim().to_string();
+    let id = p
+        .ok(&["inspect", "-f", "{{.Id}}", &name])
+        .trim()
+        .to_string();
     assert!(std::path::Path::new("/run/hull").join(&id).exists());
-    assert_eq!(p.ok(&["exec", &name, "sh", "-c", "echo exec-ok"]), "exec-ok\n");
+    assert_eq!(
+        p.ok(&["exec", &name, "sh", "-c", "echo exec-ok"]),
+        "exec-ok\n"
+    );
     assert!(p.ok(&["exec", "-t", &name, "tty"]).starts_with("/dev/pts/"));
     p.ok(&["pause", &name]);
-    assert_eq!(p.ok(&["inspect", "-f", "{{.State.Status}}", &name]).trim(), "paused");
+    assert_eq!(
+        p.ok(&["inspect", "-f", "{{.State.Status}}", &name]).trim(),
+        "paused"
+    );
     p.ok(&["unpause", &name]);
     p.ok(&["stop", "-t", "1", &name]);
     p.ok(&["rm", &name]);
-    assert!(!std::path::Path::new("/run/hull").join(&id).exists(), "hull state left behind");
+    assert!(
+        !std::path::Path::new("/run/hull").join(&id).exists(),
+        "hull state left behind"
+    );
 }
