@@ -13,8 +13,10 @@ use containerd_shim::api::{
     UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::protobuf::EnumOrUnknown;
+use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
+use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 use hull_runtime::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Status};
 use nix::sys::signal::Signal;
@@ -663,14 +665,37 @@ impl Task for Service {
     fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let r = self.container(&req.id).and_then(|c| {
             let pids = self.sandbox()?.pids(&c.id)?;
+            // Exec'd processes carry their exec id, as runc's shim reports them.
+            let execs: HashMap<u32, String> = lock(&c.execs)
+                .values()
+                .filter_map(|p| {
+                    let st = lock(&p.st);
+                    (st.started && st.exit.is_none()).then(|| (st.pid as u32, p.exec_id.clone()))
+                })
+                .collect();
+            let mut processes = Vec::with_capacity(pids.len());
+            for pid in pids {
+                let pid = pid as u32;
+                let info = match execs.get(&pid) {
+                    Some(exec_id) => {
+                        let details = ProcessDetails {
+                            exec_id: exec_id.clone(),
+                            ..Default::default()
+                        };
+                        Some(convert_to_any(Box::new(details)).map_err(|e| {
+                            Error::InvalidArgument(format!("encode process details: {e}"))
+                        })?)
+                    }
+                    None => None,
+                };
+                processes.push(ProcessInfo {
+                    pid,
+                    info: info.into(),
+                    ..Default::default()
+                });
+            }
             Ok(PidsResponse {
-                processes: pids
-                    .into_iter()
-                    .map(|pid| ProcessInfo {
-                        pid: pid as u32,
-                        ..Default::default()
-                    })
-                    .collect(),
+                processes,
                 ..Default::default()
             })
         });

@@ -94,6 +94,33 @@ fn detached_task_verbs() {
     let init = c.pid("d1");
     assert!(r.out.contains(&init.to_string()), "ps:\n{}", r.out);
 
+    // A running exec shows in `ps` with its exec id, and dies by signal: 128 + 15.
+    let mut bg = Command::new("timeout")
+        .args(["-s", "KILL", "30", "ctr", "-a"])
+        .arg(&c.sock)
+        .args([
+            "-n",
+            &c.ns,
+            "task",
+            "exec",
+            "--exec-id",
+            "bg",
+            "d1",
+            "sleep",
+            "1000",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !c.ctr(&["task", "ps", "d1"]).out.contains("ExecID:bg") {
+        assert!(Instant::now() < deadline, "exec bg not in ps");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = c.ctr(&["task", "kill", "--exec-id", "bg", "-s", "TERM", "d1"]);
+    assert_eq!(r.code, 0, "kill exec: {}", r.err);
+    assert_eq!(bg.wait().unwrap().code(), Some(143));
+
     // An exec killed by a signal reports 128 + signal.
     let r = c.ctr(&[
         "task",
