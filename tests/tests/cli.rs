@@ -1,6 +1,7 @@
 //! The `hull` CLI on real busybox bundles: the runc verbs a runtime caller uses.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -316,4 +317,82 @@ fn spec_and_features() {
         .unwrap()
         .contains(&json!("pid")));
     assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+}
+
+#[test]
+fn run_with_stdout_on_dev_null_still_lets_the_container_write() {
+    let h = Hull::new();
+    let b = Bundle::new(&["sh", "-c", "echo to-null && echo ok > /tmp/wrote"]);
+    let id = unique_id("null");
+    let st = h
+        .cmd(&["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(b.path().join("rootfs/tmp/wrote").exists());
+}
+
+#[test]
+fn container_processes_cannot_write_the_hull_binary() {
+    use std::os::fd::AsRawFd;
+    let h = Hull::new();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("guard");
+    h.ok(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    // The waiting init is a hull process inside the container: what CVE-2019-5736
+    // attacks reach through /proc/<pid>/exe.
+    let pid = h.state(&id)["pid"].as_i64().unwrap();
+    let exe = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(format!("/proc/{pid}/exe"))
+        .unwrap();
+    h.ok(&["delete", "--force", &id]);
+    // The binary behind that fd sits on a read-only mount: once no hull runs from it
+    // (other tests may be running hull right now: ETXTBSY), writing gives EROFS.
+    let vfs = nix::sys::statvfs::fstatvfs(&exe).unwrap();
+    assert!(vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{}", exe.as_raw_fd()))
+        .unwrap_err();
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
+        "{err}"
+    );
+}
+
+#[test]
+fn foreground_run_with_a_terminal_proxies_the_pty() {
+    let h = Hull::new();
+    let b = Bundle::with(&["sh", "-c", "tty; read line; echo got:$line"], |v| {
+        v["process"]["terminal"] = true.into()
+    });
+    let id = unique_id("fgtty");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = h
+        .cmd(&["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut text = String::new();
+    let mut buf = [0u8; 512];
+    let start = std::time::Instant::now();
+    while !text.contains("/dev/pts/") && start.elapsed() < Duration::from_secs(10) {
+        let n = std::io::Read::read(&mut master, &mut buf).unwrap();
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    master.write_all(b"hello\r").unwrap();
+    while !text.contains("got:hello") && start.elapsed() < Duration::from_secs(10) {
+        let n = std::io::Read::read(&mut master, &mut buf).unwrap();
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(text.contains("got:hello"), "{text:?}");
+    assert!(child.wait().unwrap().success());
+    assert!(!h.has_state(&id));
 }

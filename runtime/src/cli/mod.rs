@@ -16,6 +16,7 @@ use crate::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Stats, St
 
 pub mod args;
 pub mod console;
+pub mod guard;
 pub mod logging;
 
 use args::{Cli, Command, CreateArgs, ExecArgs, Format, UpdateArgs};
@@ -31,6 +32,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Verbs that put a process into a container run from a read-only copy of hull.
+    if matches!(
+        cli.command,
+        Command::Create(_) | Command::Run { .. } | Command::Exec(_)
+    ) {
+        if let Err(e) = guard::ensure() {
+            let msg = format!("binary guard: {}", chain(&e));
+            logger.error(&msg);
+            eprintln!("hull: {msg}");
+            return ExitCode::from(1);
+        }
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
@@ -122,6 +135,39 @@ fn create_options(
     }
 }
 
+/// libcontainer re-opens a stdio fd that is the host's /dev/null as the container's
+/// /dev/null, read-only, so the container's writes to it would fail. For a foreground
+/// container, hand it a pipe instead and discard what arrives.
+fn null_safe_stdio() -> Result<Stdio> {
+    use std::os::fd::AsRawFd;
+    let is_null = |fd: i32| {
+        nix::sys::stat::fstat(fd)
+            .map(|st| {
+                (st.st_mode & libc::S_IFMT) == libc::S_IFCHR
+                    && libc::major(st.st_rdev) == 1
+                    && libc::minor(st.st_rdev) == 3
+            })
+            .unwrap_or(false)
+    };
+    let drain = || -> Result<std::os::fd::OwnedFd> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::sys("pipe for a /dev/null stdio", e))?;
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(r);
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        });
+        Ok(w)
+    };
+    let mut stdio = Stdio::default();
+    if is_null(std::io::stdout().as_raw_fd()) {
+        stdio.stdout = Some(drain()?);
+    }
+    if is_null(std::io::stderr().as_raw_fd()) {
+        stdio.stderr = Some(drain()?);
+    }
+    Ok(stdio)
+}
+
 /// Make this process the reaper of the container's processes so that it can wait for them.
 fn become_subreaper() -> Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only changes a flag of this process.
@@ -187,7 +233,11 @@ fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool
         .as_ref()
         .map(|r| r.path().to_path_buf())
         .or_else(|| a.console_socket.clone());
-    let pid = sandbox.create(create_options(a, receiver.is_some(), console_socket))?;
+    let mut opts = create_options(a, receiver.is_some(), console_socket);
+    if receiver.is_none() {
+        opts.stdio = null_safe_stdio()?;
+    }
+    let pid = sandbox.create(opts)?;
     let mut output = None;
     let mut _raw = None;
     if let Some(r) = &receiver {
@@ -323,7 +373,11 @@ fn exec(sandbox: &HostSandbox, a: ExecArgs) -> Result<i32> {
             console_socket,
             preserve_fds: a.preserve_fds,
             detach: receiver.is_some() || a.console_socket.is_some(),
-            stdio: Stdio::default(),
+            stdio: if receiver.is_none() {
+                null_safe_stdio()?
+            } else {
+                Stdio::default()
+            },
         },
     )?;
     let mut output = None;
