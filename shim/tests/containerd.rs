@@ -429,6 +429,30 @@ fn bad_input_gives_one_clear_error_and_keeps_serving() {
         r.err
     );
 
+    // An isolation this shim cannot give yet, and one that does not exist.
+    let r = c.run(
+        &["--rm", "--annotation", "io.hull.isolation=vm"],
+        "b3",
+        &["true"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("vm isolation is not available"),
+        "unclear error: {}",
+        r.err
+    );
+    let r = c.run(
+        &["--rm", "--annotation", "io.hull.isolation=bogus"],
+        "b4",
+        &["true"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("isolation \"bogus\""),
+        "unclear error: {}",
+        r.err
+    );
+
     // Exec into a stopped task.
     assert_eq!(c.run(&["-d"], "stopped", &["true"]).code, 0);
     c.wait_status("stopped", "STOPPED");
@@ -458,7 +482,7 @@ fn bad_input_gives_one_clear_error_and_keeps_serving() {
     let r = c.ctr(&["task", "exec", "--exec-id", "ok", "good", "echo", "alive"]);
     assert_eq!((r.code, r.out.as_str()), (0, "alive\n"), "{}", r.err);
 
-    for id in ["b1", "b2"] {
+    for id in ["b1", "b2", "b3", "b4"] {
         let r = c.ctr(&["container", "info", id]);
         assert_ne!(r.code, 0, "container {id} left behind");
     }
