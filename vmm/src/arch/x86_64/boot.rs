@@ -281,3 +281,120 @@ pub fn configure_pvh_boot(
         .map_err(BootError::BootParams)?;
     Ok(info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use vm_memory::Bytes;
+
+    fn mem(mib: u64) -> GuestMemoryMmap {
+        crate::vstate::memory::create_guest_memory(mib << 20).unwrap()
+    }
+
+    fn file(bytes: &[u8]) -> File {
+        let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    #[test]
+    fn memory_map_skips_ebda_low_memory_and_the_mmio_gap() {
+        assert_eq!(
+            memory_map(&mem(64)),
+            vec![(0, EBDA_START), (HIMEM_START, (64 << 20) - HIMEM_START)]
+        );
+        let big = mem(4096 + 512);
+        assert_eq!(
+            memory_map(&big),
+            vec![
+                (0, EBDA_START),
+                (HIMEM_START, MMIO_GAP_START - HIMEM_START),
+                (MMIO_GAP_END, (4096 + 512 - 3072) << 20),
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_page_has_cmdline_initrd_and_e820() {
+        let m = mem(32);
+        let initrd = InitrdConfig {
+            address: 0x1f0_0000,
+            size: 0x1234,
+        };
+        let p = configure_linux_boot(&m, None, 10, Some(initrd)).unwrap();
+        let back: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!({ back.hdr.boot_flag }, { p.hdr.boot_flag });
+        assert_eq!({ back.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
+        assert_eq!({ back.hdr.header }, KERNEL_HDR_MAGIC);
+        assert_eq!({ back.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ back.hdr.cmdline_size }, 11);
+        assert_eq!({ back.hdr.ramdisk_image }, 0x1f0_0000);
+        assert_eq!({ back.hdr.ramdisk_size }, 0x1234);
+        assert_eq!(back.e820_entries, 2);
+        assert_eq!({ back.e820_table[1].addr }, HIMEM_START);
+        assert_eq!({ back.e820_table[1].size }, (32 << 20) - HIMEM_START);
+    }
+
+    #[test]
+    fn pvh_start_info_memmap_and_module() {
+        let m = mem(32);
+        let initrd = InitrdConfig {
+            address: 0x1f0_0000,
+            size: 0x1000,
+        };
+        configure_pvh_boot(&m, Some(initrd)).unwrap();
+        let info: StartInfo = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.0.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(info.0.cmdline_paddr, CMDLINE_START);
+        assert_eq!(info.0.memmap_entries, 2);
+        assert_eq!(info.0.nr_modules, 1);
+        let e: MemmapEntry = m.read_obj(GuestAddress(PVH_MEMMAP_START + 24)).unwrap();
+        assert_eq!(
+            (e.0.addr, e.0.size, e.0.type_),
+            (HIMEM_START, (32 << 20) - HIMEM_START, E820_RAM)
+        );
+        let md: ModlistEntry = m.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
+        assert_eq!((md.0.paddr, md.0.size), (0x1f0_0000, 0x1000));
+    }
+
+    #[test]
+    fn initrd_goes_page_aligned_to_the_top_and_too_big_fails() {
+        let m = mem(16);
+        let data = vec![0xabu8; 5000];
+        let cfg = load_initrd(&m, &mut file(&data), None).unwrap();
+        assert_eq!(cfg.size, 5000);
+        assert_eq!(cfg.address % 4096, 0);
+        assert!(cfg.address + 5000 <= 16 << 20 && (16 << 20) - (cfg.address + 5000) < 4096);
+        let mut b = [0u8; 2];
+        m.read_slice(&mut b, GuestAddress(cfg.address + 4998))
+            .unwrap();
+        assert_eq!(b, [0xab, 0xab]);
+        // Below initrd_addr_max when given.
+        let cfg = load_initrd(&m, &mut file(&data), Some(0x7f_ffff)).unwrap();
+        assert!(cfg.address + cfg.size <= 0x80_0000);
+        let huge = vec![0u8; 17 << 20];
+        assert!(matches!(
+            load_initrd(&m, &mut file(&huge), None),
+            Err(BootError::InitrdTooBig { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_kernel_and_long_cmdline_are_errors() {
+        let m = mem(16);
+        assert!(matches!(
+            load_kernel(&m, &mut file(b"definitely not a kernel")),
+            Err(BootError::LoadKernel(_))
+        ));
+        assert!(matches!(
+            build_cmdline(&"x".repeat(CMDLINE_MAX_SIZE + 1)),
+            Err(BootError::Cmdline(_))
+        ));
+        let c = build_cmdline("console=ttyS0").unwrap();
+        assert_eq!(write_cmdline(&m, &c).unwrap(), 13);
+        let mut b = [0u8; 14];
+        m.read_slice(&mut b, GuestAddress(CMDLINE_START)).unwrap();
+        assert_eq!(&b, b"console=ttyS0\0");
+    }
+}
