@@ -4,6 +4,8 @@
 //! protocols), [`vstate`] (memory, VM, vCPUs), [`devices`] (legacy and virtio), and
 //! [`builder`] which wires them into a running [`builder::Vmm`].
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod arch;
 pub mod builder;

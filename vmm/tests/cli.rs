@@ -253,3 +253,43 @@ fn missing_block_image_is_one_clear_error_line() {
         "{err}"
     );
 }
+
+#[test]
+fn boots_with_every_device_configured() {
+    if !kvm_available("boots_with_every_device_configured") {
+        return;
+    }
+    let (dir, kernel) = write_temp("serial.elf", &elf(SERIAL64, false));
+    let disk = dir.as_path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let uds = dir.as_path().join("vsock.sock");
+    let block = format!("{},ro", disk.display());
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "64",
+        "--vcpus",
+        "2",
+        "--block",
+        &block,
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--id",
+        "sandbox-test",
+    ];
+    if std::path::Path::new("/dev/net/tun").exists() {
+        args.extend(["--tap", "hullvmmcli0"]);
+    } else {
+        eprintln!("boots_with_every_device_configured: /dev/net/tun absent, no --tap");
+    }
+    let out = wait_bounded(spawn(&args), Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HU\n");
+    // The vsock device removes its socket when the VMM ends.
+    assert!(!uds.exists());
+}
