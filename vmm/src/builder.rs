@@ -23,7 +23,7 @@ use crate::devices::virtio::{self, VirtioDevice};
 use crate::devices::{Bus, BusError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{
-    Buses, ExitNotifier, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmExit,
+    Buses, ExitNotifier, SnapshotCaps, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmExit,
 };
 use crate::vstate::vm::{Vm, VmError};
 
@@ -424,9 +424,14 @@ impl Vmm {
     }
 
     pub(crate) fn create_vcpus(&mut self) -> Result<(), BuildError> {
+        let caps = Arc::new(SnapshotCaps::detect(self.vm.kvm()));
         for id in 0..self.config.vcpus {
-            self.vcpus
-                .push(Vcpu::new(self.vm.fd(), id, self.exit.clone())?);
+            self.vcpus.push(Vcpu::new(
+                self.vm.fd(),
+                id,
+                self.exit.clone(),
+                caps.clone(),
+            )?);
         }
         Ok(())
     }

@@ -124,6 +124,9 @@ pub fn vcpu_ioctls() -> Vec<u64> {
         ior(0x8e, size_of::<kvm_lapic_state>()), // KVM_GET_LAPIC
         ior(0x98, size_of::<kvm_mp_state>()),    // KVM_GET_MP_STATE
         ior(0x9f, size_of::<kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
+        ior(0xa1, size_of::<kvm_debugregs>()),   // KVM_GET_DEBUGREGS
+        ior(0xa4, size_of::<kvm_xsave>()),       // KVM_GET_XSAVE
+        ior(0xa6, size_of::<kvm_xcrs>()),        // KVM_GET_XCRS
     ]
 }
 
@@ -185,6 +188,9 @@ mod tests {
         assert_eq!(ioctls[5], 0x8400_ae8e); // KVM_GET_LAPIC
         assert_eq!(ioctls[6], 0x8004_ae98); // KVM_GET_MP_STATE
         assert_eq!(ioctls[7], 0x8040_ae9f); // KVM_GET_VCPU_EVENTS
+        assert_eq!(ioctls[8], 0x8080_aea1); // KVM_GET_DEBUGREGS
+        assert_eq!(ioctls[9], 0x9000_aea4); // KVM_GET_XSAVE
+        assert_eq!(ioctls[10], 0x8188_aea6); // KVM_GET_XCRS
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs,
-    kvm_vcpu_events, Msrs,
+    kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -123,7 +123,7 @@ impl ExitNotifier {
 }
 
 /// Everything KVM holds about a vCPU that a snapshot needs.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub struct VcpuState {
     /// General purpose registers.
     pub regs: kvm_regs,
@@ -139,6 +139,46 @@ pub struct VcpuState {
     pub mp_state: kvm_mp_state,
     /// Pending exceptions, interrupts and NMIs.
     pub events: kvm_vcpu_events,
+    /// Full extended register state (x87, SSE, AVX...), where KVM offers it in 4 KiB.
+    #[serde(default)]
+    pub xsave: Option<kvm_xsave>,
+    /// Extended control registers (XCR0).
+    #[serde(default)]
+    pub xcrs: Option<kvm_xcrs>,
+    /// Debug registers.
+    #[serde(default)]
+    pub debugregs: Option<kvm_debugregs>,
+}
+
+/// What vCPU state this host's KVM lets a snapshot carry.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotCaps {
+    /// MSR indices saved: the boot MSRs plus those of [`msr::SNAPSHOT_EXTRA_MSRS`] KVM knows.
+    pub msrs: Vec<u32>,
+    /// KVM_GET/SET_XSAVE and XCRS usable with the 4 KiB `kvm_xsave`.
+    pub xsave: bool,
+}
+
+impl SnapshotCaps {
+    /// Asks KVM.
+    pub fn detect(kvm: &kvm_ioctls::Kvm) -> SnapshotCaps {
+        let mut msrs: Vec<u32> = msr::boot_msr_entries().iter().map(|e| e.index).collect();
+        if let Ok(supported) = kvm.get_msr_index_list() {
+            let supported = supported.as_slice();
+            msrs.extend(
+                msr::SNAPSHOT_EXTRA_MSRS
+                    .iter()
+                    .filter(|m| supported.contains(m)),
+            );
+        }
+        // KVM_CAP_XSAVE2 gives the size KVM_GET_XSAVE2 needs (0 when unsupported): above
+        // 4 KiB (AMX) the legacy 4 KiB struct cannot hold the state.
+        let xsave2 = kvm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+        let xsave = kvm.check_extension(kvm_ioctls::Cap::Xsave)
+            && kvm.check_extension(kvm_ioctls::Cap::Xcrs)
+            && xsave2 <= 4096;
+        SnapshotCaps { msrs, xsave }
+    }
 }
 
 /// `kvm_fpu` in a serializable form.
@@ -233,6 +273,7 @@ pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
     exit: ExitNotifier,
+    caps: Arc<SnapshotCaps>,
 }
 
 /// The buses a running vCPU dispatches port I/O and MMIO exits to.
@@ -280,11 +321,16 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 
 impl Vcpu {
     /// Creates vCPU `id` in `vm`.
-    pub fn new(vm: &VmFd, id: u8, exit: ExitNotifier) -> Result<Vcpu, VcpuError> {
+    pub fn new(
+        vm: &VmFd,
+        id: u8,
+        exit: ExitNotifier,
+        caps: Arc<SnapshotCaps>,
+    ) -> Result<Vcpu, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Create { id, source })?;
-        Ok(Vcpu { fd, id, exit })
+        Ok(Vcpu { fd, id, exit, caps })
     }
 
     /// The vCPU's index.
@@ -345,7 +391,15 @@ impl Vcpu {
 
     /// Reads the vCPU's state. Call only while it does not run.
     pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
-        let entries = msr::boot_msr_entries();
+        let entries: Vec<kvm_msr_entry> = self
+            .caps
+            .msrs
+            .iter()
+            .map(|index| kvm_msr_entry {
+                index: *index,
+                ..Default::default()
+            })
+            .collect();
         let mut msrs = Msrs::from_entries(&entries).map_err(|e| VcpuError::Thread {
             id: self.id,
             msg: format!("cannot build MSR list: {e:?}"),
@@ -368,21 +422,56 @@ impl Vcpu {
                 .fd
                 .get_vcpu_events()
                 .map_err(self.kvm_err("get vCPU events"))?,
+            xsave: match self.caps.xsave {
+                true => Some(self.fd.get_xsave().map_err(self.kvm_err("get XSAVE"))?),
+                false => None,
+            },
+            xcrs: match self.caps.xsave {
+                true => Some(self.fd.get_xcrs().map_err(self.kvm_err("get XCRs"))?),
+                false => None,
+            },
+            debugregs: Some(
+                self.fd
+                    .get_debug_regs()
+                    .map_err(self.kvm_err("get debug registers"))?,
+            ),
         })
     }
 
     /// Loads a state written by [`Vcpu::save_state`] (CPUID must be set first).
     pub fn restore_state(&self, s: &VcpuState) -> Result<(), VcpuError> {
+        msr::set_msrs(&self.fd, &s.msrs)?;
         self.fd
             .set_sregs(&s.sregs)
             .map_err(self.kvm_err("set sregs"))?;
         self.fd
-            .set_regs(&s.regs)
-            .map_err(self.kvm_err("set regs"))?;
-        self.fd
             .set_fpu(&s.fpu.to_kvm())
             .map_err(self.kvm_err("set FPU"))?;
-        msr::set_msrs(&self.fd, &s.msrs)?;
+        match (&s.xsave, self.caps.xsave) {
+            (Some(xsave), true) => {
+                // SAFETY: `xsave` is a whole 4 KiB kvm_xsave, and SnapshotCaps::detect found
+                // that this host's XSAVE state fits in 4 KiB, so KVM reads only inside it.
+                unsafe { self.fd.set_xsave(xsave) }.map_err(self.kvm_err("set XSAVE"))?;
+            }
+            (Some(_), false) => {
+                return Err(VcpuError::Thread {
+                    id: self.id,
+                    msg: "snapshot has XSAVE state this host's KVM cannot load".into(),
+                })
+            }
+            (None, _) => {}
+        }
+        if let (Some(xcrs), true) = (&s.xcrs, self.caps.xsave) {
+            self.fd.set_xcrs(xcrs).map_err(self.kvm_err("set XCRs"))?;
+        }
+        self.fd
+            .set_regs(&s.regs)
+            .map_err(self.kvm_err("set regs"))?;
+        if let Some(d) = &s.debugregs {
+            self.fd
+                .set_debug_regs(d)
+                .map_err(self.kvm_err("set debug registers"))?;
+        }
         self.fd
             .set_lapic(&s.lapic)
             .map_err(self.kvm_err("set LAPIC"))?;

@@ -45,6 +45,24 @@ pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 /// `IA32_MISC_ENABLE.FAST_STRING`.
 pub const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 0x1;
 
+/// MSRs saved in snapshots besides the boot ones, where KVM supports them: PAT, MTRR default
+/// type, TSC deadline and adjust, TSC_AUX, and the KVM paravirtual clock, async-PF, steal-time
+/// and PV-EOI MSRs (old and new numbers).
+pub const SNAPSHOT_EXTRA_MSRS: &[u32] = &[
+    0x277,       // IA32_PAT
+    0x2ff,       // MTRRdefType
+    0x6e0,       // IA32_TSC_DEADLINE
+    0x3b,        // IA32_TSC_ADJUST
+    0xc000_0103, // TSC_AUX
+    0x11,        // MSR_KVM_WALL_CLOCK
+    0x12,        // MSR_KVM_SYSTEM_TIME
+    0x4b56_4d00, // MSR_KVM_WALL_CLOCK_NEW
+    0x4b56_4d01, // MSR_KVM_SYSTEM_TIME_NEW
+    0x4b56_4d02, // MSR_KVM_ASYNC_PF_EN
+    0x4b56_4d03, // MSR_KVM_STEAL_TIME
+    0x4b56_4d04, // MSR_KVM_PV_EOI_EN
+];
+
 /// The MSRs set at boot and saved in snapshots.
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     let e = |index, data| kvm_msr_entry {
