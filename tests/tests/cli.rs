@@ -271,6 +271,21 @@ fn list_pause_resume_update_events() {
         std::fs::read_to_string(&mem_path).unwrap().trim(),
         "67108864"
     );
+    // Without -r and without flags the resources come on stdin.
+    let mut child = h
+        .cmd(&["update", &id])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"pids":{"limit":88}}"#)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let ev: Value = serde_json::from_str(h.ok(&["events", "--stats", &id]).trim()).unwrap();
+    assert_eq!(ev["data"]["pids"]["limit"], 88);
     h.ok(&["update", "--pids-limit", "99", &id]);
 
     let ev: Value = serde_json::from_str(h.ok(&["events", "--stats", &id]).trim()).unwrap();

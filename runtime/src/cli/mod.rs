@@ -484,8 +484,19 @@ fn read_resources(path: &Path) -> Result<LinuxResources> {
 }
 
 fn update(sandbox: &HostSandbox, a: UpdateArgs) -> Result<i32> {
+    let any_flag = a.memory.is_some()
+        || a.memory_swap.is_some()
+        || a.memory_reservation.is_some()
+        || a.cpu_shares.is_some()
+        || a.cpu_quota.is_some()
+        || a.cpu_period.is_some()
+        || a.cpuset_cpus.is_some()
+        || a.cpuset_mems.is_some()
+        || a.pids_limit.is_some();
+    // No -r and no flag: the resources JSON comes on stdin.
     let mut r = match &a.resources {
         Some(p) => read_resources(p)?,
+        None if !any_flag => read_resources(Path::new("-"))?,
         None => LinuxResources::default(),
     };
     let inv = |e: oci_spec::OciSpecError| Error::InvalidInput(e.to_string());
