@@ -293,3 +293,26 @@ fn boots_with_every_device_configured() {
     // The vsock device removes its socket when the VMM ends.
     assert!(!uds.exists());
 }
+
+#[test]
+fn stdin_reaches_the_guest_through_the_serial_port() {
+    if !kvm_available("stdin_reaches_the_guest_through_the_serial_port") {
+        return;
+    }
+    let (_d, kernel) = write_temp("echo.elf", &elf(ECHO64, false));
+    let mut child = Command::new(BIN)
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory", "16"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"x").unwrap();
+    let out = wait_bounded(child, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x");
+}

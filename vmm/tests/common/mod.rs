@@ -152,6 +152,17 @@ fn with_idt(main: &[u8], handler_at: usize, handler: &[u8]) -> Vec<u8> {
     code
 }
 
+/// 64-bit: polls the UART's line status until a byte arrives, echoes it, resets.
+///
+/// ```text
+/// mov $0x3fd,%dx; 1: in (%dx),%al; test $1,%al; jz 1b; mov $0x3f8,%dx; in (%dx),%al
+/// out %al,(%dx); mov $0xfe,%al; out %al,$0x64; 2: hlt; jmp 2b
+/// ```
+pub const ECHO64: &[u8] = &[
+    0x66, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, 0xfb, 0x66, 0xba, 0xf8, 0x03, 0xec, 0xee, 0xb0,
+    0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+];
+
 /// 32-bit PVH entry: prints 'P'; if `[ebx]` holds the hvm_start_info magic prints 'V' and the
 /// first byte of the command line (`cmdline_paddr` at ebx+24); resets.
 ///
