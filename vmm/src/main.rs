@@ -47,6 +47,9 @@ struct Cli {
     /// Restore from a snapshot directory instead of booting the kernel.
     #[arg(long)]
     restore: Option<PathBuf>,
+    /// Add a virtio console (hvc0) writing to stdout besides the serial port.
+    #[arg(long)]
+    virtio_console: bool,
     /// Leave out the virtio entropy device.
     #[arg(long)]
     no_rng: bool,
@@ -70,7 +73,7 @@ fn run(cli: Cli) -> Result<VmExit, String> {
         block: cli.block,
         tap: cli.tap,
         rng: !cli.no_rng,
-        virtio_console: false,
+        virtio_console: cli.virtio_console,
         api_sock: cli.api_sock,
         seccomp: !cli.no_seccomp,
         stdin: true,

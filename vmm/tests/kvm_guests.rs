@@ -162,6 +162,20 @@ fn pause_resume_then_snapshot_restore_continue_where_stopped() {
     irq.write(1).unwrap();
     assert_eq!(b.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
     assert_eq!(out_b.text(), "IS");
+
+    // A configuration with other devices than the snapshot's is refused.
+    let other = VmConfig {
+        rng: true,
+        ..config(&kernel)
+    };
+    let e = Vmm::restore(&snap, other, Box::new(std::io::sink()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("snapshot has 0 virtio devices, configuration 1"),
+        "{e}"
+    );
 }
 
 #[test]
