@@ -711,7 +711,13 @@ impl Vmm {
         for (key, fd, set) in want {
             let ev = EpollEvent::new(set, key);
             if watched.iter().any(|(k, _)| *k == key) {
-                let _ = epoll.ctl(ControlOperation::Modify, fd, ev);
+                // The fd number may belong to a new file now (a closed vsock stream's number
+                // reused), which epoll no longer knows: add it again.
+                if epoll.ctl(ControlOperation::Modify, fd, ev).is_err()
+                    && epoll.ctl(ControlOperation::Add, fd, ev).is_err()
+                {
+                    warn!(fd, "cannot watch device fd");
+                }
             } else if epoll.ctl(ControlOperation::Add, fd, ev).is_ok() {
                 watched.push((key, fd));
             } else {

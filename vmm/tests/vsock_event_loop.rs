@@ -168,6 +168,20 @@ fn host_and_guest_talk_through_the_event_loop() {
     reader.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"pong");
 
+    // Host closes: the guest is told with SHUTDOWN; a new host connection (likely reusing the
+    // closed stream's fd number in the VMM) is served too.
+    drop(reader);
+    drop(host);
+    wait_used(&mem, &rxq, 3);
+    let (h, _) = rx_packet(&mem, &rxq, 2);
+    assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
+    let mut host2 = UnixStream::connect(&uds).unwrap();
+    host2.write_all(b"CONNECT 2048\n").unwrap();
+    wait_used(&mem, &rxq, 4);
+    let (req2, _) = rx_packet(&mem, &rxq, 3);
+    assert_eq!((req2.op, req2.dst_port), (OP_REQUEST, 2048));
+    assert_ne!(req2.src_port, local);
+
     // End: IRQ3 makes the guest reset the VM.
     irq.write(1).unwrap();
     assert_eq!(vm_thread.join().unwrap(), VmExit::Reset);
