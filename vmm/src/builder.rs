@@ -234,11 +234,12 @@ impl Vmm {
                     .setup_header
                     .map(|h| u64::from(h.initrd_addr_max))
                     .filter(|m| *m != 0);
-                Some(boot::load_initrd(&vmm.mem, &mut f, max)?)
+                Some(boot::load_initrd(&vmm.mem, &mut f, loaded.kernel_end, max)?)
             }
             None => None,
         };
         let cmdline = vmm.full_cmdline()?;
+        vmm.create_vcpus()?;
         let cmdline_len = boot::write_cmdline(&vmm.mem, &cmdline)?;
         match loaded.entry {
             BootEntry::Linux64 { .. } => {
@@ -419,7 +420,6 @@ impl Vmm {
             .map_err(|e| boot::BootError::Cmdline(e.to_string()))?
             .into_string()
             .unwrap_or_default();
-        self.create_vcpus()?;
         Ok(cmdline)
     }
 

@@ -29,7 +29,7 @@ pub enum BootError {
     #[error("cannot load kernel image (neither ELF vmlinux nor bzImage): {0}")]
     LoadKernel(loader::Error),
     /// The initrd does not fit.
-    #[error("initrd of {size} bytes does not fit in guest memory below {limit:#x}")]
+    #[error("initrd of {size} bytes does not fit in guest memory between the kernel and {limit:#x}: give the VM more memory")]
     InitrdTooBig {
         /// Initrd size.
         size: u64,
@@ -117,10 +117,12 @@ fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
         .unwrap_or(0)
 }
 
-/// Loads the initrd page-aligned at the top of low RAM (and below `addr_max` if given).
+/// Loads the initrd page-aligned at the top of low RAM (and below `addr_max` if given), above
+/// the kernel, which ends at `kernel_end`.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     initrd: &mut File,
+    kernel_end: u64,
     addr_max: Option<u64>,
 ) -> Result<InitrdConfig, BootError> {
     let size = initrd.seek(SeekFrom::End(0)).map_err(BootError::InitrdIo)?;
@@ -134,7 +136,7 @@ pub fn load_initrd(
     let address = limit
         .checked_sub(size)
         .map(|a| a & !0xfff)
-        .filter(|a| *a >= HIMEM_START)
+        .filter(|a| *a >= HIMEM_START.max(kernel_end))
         .ok_or(BootError::InitrdTooBig { size, limit })?;
     let mut buf = Vec::new();
     initrd.read_to_end(&mut buf).map_err(BootError::InitrdIo)?;
@@ -362,7 +364,7 @@ mod tests {
     fn initrd_goes_page_aligned_to_the_top_and_too_big_fails() {
         let m = mem(16);
         let data = vec![0xabu8; 5000];
-        let cfg = load_initrd(&m, &mut file(&data), None).unwrap();
+        let cfg = load_initrd(&m, &mut file(&data), 0, None).unwrap();
         assert_eq!(cfg.size, 5000);
         assert_eq!(cfg.address % 4096, 0);
         assert!(cfg.address + 5000 <= 16 << 20 && (16 << 20) - (cfg.address + 5000) < 4096);
@@ -371,11 +373,16 @@ mod tests {
             .unwrap();
         assert_eq!(b, [0xab, 0xab]);
         // Below initrd_addr_max when given.
-        let cfg = load_initrd(&m, &mut file(&data), Some(0x7f_ffff)).unwrap();
+        let cfg = load_initrd(&m, &mut file(&data), 0, Some(0x7f_ffff)).unwrap();
         assert!(cfg.address + cfg.size <= 0x80_0000);
         let huge = vec![0u8; 17 << 20];
         assert!(matches!(
-            load_initrd(&m, &mut file(&huge), None),
+            load_initrd(&m, &mut file(&huge), 0, None),
+            Err(BootError::InitrdTooBig { .. })
+        ));
+        // Never over the kernel: a kernel ending 4 KiB below the top leaves no room.
+        assert!(matches!(
+            load_initrd(&m, &mut file(&data), (16 << 20) - 4096, None),
             Err(BootError::InitrdTooBig { .. })
         ));
     }
