@@ -1,7 +1,8 @@
 //! Benchmark: wall time from exec of `hull-vmm` to the tiny guest's first serial byte, and the
 //! VMM's max RSS, with 64 MiB of guest memory. Prints numbers; asserts nothing.
 //!
-//! `cargo run --release -p hull-vmm --example first_serial_byte -- PATH/TO/hull-vmm [RUNS]`
+//! `cargo run --release -p hull-vmm --example first_serial_byte -- PATH/TO/hull-vmm [RUNS [ARGS...]]`
+//! (ARGS go to hull-vmm, e.g. `--no-rng`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,6 +23,7 @@ fn main() {
         .next()
         .map(|r| r.parse().expect("RUNS must be a number"))
         .unwrap_or(20);
+    let extra: Vec<String> = args.collect();
     if !std::path::Path::new("/dev/kvm").exists() {
         eprintln!("no /dev/kvm on this host: nothing to measure");
         std::process::exit(1);
@@ -34,6 +36,7 @@ fn main() {
         let start = Instant::now();
         let mut child = Command::new(&bin)
             .args(["--kernel", kernel.to_str().unwrap(), "--memory", "64"])
+            .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -63,7 +66,7 @@ fn main() {
     total.sort();
     rss_kib.sort();
     let med = |v: &[std::time::Duration]| v[v.len() / 2].as_secs_f64() * 1e3;
-    println!("runs: {runs}, guest memory: 64 MiB");
+    println!("runs: {runs}, guest memory: 64 MiB, extra arguments: {extra:?}");
     println!(
         "exec -> first serial byte: min {:.2} ms, median {:.2} ms, max {:.2} ms",
         first_byte[0].as_secs_f64() * 1e3,

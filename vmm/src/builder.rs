@@ -200,6 +200,10 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     virtio: Vec<VirtioSlot>,
     paused: bool,
+    /// irqfds (eventfd, GSI) registered with KVM once the vCPUs run (see [`Vmm::start`]).
+    pending_irqfds: Vec<(EventFd, u32)>,
+    /// ioeventfds (eventfd, MMIO address) registered likewise.
+    pending_ioevents: Vec<(EventFd, u64)>,
     api: Option<crate::api::ApiServer>,
     /// The command line the guest got (with virtio-mmio devices).
     pub cmdline: String,
@@ -287,11 +291,13 @@ impl Vmm {
         let mut io_bus = Bus::new();
 
         let serial_irq = EventFdTrigger::new().map_err(sys("create serial eventfd"))?;
-        vm.fd()
-            .register_irqfd(&serial_irq.0, layout::COM1_IRQ)
-            .map_err(|e| {
-                sys("register serial irqfd")(std::io::Error::from_raw_os_error(e.errno()))
-            })?;
+        let pending_irqfds = vec![(
+            serial_irq
+                .0
+                .try_clone()
+                .map_err(sys("clone serial eventfd"))?,
+            layout::COM1_IRQ,
+        )];
         let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
         io_bus.insert(serial.clone(), u64::from(layout::COM1_BASE), 8)?;
 
@@ -314,6 +320,8 @@ impl Vmm {
             serial,
             virtio: Vec::new(),
             paused: false,
+            pending_irqfds,
+            pending_ioevents: Vec::new(),
             api: None,
             cmdline: String::new(),
             entry: BootEntry::Linux64 { entry: 0 },
@@ -361,21 +369,20 @@ impl Vmm {
         }
         let base = layout::VIRTIO_MMIO_START + idx * layout::VIRTIO_MMIO_SIZE;
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(sys("create virtio irq eventfd"))?;
-        self.vm.fd().register_irqfd(&irq_evt, irq).map_err(|e| {
-            sys("register virtio irqfd")(std::io::Error::from_raw_os_error(e.errno()))
-        })?;
         let notify =
             EventFd::new(libc::EFD_NONBLOCK).map_err(sys("create virtio notify eventfd"))?;
-        self.vm
-            .fd()
-            .register_ioevent(
-                &notify,
-                &kvm_ioctls::IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY),
-                kvm_ioctls::NoDatamatch,
-            )
-            .map_err(|e| {
-                sys("register virtio ioeventfd")(std::io::Error::from_raw_os_error(e.errno()))
-            })?;
+        self.pending_irqfds.push((
+            irq_evt
+                .try_clone()
+                .map_err(sys("clone virtio irq eventfd"))?,
+            irq,
+        ));
+        self.pending_ioevents.push((
+            notify
+                .try_clone()
+                .map_err(sys("clone virtio notify eventfd"))?,
+            base + reg::QUEUE_NOTIFY,
+        ));
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             self.mem.clone(),
             device,
@@ -483,6 +490,34 @@ impl Vmm {
                 .push(vcpu.start(buses.clone(), filter.clone())?);
         }
         debug!(vcpus = self.handles.len(), "vCPUs started");
+        self.register_event_fds()
+    }
+
+    /// Registers the devices' irqfds and ioeventfds. Each registration waits for a kernel
+    /// SRCU grace period (milliseconds on a busy host), so it happens while the guest already
+    /// runs: KVM delivers an interrupt raised before its irqfd existed at registration, and a
+    /// QueueNotify written before its ioeventfd existed reaches the transport, which forwards
+    /// it to the same eventfd.
+    fn register_event_fds(&mut self) -> Result<(), BuildError> {
+        let kvm_err = |what: &'static str| {
+            move |e: kvm_ioctls::Error| sys(what)(std::io::Error::from_raw_os_error(e.errno()))
+        };
+        for (evt, gsi) in self.pending_irqfds.drain(..) {
+            self.vm
+                .fd()
+                .register_irqfd(&evt, gsi)
+                .map_err(kvm_err("register irqfd"))?;
+        }
+        for (evt, addr) in self.pending_ioevents.drain(..) {
+            self.vm
+                .fd()
+                .register_ioevent(
+                    &evt,
+                    &kvm_ioctls::IoEventAddress::Mmio(addr),
+                    kvm_ioctls::NoDatamatch,
+                )
+                .map_err(kvm_err("register ioeventfd"))?;
+        }
         Ok(())
     }
 
