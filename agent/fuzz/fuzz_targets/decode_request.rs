@@ -22,7 +22,10 @@ fn decode_payload(method: &str, payload: &[u8]) {
                     std::path::Path::new("/nonexistent/rootfs"),
                 );
                 let _ = hull_agent::mounts::parse_options(
-                    &req.storages.iter().flat_map(|s| s.options.clone()).collect::<Vec<_>>(),
+                    &req.storages
+                        .iter()
+                        .flat_map(|s| s.options.clone())
+                        .collect::<Vec<_>>(),
                 );
             }
         }
@@ -33,8 +36,9 @@ fn decode_payload(method: &str, payload: &[u8]) {
         }
         "UpdateContainer" => {
             if let Ok(req) = pb::UpdateContainerRequest::parse_from_bytes(payload) {
-                let _ =
-                    serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&req.resources_json);
+                let _ = serde_json::from_slice::<oci_spec::runtime::LinuxResources>(
+                    &req.resources_json,
+                );
             }
         }
         "SignalProcess" => drop(pb::SignalProcessRequest::parse_from_bytes(payload)),
