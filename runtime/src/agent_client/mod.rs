@@ -5,6 +5,8 @@
 //! timeout: the client's default, or the one given to the long-polling calls.
 
 mod error;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 use std::os::fd::{IntoRawFd, OwnedFd};
