@@ -107,9 +107,8 @@ pub fn early_mounts() -> Result<()> {
             ));
         }
     }
-    // With a private devpts instance, /dev/ptmx must point into it.
-    let _ = std::fs::remove_file("/dev/ptmx");
-    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    // /dev/ptmx needs no symlink: since Linux 4.7 it opens the devpts instance mounted at
+    // the `pts` next to it. (devtmpfs is one instance per kernel: never modify its nodes.)
     Ok(())
 }
 

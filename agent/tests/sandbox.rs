@@ -130,3 +130,42 @@ fn oom_event_reaches_the_host() {
     );
     c.remove_container("hog").unwrap();
 }
+
+#[test]
+fn guest_init_mounts_as_pid_1() {
+    // The agent's own /run and /tmp would hide a test directory under /tmp.
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let mut agent = TestAgent::start_in(base, None, &["--guest-init=on"]);
+    let c = agent.client();
+    assert!(c.check().unwrap());
+    let pid = agent.agent_pid().expect("agent pid");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    for (point, fstype) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev", "devtmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/shm", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+    ] {
+        let found = mountinfo.lines().any(|l| {
+            let (left, right) = l.split_once(" - ").unwrap();
+            left.split(' ').nth(4) == Some(point) && right.split(' ').next() == Some(fstype)
+        });
+        assert!(found, "no {fstype} on {point}:\n{mountinfo}");
+    }
+    assert!(c.guest_details().unwrap().cgroup_v2);
+    // none of it leaked to the host
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 ")));
+    c.destroy_sandbox("guest", true).unwrap();
+    assert!(
+        agent.exited_within(Duration::from_secs(10)),
+        "{}",
+        agent.log()
+    );
+}

@@ -43,9 +43,14 @@ impl TestAgent {
 
     /// An agent with extra command-line arguments.
     pub fn start_with(listen: Option<&str>, extra: &[&str]) -> TestAgent {
+        Self::start_in(Path::new("/tmp"), listen, extra)
+    }
+
+    /// An agent whose files live under `base` (outside /tmp when the agent mounts its own).
+    pub fn start_in(base: &Path, listen: Option<&str>, extra: &[&str]) -> TestAgent {
         let dir = tempfile::Builder::new()
             .prefix("hull-agent-test")
-            .tempdir_in("/tmp")
+            .tempdir_in(base)
             .unwrap();
         let shared = dir.path().join("shared");
         std::fs::create_dir_all(&shared).unwrap();
@@ -79,7 +84,10 @@ impl TestAgent {
                 "--resolv-conf={}",
                 dir.path().join("resolv.conf").display()
             ))
-            .arg("--guest-init=off")
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--guest-init")))
+                    .then_some("--guest-init=off"),
+            )
             .args(extra)
             .env("HULL_AGENT_LOG", "hull_agent=debug")
             .stdin(Stdio::null())
