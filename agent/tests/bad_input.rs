@@ -251,3 +251,19 @@ fn paths_ids_and_specs_it_cannot_honour() {
     c.remove_container("p1").unwrap();
     assert!(c.check().unwrap());
 }
+
+#[test]
+fn a_stalled_frame_is_dropped_after_its_deadline() {
+    // Header and part of the body, then silence with the connection left open: the agent gives
+    // the body 10 s, then closes the connection, and serves everyone else meanwhile.
+    let agent = TestAgent::start();
+    let c = agent.client();
+    let mut s = raw(&agent);
+    let f = frame(1, &request("hull.agent.Health", "Check", &[]));
+    s.write_all(&f[..MESSAGE_HEADER_LENGTH + 2]).unwrap();
+    let t = std::time::Instant::now();
+    assert!(c.check().unwrap());
+    assert_closed(&mut s);
+    assert!(t.elapsed() >= Duration::from_secs(9), "{:?}", t.elapsed());
+    assert!(c.check().unwrap());
+}
