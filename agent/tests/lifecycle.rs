@@ -223,3 +223,19 @@ fn chroot_fallback_when_pivot_root_is_impossible() {
     assert_eq!(c.wait_process(id, "", WAIT).unwrap(), 0);
     c.remove_container(id).unwrap();
 }
+
+#[test]
+fn remove_a_paused_container() {
+    let agent = TestAgent::start();
+    let c = agent.client();
+    let id = "paused";
+    let rootfs = agent.busybox_rootfs(id);
+    let spec = agent.spec(id, &["/bin/sleep", "600"], false, CAPS);
+    c.create_container(id, &spec, &rootfs, vec![]).unwrap();
+    c.start_container(id).unwrap();
+    c.pause_container(id).unwrap();
+    let t = Instant::now();
+    c.remove_container(id).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(c.check().unwrap());
+}
