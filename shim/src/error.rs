@@ -60,6 +60,14 @@ pub enum Error {
         /// The cause, one line.
         message: String,
     },
+    /// The sandbox helper (see `spawn`) failed.
+    #[error("{message}")]
+    Helper {
+        /// How.
+        kind: crate::spawn::FailKind,
+        /// Its one-line cause.
+        message: String,
+    },
     /// I/O on a named path failed.
     #[error("{path}: {source}")]
     Io {
@@ -102,6 +110,17 @@ impl Error {
                 R::Unsupported(_) => Code::UNIMPLEMENTED,
                 _ => Code::UNKNOWN,
             },
+            Error::Helper { kind, .. } => {
+                use crate::spawn::FailKind as K;
+                match kind {
+                    K::NotFound => Code::NOT_FOUND,
+                    K::AlreadyExists => Code::ALREADY_EXISTS,
+                    K::Precondition => Code::FAILED_PRECONDITION,
+                    K::Invalid => Code::INVALID_ARGUMENT,
+                    K::Unsupported => Code::UNIMPLEMENTED,
+                    K::Other => Code::UNKNOWN,
+                }
+            }
             Error::Mount { .. } | Error::Io { .. } => Code::UNKNOWN,
         }
     }

@@ -15,6 +15,7 @@ pub mod reaper;
 pub mod rootfs;
 pub mod service;
 pub mod shim;
+pub mod spawn;
 
 /// The runtime name containerd knows the shim by.
 pub const RUNTIME_ID: &str = "io.containerd.hull.v2";

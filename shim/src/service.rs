@@ -18,7 +18,7 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
-use hull_runtime::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Status};
+use hull_runtime::sandbox::{HostSandbox, Sandbox, Status};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use tracing::{info, warn};
@@ -30,6 +30,7 @@ use crate::io::{self, IoPaths, IoState};
 use crate::metrics::{self, CgroupMode};
 use crate::reaper::Reaper;
 use crate::rootfs;
+use crate::spawn::{self, HostTarget, Request};
 
 /// The sandbox every container of this shim's pod runs in.
 type DynSandbox = Arc<dyn Sandbox + Send + Sync>;
@@ -93,6 +94,8 @@ struct Container {
 struct Pod {
     sandbox: DynSandbox,
     root: PathBuf,
+    /// Where the sandbox helper creates and execs (see `spawn`).
+    target: HostTarget,
 }
 
 /// The task service of one shim (one pod).
@@ -177,7 +180,7 @@ impl Service {
         id: &str,
         bundle: &Path,
         config: &HullConfig,
-    ) -> Result<(DynSandbox, PathBuf)> {
+    ) -> Result<(DynSandbox, PathBuf, HostTarget)> {
         let isolation = match annotation(bundle, ISOLATION_ANNOTATION) {
             Some(v) => Isolation::parse(&v, &format!("annotation {ISOLATION_ANNOTATION}"))?,
             None => match &config.isolation {
@@ -187,7 +190,7 @@ impl Service {
         };
         let mut pod = lock(&self.inner.pod);
         if let Some(p) = pod.as_ref() {
-            return Ok((Arc::clone(&p.sandbox), p.root.clone()));
+            return Ok((Arc::clone(&p.sandbox), p.root.clone(), p.target.clone()));
         }
         if isolation == Isolation::Vm {
             return Err(Error::Unsupported(format!(
@@ -198,11 +201,16 @@ impl Service {
         let root = config.root(&self.inner.namespace);
         let sandbox: DynSandbox = Arc::new(HostSandbox::new(&root, config.shim.systemd_cgroup));
         info!(container = %id, root = %root.display(), "pod sandbox: host");
+        let target = HostTarget {
+            root: root.clone(),
+            systemd_cgroup: config.shim.systemd_cgroup,
+        };
         *pod = Some(Pod {
             sandbox: Arc::clone(&sandbox),
             root: root.clone(),
+            target: target.clone(),
         });
-        Ok((sandbox, root))
+        Ok((sandbox, root, target))
     }
 
     /// Wait for `pid` in its own thread; record and publish its exit.
@@ -250,7 +258,7 @@ impl Service {
         }
         let (config, _) = HullConfig::for_task(req.options.as_ref())?;
         let bundle = PathBuf::from(&req.bundle);
-        let (sandbox, root) = self.pod_for(&id, &bundle, &config)?;
+        let (sandbox, root, target) = self.pod_for(&id, &bundle, &config)?;
         let record = BundleState {
             root,
             systemd_cgroup: config.shim.systemd_cgroup,
@@ -279,17 +287,14 @@ impl Service {
             terminal: req.terminal,
         };
         let prepared = io::prepare(&paths).map_err(undo)?;
-        let opts = CreateOptions {
+        let request = Request::Create {
             id: id.clone(),
             bundle: bundle.clone(),
             console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
-            detach: true,
-            stdio: prepared.stdio,
-            ..Default::default()
         };
         let pid = {
             let _gate = self.inner.reaper.spawning();
-            let pid = sandbox.create(opts).map_err(|e| undo(e.into()))?;
+            let pid = spawn::run(&target, request, prepared.stdio).map_err(undo)?;
             self.inner.reaper.claim(pid);
             pid
         };
@@ -364,16 +369,20 @@ impl Service {
             )));
         }
         let prepared = io::prepare(&p.paths)?;
-        let opts = ExecOptions {
-            process: p.spec.clone().unwrap_or_default(),
+        let request = Request::Exec {
+            id: c.id.clone(),
+            process: Box::new(p.spec.clone().unwrap_or_default()),
             console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
-            detach: true,
-            stdio: prepared.stdio,
-            ..Default::default()
         };
+        let target = lock(&self.inner.pod)
+            .as_ref()
+            .map(|p| p.target.clone())
+            .ok_or_else(|| {
+                Error::FailedPrecondition("no container was created in this shim".into())
+            })?;
         let pid = {
             let _gate = self.inner.reaper.spawning();
-            let pid = sandbox.exec(&c.id, opts)?;
+            let pid = spawn::run(&target, request, prepared.stdio)?;
             self.inner.reaper.claim(pid);
             pid
         };
