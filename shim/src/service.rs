@@ -112,6 +112,9 @@ struct Inner {
     pod: Mutex<Option<Pod>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     cgroups: CgroupMode,
+    /// Held around `Sandbox::start`: libcontainer chdirs (process-wide) into the
+    /// container's dir to reach its notify socket, so two starts must not overlap.
+    cwd: Mutex<()>,
 }
 
 /// Name of the file in a bundle recording where its container's state lives, for the
@@ -130,6 +133,7 @@ pub struct BundleState {
 impl Service {
     /// A service publishing events to containerd's ttrpc `events_address`.
     pub fn new(namespace: &str, events_address: String, exit: Arc<ExitSignal>) -> Self {
+        spawn::remember_cwd();
         Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
@@ -139,6 +143,7 @@ impl Service {
                 pod: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
                 cgroups: metrics::cgroup_mode(),
+                cwd: Mutex::new(()),
             }),
         }
     }
@@ -348,6 +353,7 @@ impl Service {
         }
         if p.exec_id.is_empty() {
             {
+                let _cwd = lock(&self.inner.cwd);
                 let _gate = self.inner.reaper.spawning();
                 sandbox.start(&c.id)?;
             }

@@ -32,6 +32,17 @@ const REQUEST_ENV: &str = "HULL_SHIM_SPAWN";
 /// The fd the helper answers on.
 const REPLY_FD: i32 = 3;
 
+/// The shim's own working directory (the first bundle), where helpers start: the
+/// process-wide cwd may be elsewhere for a moment while libcontainer starts a container.
+static SHIM_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Record the shim's working directory; call once, before any container exists.
+pub fn remember_cwd() {
+    if let Ok(d) = std::env::current_dir() {
+        let _ = SHIM_DIR.set(d);
+    }
+}
+
 /// Which host sandbox the helper works in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostTarget {
@@ -122,6 +133,9 @@ pub fn run(target: &HostTarget, request: Request, stdio: Stdio) -> Result<i32> {
         .map_err(|e| Error::io("spawn reply pipe", e.into()))?;
     let to = |fd: Option<OwnedFd>| fd.map(ProcStdio::from).unwrap_or_else(ProcStdio::null);
     let mut cmd = Command::new(exe);
+    if let Some(dir) = SHIM_DIR.get() {
+        cmd.current_dir(dir);
+    }
     cmd.arg(HELPER_VERB)
         .env(REQUEST_ENV, envelope)
         .stdin(to(stdio.stdin))

@@ -496,3 +496,58 @@ fn bad_input_gives_one_clear_error_and_keeps_serving() {
     assert!(!hull_root(&c.ns).join("b2").exists());
     c.assert_clean();
 }
+
+#[test]
+fn concurrent_containers_and_execs_in_one_pod() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("concurrent");
+    let pod = ["-d", "--annotation", "io.kubernetes.cri.sandbox-id=busy"];
+    assert_eq!(c.run(&pod, "busy", &["sleep", "1000"]).code, 0);
+    // Creates, execs and exits racing in one shim (its threads start and end meanwhile).
+    std::thread::scope(|s| {
+        let c = &c;
+        let mut handles = Vec::new();
+        for i in 0..6 {
+            handles.push(s.spawn(move || {
+                let id = format!("w{i}");
+                let script = format!("echo out-{i}; exit {i}");
+                let r = c.run(
+                    &["--rm", "--annotation", "io.kubernetes.cri.sandbox-id=busy"],
+                    &id,
+                    &["sh", "-c", &script],
+                );
+                assert_eq!(
+                    (r.code, r.out.trim()),
+                    (i, format!("out-{i}").as_str()),
+                    "{}",
+                    r.err
+                );
+            }));
+            handles.push(s.spawn(move || {
+                let exec = format!("x{i}");
+                let r = c.ctr(&[
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    &exec,
+                    "busy",
+                    "sh",
+                    "-c",
+                    "exit 7",
+                ]);
+                assert_eq!(r.code, 7, "exec {exec}: {}", r.err);
+            }));
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    assert_eq!(c.shims().len(), 1);
+    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "busy"]).code, 0);
+    c.wait_status("busy", "STOPPED");
+    assert_eq!(c.ctr(&["task", "delete", "busy"]).code, 0);
+    assert_eq!(c.ctr(&["container", "rm", "busy"]).code, 0);
+    c.assert_clean();
+}
