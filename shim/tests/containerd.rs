@@ -47,6 +47,33 @@ fn run_rm_prints_output_and_returns_exit_status() {
     let r = c.ctr(&["task", "kill", "-s", "KILL", "r2"]);
     assert_eq!(r.code, 0, "kill: {}", r.err);
     assert_eq!(fg.wait().unwrap().code(), Some(137));
+    // stdin reaches the process, and its EOF too.
+    let mut cat = Command::new("timeout")
+        .args(["-s", "KILL", "30", "ctr", "-a"])
+        .arg(&c.sock)
+        .args([
+            "-n",
+            &c.ns,
+            "run",
+            "--rm",
+            "--runtime",
+            HULL,
+            IMAGE,
+            "r4",
+            "cat",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = cat.stdin.take().unwrap();
+        stdin.write_all(b"piped-data\n").unwrap();
+    }
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped-data\n");
     let r = c.run(&["--rm"], "r3", &["true"]);
     assert_eq!(r.code, 0, "stderr: {}", r.err);
     c.assert_clean();
