@@ -7,14 +7,17 @@ use serde_json::{json, Value};
 /// default capabilities, mounts and masked paths. `rootless` adds a user namespace
 /// mapping the caller's uid/gid to root.
 pub fn default_spec(rootless: bool) -> Spec {
-    if rootless {
+    let mut spec = if rootless {
         Spec::rootless(
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         )
     } else {
         Spec::default()
-    }
+    };
+    // oci-spec's default names the container "youki"; ours is named after us, as runc's is.
+    spec.set_hostname(Some("hull".to_string()));
+    spec
 }
 
 /// The OCI runtime-features document (`hull features`).
@@ -71,6 +74,7 @@ mod tests {
             back.process().as_ref().unwrap().args(),
             s.process().as_ref().unwrap().args()
         );
+        assert_eq!(back.hostname().as_deref(), Some("hull"));
     }
 
     #[test]
