@@ -67,23 +67,26 @@ echo "  hull shim: mean $((mh / 1000)).$(printf %03d $((mh % 1000))) ms"
 echo "  runc shim: mean $((mr / 1000)).$(printf %03d $((mr % 1000))) ms"
 awk -v a=$th -v b=$tr 'BEGIN { printf "  ratio hull/runc: %.2fx\n", a / b }'
 
-rss() { # pid -> "N KiB"
-  awk '/^VmRSS/ {print $2}' "/proc/$1/status"
+mem() { # pid -> "RSS x KiB (PSS y, private z)": RSS counts the binary's shared pages,
+        # PSS splits them among the processes sharing them, private is this shim's own.
+  awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} /^Private_(Clean|Dirty):/ {u+=$2}
+       END {printf "RSS %d KiB (PSS %d, private %d)", r, p, u}' "/proc/$1/smaps_rollup"
 }
 shim_of() { # container id -> pid of its shim (the parent/subreaper of its init)
   local pid
   pid=$($C task ls | awk -v id="$1" '$1 == id {print $2}')
   awk '/^PPid/ {print $2}' "/proc/$pid/status"
 }
-echo "shim resident memory (VmRSS) per pod:"
+echo "shim memory per pod (one shim per pod; runc's shim groups by the same annotation):"
 for rt in io.containerd.hull.v2 io.containerd.runc.v2; do
   tag=${rt#io.containerd.}; tag=${tag%.v2}
   $C run -d --runtime $rt --annotation io.kubernetes.cri.sandbox-id=pod-$tag $img pod-$tag sleep 1000 >/dev/null
   sleep 0.3
   p=$(shim_of pod-$tag)
-  one_c=$(rss "$p")
+  one_c=$(mem "$p")
   $C run -d --runtime $rt --annotation io.kubernetes.cri.sandbox-id=pod-$tag $img app-$tag sleep 1000 >/dev/null
   sleep 0.3
-  two_c=$(rss "$p")
-  echo "  $tag: 1 container ${one_c} KiB, 2 containers in the pod ${two_c} KiB (shim pid $p)"
+  two_c=$(mem "$p")
+  echo "  $tag, 1 container:  $one_c"
+  echo "  $tag, 2 in the pod: $two_c"
 done
