@@ -1,4 +1,4 @@
-//! Events to containerd (TaskCreate, TaskStart, TaskExit, TaskOOM, ...), published in
+//! Events to containerd (TaskCreate, TaskStart, TaskExit, TaskDelete, ...), published in
 //! order from one thread that reconnects when containerd restarts, so that no RPC
 //! handler ever blocks on containerd and no exit is lost while it is down.
 
@@ -132,15 +132,6 @@ impl Publisher {
             ..Default::default()
         };
         self.send(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e));
-    }
-
-    /// `/tasks/oom`.
-    pub fn oom(&self, id: &str) {
-        let e = ev::TaskOOM {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        self.send(topics::TASK_OOM_EVENT_TOPIC, Box::new(e));
     }
 }
 
