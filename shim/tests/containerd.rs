@@ -313,8 +313,23 @@ fn survives_containerd_restart() {
         "{}",
         r.err
     );
+    // The exit event reaches the new containerd: the shim's publisher reconnected.
+    let events = Command::new("timeout")
+        .args(["-s", "KILL", "4", "ctr", "-a"])
+        .arg(&c.sock)
+        .args(["-n", &c.ns, "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "s1"]).code, 0);
     c.wait_status("s1", "STOPPED");
+    let seen = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":137")),
+        "no exit event after the restart:\n{seen}"
+    );
     assert_eq!(c.ctr(&["task", "delete", "s1"]).code, 0);
     assert_eq!(c.ctr(&["container", "rm", "s1"]).code, 0);
     c.assert_clean();
