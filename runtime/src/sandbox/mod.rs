@@ -181,4 +181,11 @@ pub trait Sandbox {
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()>;
     /// Remove a stopped container (or any, with `force`, killing it first).
     fn delete(&self, id: &str, force: bool) -> Result<()>;
+    /// How many processes of the container the kernel's OOM killer has killed so far
+    /// (callers publish an OOM event when this grows). A backend that cannot tell says so.
+    fn oom_kills(&self, id: &str) -> Result<u64> {
+        Err(crate::error::Error::Unsupported(format!(
+            "container {id}: this sandbox cannot count OOM kills"
+        )))
+    }
 }
