@@ -7,12 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
-use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 
 use crate::error::{AgentError, Result};
+use crate::helper;
 use crate::process::{self, Process};
 use crate::reaper::Reaper;
 
@@ -164,44 +163,29 @@ impl Container {
         spec.save(bundle.join("config.json"))
             .map_err(|e| spec_err(id, format!("save config.json: {e}")))?;
 
-        let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(&dirs.lc_root)
-            .map_err(lc_err(id, "create"))?;
         let guard = reaper.fork_guard();
-        let (builder, parent, console) = if terminal {
-            let sock = bundle.join("console.sock");
-            let listener = process::console_listener(&sock)?;
-            (
-                builder.with_console_socket(Some(&sock)),
-                None,
-                Some(listener),
-            )
+        let sock = bundle.join("console.sock");
+        let (child, parent, console) = if terminal {
+            (None, None, Some(process::console_listener(&sock)?))
         } else {
             let (child, parent) = process::stdio_pipes()?;
-            (
-                builder
-                    .with_stdin(child.stdin)
-                    .with_stdout(child.stdout)
-                    .with_stderr(child.stderr),
-                Some(parent),
-                None,
-            )
+            (Some(child), Some(parent), None)
         };
-        let lc = builder
-            .validate_id()
-            .map_err(lc_err(id, "create"))?
-            .as_init(bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .with_no_pivot(dirs.no_pivot)
-            .build()
-            .map_err(lc_err(id, "create"))?;
-        let pid = lc
-            .pid()
-            .ok_or_else(|| spec_err(id, "container has no pid after create"))?
-            .as_raw();
+        let job = helper::Job::Create {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            lc_root: dirs.lc_root.clone(),
+            no_pivot: dirs.no_pivot,
+            console: console.as_ref().map(|_| sock.clone()),
+        };
+        let pid = helper::run(&job, child).map_err(|reason| AgentError::ContainerOp {
+            container_id: id.to_string(),
+            op: "create",
+            reason,
+        })?;
         reaper.watch(pid);
         drop(guard);
+        let lc = LcContainer::load(dirs.lc_root.join(id)).map_err(lc_err(id, "load"))?;
         let init = match (parent, console) {
             (Some(p), _) => Process::with_pipes(String::new(), pid, p),
             (None, Some(l)) => {
@@ -260,36 +244,27 @@ impl Container {
         fs::write(&proc_path, json)
             .map_err(|e| AgentError::io(format!("write {proc_path:?}"), e))?;
 
-        let builder = ContainerBuilder::new(self.id.clone(), SyscallType::default())
-            .with_root_path(&self.lc_root)
-            .map_err(lc_err(&self.id, "exec"))?;
         let guard = reaper.fork_guard();
-        let (builder, parent, console) = if terminal {
-            let sock = self.bundle.join(format!("exec-{exec_id}.sock"));
-            let listener = process::console_listener(&sock)?;
-            (
-                builder.with_console_socket(Some(&sock)),
-                None,
-                Some(listener),
-            )
+        let sock = self.bundle.join(format!("exec-{exec_id}.sock"));
+        let (child, parent, console) = if terminal {
+            (None, None, Some(process::console_listener(&sock)?))
         } else {
             let (child, parent) = process::stdio_pipes()?;
-            (
-                builder
-                    .with_stdin(child.stdin)
-                    .with_stdout(child.stdout)
-                    .with_stderr(child.stderr),
-                Some(parent),
-                None,
-            )
+            (Some(child), Some(parent), None)
         };
-        let result = builder
-            .as_tenant()
-            .with_process(Some(&proc_path))
-            .with_detach(true)
-            .build();
+        let job = helper::Job::Exec {
+            id: self.id.clone(),
+            lc_root: self.lc_root.clone(),
+            process: proc_path.clone(),
+            console: console.as_ref().map(|_| sock.clone()),
+        };
+        let result = helper::run(&job, child);
         let _ = fs::remove_file(&proc_path);
-        let pid = result.map_err(lc_err(&self.id, "exec"))?.as_raw();
+        let pid = result.map_err(|reason| AgentError::ContainerOp {
+            container_id: self.id.clone(),
+            op: "exec",
+            reason,
+        })?;
         reaper.watch(pid);
         drop(guard);
         let p = match (parent, console) {

@@ -59,6 +59,16 @@ pub enum AgentError {
         #[source]
         source: Box<libcontainer::error::LibcontainerError>,
     },
+    /// Creating a container or a process in it failed (libcontainer, in the helper process).
+    #[error("container {container_id}: {op} failed: {reason}")]
+    ContainerOp {
+        /// The container.
+        container_id: String,
+        /// The operation (create, exec).
+        op: &'static str,
+        /// libcontainer's message.
+        reason: String,
+    },
     /// Reading or changing the container's cgroup failed.
     #[error("container {container_id}: cgroup {op} failed: {reason}")]
     Cgroup {
@@ -119,9 +129,10 @@ impl AgentError {
             AgentError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             AgentError::Unsupported(_) => Code::UNIMPLEMENTED,
             AgentError::Busy => Code::RESOURCE_EXHAUSTED,
-            AgentError::Libcontainer { .. } | AgentError::Cgroup { .. } | AgentError::Io { .. } => {
-                Code::INTERNAL
-            }
+            AgentError::Libcontainer { .. }
+            | AgentError::ContainerOp { .. }
+            | AgentError::Cgroup { .. }
+            | AgentError::Io { .. } => Code::INTERNAL,
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod container;
 pub mod error;
+pub mod helper;
 pub mod init;
 pub mod mounts;
 pub mod network;

@@ -26,8 +26,9 @@ enum GuestInit {
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// vsock://PORT, serial:/dev/vportNpM or unix:///PATH.
-    #[arg(long, default_value = "vsock://1024")]
+    /// vsock://PORT, serial:/dev/vportNpM or unix:///PATH. As PID 1, set it from the kernel
+    /// command line as `HULL_AGENT_LISTEN=...` (the kernel passes it to /init's environment).
+    #[arg(long, env = "HULL_AGENT_LISTEN", default_value = "vsock://1024")]
     listen: String,
     /// A directory under which host-supplied paths must resolve (repeatable).
     #[arg(long = "allowed-root", default_value = "/run/hull/shared")]
@@ -48,6 +49,10 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(hull_agent::helper::HELPER_ARG) {
+        hull_agent::helper::helper_main(&argv[2..]);
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

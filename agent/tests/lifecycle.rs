@@ -239,3 +239,49 @@ fn remove_a_paused_container() {
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(c.check().unwrap());
 }
+
+#[test]
+fn concurrent_execs_while_other_requests_flow() {
+    // libcontainer clones children from a multi-threaded agent; run creations concurrently with
+    // threads that start and end for other requests, and check nothing hangs.
+    let agent = TestAgent::start();
+    let c = agent.client();
+    let id = "busy";
+    let rootfs = agent.busybox_rootfs(id);
+    let spec = agent.spec(id, &["/bin/sleep", "600"], false, CAPS);
+    c.create_container(id, &spec, &rootfs, vec![]).unwrap();
+    c.start_container(id).unwrap();
+    let p = serde_json::to_vec(&process_json(&["/bin/true"], false, CAPS)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let c = agent.client();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(c.check().unwrap());
+                n += 1;
+            }
+            n
+        })
+    };
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let c = agent.client();
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let exec_id = format!("w{w}-{i}");
+                    c.exec_process(id, &exec_id, &p).unwrap();
+                    assert_eq!(c.wait_process(id, &exec_id, WAIT).unwrap(), 0);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(checker.join().unwrap() > 0);
+    c.remove_container(id).unwrap();
+}
