@@ -125,6 +125,15 @@ impl Publisher {
         self.send(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e));
     }
 
+    /// `/tasks/oom`: the kernel's OOM killer ended a process of the container.
+    pub fn oom(&self, id: &str) {
+        let e = ev::TaskOOM {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.send(topics::TASK_OOM_EVENT_TOPIC, Box::new(e));
+    }
+
     /// `/tasks/resumed`.
     pub fn resumed(&self, id: &str) {
         let e = ev::TaskResumed {

@@ -115,6 +115,8 @@ struct Inner {
     /// Held around `Sandbox::start`: libcontainer chdirs (process-wide) into the
     /// container's dir to reach its notify socket, so two starts must not overlap.
     cwd: Mutex<()>,
+    /// OOM kills already published, per container.
+    ooms: Mutex<HashMap<String, u64>>,
 }
 
 /// Name of the file in a bundle recording where its container's state lives, for the
@@ -144,6 +146,7 @@ impl Service {
                 containers: Mutex::new(HashMap::new()),
                 cgroups: metrics::cgroup_mode(),
                 cwd: Mutex::new(()),
+                ooms: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -232,6 +235,16 @@ impl Service {
                         255
                     }
                 };
+                // An OOM kill is published before the exit it caused, as runc's shim does.
+                if let Ok(now) = sandbox.oom_kills(&cid) {
+                    let mut seen = lock(&inner.ooms);
+                    let before = seen.entry(cid.clone()).or_insert(0);
+                    if now > *before {
+                        info!(container = %cid, pid, kills = now - *before, "oom");
+                        *before = now;
+                        inner.events.oom(&cid);
+                    }
+                }
                 inner.reaper.release(pid);
                 lock(&p.io).finish(OUTPUT_DRAIN);
                 let _life = lock(&p.life);
@@ -516,6 +529,7 @@ impl Service {
         }
         let _ = std::fs::remove_file(c.bundle.join(BUNDLE_STATE_FILE));
         lock(&self.inner.containers).remove(&c.id);
+        lock(&self.inner.ooms).remove(&c.id);
         info!(container = %c.id, status, "deleted");
         self.inner.events.delete(&c.id, pid as u32, status, &at);
         Ok(DeleteResponse {

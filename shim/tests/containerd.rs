@@ -593,3 +593,52 @@ fn concurrent_containers_and_execs_in_one_pod() {
     assert_eq!(c.ctr(&["container", "rm", "busy"]).code, 0);
     c.assert_clean();
 }
+
+#[test]
+fn oom_kill_is_published_as_task_oom() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("oom");
+    // `ctr events` prints every event containerd receives, one per line.
+    let log = c.dir.join("events.log");
+    let mut events = Command::new("timeout")
+        .args(["-s", "KILL", "60", "ctr", "-a"])
+        .arg(&c.sock)
+        .arg("events")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // dd's 64 MiB buffer cannot fit a 16 MiB container: the OOM killer ends it.
+    let r = c.run(
+        &["--rm", "--memory-limit", "16777216"],
+        "oom1",
+        &["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1"],
+    );
+    assert_eq!(r.code, 137, "stderr: {}", r.err);
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("/tasks/oom") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let oom = text.lines().find(|l| l.contains("/tasks/oom"));
+    assert!(
+        oom.is_some_and(|l| l.contains("oom1")),
+        "no TaskOOM for oom1 in:\n{text}"
+    );
+    // The OOM event comes before the task's exit.
+    let pos = |topic: &str| {
+        text.lines()
+            .position(|l| l.contains(topic) && l.contains("oom1"))
+    };
+    assert!(pos("/tasks/oom") < pos("/tasks/exit"), "{text}");
+    c.assert_clean();
+}

@@ -411,3 +411,51 @@ fn foreground_run_with_a_terminal_proxies_the_pty() {
     assert!(child.wait().unwrap().success());
     assert!(!h.has_state(&id));
 }
+
+#[test]
+fn events_report_an_oom_kill() {
+    let h = Hull::new();
+    // dd's 64 MiB buffer cannot fit a 16 MiB cgroup: the OOM killer ends dd, sh lives on.
+    let b = Bundle::with(
+        &[
+            "sh",
+            "-c",
+            "sleep 0.5; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1000",
+        ],
+        |v| {
+            v["linux"]["resources"]["memory"] =
+                serde_json::json!({"limit": 16777216, "swap": 16777216});
+        },
+    );
+    let id = unique_id("oom");
+    h.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    let mut cmd = h.cmd(&["events", "--interval", "100ms", &id]);
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut saw_oom = false;
+    while std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["type"] == "oom" {
+                assert_eq!(v["id"], id.as_str());
+                saw_oom = true;
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    h.ok(&["delete", "--force", &id]);
+    assert!(saw_oom, "no oom event within 20 s");
+}

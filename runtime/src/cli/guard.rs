@@ -8,7 +8,7 @@
 //! so opening it for writing fails with EROFS. The cost per call is one statvfs and,
 //! when started from the writable path, one re-exec.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -84,6 +84,31 @@ pub fn sealed_path(exe: &Path, dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(target))
 }
 
+/// Whether `args` (the command line without argv\[0\]) names a verb that puts a process
+/// into a container (`create`, `run`, `exec`), judged from the raw arguments so that
+/// `main` can re-exec before parsing them or setting up logging: the process started
+/// from the writable path then does nothing but the re-exec. `false` when unsure;
+/// `main` checks again after parsing, so this is only a shortcut, never the guard itself.
+pub fn verb_needs_guard(args: impl IntoIterator<Item = OsString>) -> bool {
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let Some(a) = a.to_str() else {
+            return false;
+        };
+        match a {
+            // Global options that take a separate value.
+            "--root" | "--log" | "--log-format" | "--criu" => {
+                it.next();
+            }
+            // An optional value: whether the next word is its value is clap's call.
+            "--rootless" | "--" => return false,
+            flag if flag.starts_with('-') => {}
+            verb => return matches!(verb, "create" | "run" | "exec"),
+        }
+    }
+    false
+}
+
 /// Re-exec this process from the read-only copy of its binary unless it already runs
 /// from one. Returns only when no re-exec was needed.
 pub fn ensure() -> Result<()> {
@@ -130,6 +155,19 @@ mod tests {
         assert_eq!(sealed_path(&t, &mounts).unwrap(), None);
         nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH).unwrap();
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn early_verb_scan() {
+        let v = |a: &[&str]| verb_needs_guard(a.iter().map(OsString::from));
+        assert!(v(&["run", "x"]));
+        assert!(v(&["--root", "/r", "--log", "l", "--debug", "create", "x"]));
+        assert!(v(&["--root=/r", "--log-format", "json", "exec", "x", "sh"]));
+        assert!(!v(&["state", "run"]));
+        assert!(!v(&["--root", "run", "state", "x"]));
+        assert!(!v(&["--rootless", "run", "x"]));
+        assert!(!v(&["ls"]));
+        assert!(!v(&[]));
     }
 
     fn tempfile_dir() -> PathBuf {

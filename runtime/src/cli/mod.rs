@@ -24,6 +24,12 @@ use args::{Cli, Command, CreateArgs, ExecArgs, Format, UpdateArgs};
 /// Parse the command line, run the verb, and turn any error into one stderr line
 /// (and an `error` entry in the `--log` file) with exit status 1.
 pub fn main() -> ExitCode {
+    // The verbs that put a process into a container must run from a read-only copy of
+    // hull. Re-exec before parsing the arguments and setting up logging, so the first
+    // process does nothing else; a failure here is reported by the check below.
+    if guard::verb_needs_guard(std::env::args_os().skip(1)) {
+        let _ = guard::ensure();
+    }
     let cli = <Cli as clap::Parser>::parse();
     let logger = match logging::Logger::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         Ok(l) => l,
@@ -237,7 +243,7 @@ fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool
     if receiver.is_none() {
         opts.stdio = null_safe_stdio()?;
     }
-    let pid = sandbox.create(opts)?;
+    let pid = sandbox.create_checked(opts)?;
     let mut output = None;
     let mut _raw = None;
     if let Some(r) = &receiver {
@@ -598,6 +604,7 @@ fn parse_interval(s: &str) -> Result<Duration> {
 
 fn events(sandbox: &HostSandbox, id: &str, once: bool, interval: &str) -> Result<i32> {
     let every = parse_interval(interval)?;
+    let mut ooms = if once { 0 } else { sandbox.oom_kills(id)? };
     loop {
         let st = sandbox.state(id)?;
         if st.status == Status::Stopped {
@@ -610,6 +617,14 @@ fn events(sandbox: &HostSandbox, id: &str, once: bool, interval: &str) -> Result
             } else {
                 Ok(0)
             };
+        }
+        if !once {
+            // As runc: one {"type":"oom"} line for each OOM kill since the last look.
+            let now = sandbox.oom_kills(id).unwrap_or(ooms);
+            for _ in ooms..now {
+                println!("{}", json!({"type": "oom", "id": id}));
+            }
+            ooms = now;
         }
         let stats = sandbox.stats(id)?;
         println!(

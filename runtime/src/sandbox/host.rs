@@ -249,15 +249,24 @@ impl HostSandbox {
     }
 }
 
-impl Sandbox for HostSandbox {
-    fn create(&self, opts: CreateOptions) -> Result<i32> {
+impl HostSandbox {
+    /// `create` for a bundle whose config.json the caller has just checked with
+    /// [`load_bundle_spec`] (as `run` does to read `process.terminal`): the same
+    /// steps without parsing the spec a second time. libcontainer reads it again itself.
+    pub fn create_checked(&self, opts: CreateOptions) -> Result<i32> {
+        self.create_with(opts, false)
+    }
+
+    fn create_with(&self, opts: CreateOptions, check_bundle: bool) -> Result<i32> {
         let id = opts.id.clone();
         validate_id(&id)?;
         let dir = self.dir(&id);
         if dir.exists() {
             return Err(Error::AlreadyExists(id));
         }
-        load_bundle_spec(&opts.bundle)?;
+        if check_bundle {
+            load_bundle_spec(&opts.bundle)?;
+        }
         if self.systemd_cgroup && !Path::new("/run/systemd/system").is_dir() {
             return Err(Error::Unsupported(
                 "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system); \
@@ -300,6 +309,60 @@ impl Sandbox for HostSandbox {
                 Err(lc_err("create", &id, e))
             }
         }
+    }
+}
+
+/// The `oom_kill` counter of a memory cgroup: v1 `memory.oom_control`, v2 `memory.events`.
+fn read_oom_kill(dir: &Path) -> Result<u64> {
+    for file in ["memory.oom_control", "memory.events"] {
+        let p = dir.join(file);
+        match fs::read_to_string(&p) {
+            Ok(text) => {
+                return Ok(text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(p, e)),
+        }
+    }
+    Err(Error::Unsupported(format!(
+        "{}: no memory.oom_control or memory.events",
+        dir.display()
+    )))
+}
+
+/// The directory of a container's memory cgroup for the cgroupfs driver.
+fn memory_cgroup_dir(id: &str, cgroup_path: &Path, systemd: bool) -> Result<PathBuf> {
+    if systemd {
+        return Err(Error::Unsupported(format!(
+            "container {id}: OOM counts are read through cgroupfs; this container's cgroup is managed by systemd"
+        )));
+    }
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    let cg_err = |message: String| Error::Cgroup {
+        id: id.to_string(),
+        message,
+    };
+    match libcgroups::common::get_cgroup_setup().map_err(|e| cg_err(chain(&e)))? {
+        libcgroups::common::CgroupSetup::Unified => {
+            Ok(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(rel))
+        }
+        _ => {
+            let root = libcgroups::v1::util::get_subsystem_mount_point(
+                &libcgroups::v1::ControllerType::Memory,
+            )
+            .map_err(|e| cg_err(chain(&e)))?;
+            Ok(root.join(rel))
+        }
+    }
+}
+
+impl Sandbox for HostSandbox {
+    fn create(&self, opts: CreateOptions) -> Result<i32> {
+        self.create_with(opts, true)
     }
 
     fn start(&self, id: &str) -> Result<()> {
@@ -498,6 +561,12 @@ impl Sandbox for HostSandbox {
                 id: id.to_string(),
                 message: chain(&e),
             })
+    }
+
+    fn oom_kills(&self, id: &str) -> Result<u64> {
+        let c = self.load(id)?;
+        let config = c.spec().map_err(|e| lc_err("read config of", id, e))?;
+        read_oom_kill(&memory_cgroup_dir(id, &config.cgroup_path, c.systemd())?)
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
