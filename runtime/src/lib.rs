@@ -4,6 +4,7 @@
 pub mod agent_client;
 pub mod cli;
 pub mod error;
+pub mod hypervisor;
 pub mod sandbox;
 pub mod signal;
 pub mod spec;

@@ -1,0 +1,132 @@
+//! The `Hypervisor` seam: what a vm sandbox needs from the program that runs its VM, and its
+//! backends (`qemu` now; the built-in `vmm` later). `detect` holds the host probes that pick a
+//! backend (`auto`) and that `hull check` reports.
+
+pub mod detect;
+mod error;
+mod qemu;
+mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{HypervisorError, Result};
+pub use qemu::{QemuHypervisor, VmRunState};
+
+use crate::agent_client::AgentClient;
+
+/// How guest code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM if this host's KVM is hardware-backed (probed once), else TCG.
+    Auto,
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// QEMU's binary translator: slow, but runs anywhere.
+    Tcg,
+}
+
+/// A host directory shared into the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The host directory.
+    pub host_dir: PathBuf,
+    /// The tag the guest mounts it by (`mount -t 9p -o trans=virtio TAG /mnt`).
+    pub tag: String,
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Uncompressed, PVH-capable guest kernel (`guest-kernel/build.sh`).
+    pub kernel: PathBuf,
+    /// Initrd whose /init is hull-agent (`guest-kernel/initrd.sh`).
+    pub initrd: PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Guest vCPUs.
+    pub vcpus: u32,
+    /// Where the backend keeps its sockets and logs; created if missing.
+    pub state_dir: PathBuf,
+    /// Host directories shared into the guest.
+    pub shares: Vec<Share>,
+    /// How long boot may take until the agent answers `Check`.
+    pub boot_timeout: Duration,
+    /// Default timeout of each call through the returned agent client.
+    pub agent_call_timeout: Duration,
+    /// How guest code runs.
+    pub accel: Accel,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: String,
+}
+
+impl VmConfig {
+    /// A config with hull's defaults: 256 MiB, 1 vCPU, 30 s boot timeout, accel auto.
+    pub fn new(
+        kernel: impl Into<PathBuf>,
+        initrd: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            memory_mib: 256,
+            vcpus: 1,
+            state_dir: state_dir.into(),
+            shares: Vec::new(),
+            boot_timeout: Duration::from_secs(30),
+            agent_call_timeout: crate::agent_client::DEFAULT_CALL_TIMEOUT,
+            accel: Accel::Auto,
+            extra_cmdline: String::new(),
+        }
+    }
+}
+
+/// How the host reaches the guest agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentChannel {
+    /// A unix socket whose other end is the guest's virtio-serial port `agent.0`.
+    SerialSocket(PathBuf),
+}
+
+/// A device to hot-add to a running VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// A host directory shared into the guest.
+    Share(Share),
+    /// A raw block device or image file.
+    Block(PathBuf),
+}
+
+/// A guest that came up: the agent answered `Check`.
+#[derive(Debug)]
+pub struct BootedVm {
+    /// A connected agent client (on a virtio-serial channel, the only connection there is).
+    pub agent: AgentClient,
+    /// From starting the hypervisor to the agent's first answer.
+    pub boot_time: Duration,
+}
+
+/// One sandbox's virtual machine, whatever runs it. Dropping it kills the VM.
+pub trait Hypervisor: Send {
+    /// The backend's name (`qemu`, `builtin`).
+    fn backend(&self) -> &'static str;
+    /// Starts the VM and waits, within the config's boot timeout, for its agent to answer.
+    fn boot(&mut self) -> Result<BootedVm>;
+    /// Stops the VM (cleanly if it can, killed after a bound); idempotent.
+    fn stop(&mut self) -> Result<()>;
+    /// Freezes the guest's vCPUs.
+    fn pause(&mut self) -> Result<()>;
+    /// Lets a paused guest run again.
+    fn resume(&mut self) -> Result<()>;
+    /// Saves the VM's state into `dir`.
+    fn snapshot(&mut self, dir: &Path) -> Result<()>;
+    /// Hot-adds a device to the running VM.
+    fn add_device(&mut self, device: &DeviceConfig) -> Result<()>;
+    /// Errors if the VM is not running (its process exited, or it was stopped).
+    fn check_running(&mut self) -> Result<()>;
+    /// How the host reaches the guest agent.
+    fn agent_channel(&self) -> AgentChannel;
+    /// The file the guest's console is written to.
+    fn console_log(&self) -> PathBuf;
+}

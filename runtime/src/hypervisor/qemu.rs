@@ -1,0 +1,630 @@
+//! The `qemu` backend: QEMU's `microvm` machine, KVM where this host has hardware
+//! virtualization and TCG elsewhere, controlled over QMP, the agent on a virtio-serial port.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::error::{HypervisorError, Result};
+use super::{qmp, Accel, AgentChannel, BootedVm, DeviceConfig, Hypervisor, VmConfig};
+use crate::agent_client::{AgentClient, AgentClientError};
+
+/// The QEMU binary (overridable with `HULL_QEMU`).
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// How long `stop` waits for QEMU to quit before killing it.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+/// Timeout of one QMP command.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The guest's view of the agent port: the first virtio-serial device, port 1.
+const GUEST_AGENT_PORT: &str = "/dev/vport0p1";
+
+/// Whether the guest's vCPUs run, as QMP `query-status` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRunState {
+    /// vCPUs are running.
+    pub running: bool,
+    /// QEMU's run state (`running`, `paused`, ...).
+    pub status: String,
+}
+
+/// A QEMU process owned by this handle: it never outlives the handle (killed on drop, and
+/// `PR_SET_PDEATHSIG` kills it if this process dies first).
+#[derive(Debug)]
+pub struct QemuHypervisor {
+    config: VmConfig,
+    child: Option<OwnedQemu>,
+    exit: Option<ExitStatus>,
+    stopped: bool,
+}
+
+/// The QEMU child and the thread that spawned it. PR_SET_PDEATHSIG fires when the *thread*
+/// that forked exits, so a dedicated thread forks QEMU and lives until QEMU is reaped.
+#[derive(Debug)]
+struct OwnedQemu {
+    child: Child,
+    keeper: Option<std::thread::JoinHandle<()>>,
+    release: Option<mpsc::Sender<()>>,
+}
+
+impl OwnedQemu {
+    fn spawn(mut cmd: Command) -> std::io::Result<OwnedQemu> {
+        let (tx, rx) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let keeper = std::thread::Builder::new()
+            .name("qemu-keeper".into())
+            .spawn(move || {
+                // SAFETY: getpid(2) has no preconditions.
+                let parent = unsafe { libc::getpid() };
+                // SAFETY: the closure runs in the forked child before exec and calls only
+                // async-signal-safe functions (prctl, getppid, _exit).
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        // The parent may have died before prctl took effect.
+                        if libc::getppid() != parent {
+                            libc::_exit(1);
+                        }
+                        Ok(())
+                    });
+                }
+                let spawned = cmd.spawn();
+                let ok = spawned.is_ok();
+                let _ = tx.send(spawned);
+                if ok {
+                    // Stay alive until the handle has reaped QEMU (or is gone).
+                    let _ = released.recv();
+                }
+            })?;
+        let child = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("qemu-keeper thread died"))??;
+        Ok(OwnedQemu {
+            child,
+            keeper: Some(keeper),
+            release: Some(release),
+        })
+    }
+
+    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        self.release_keeper();
+        status
+    }
+
+    fn release_keeper(&mut self) {
+        drop(self.release.take());
+        if let Some(k) = self.keeper.take() {
+            let _ = k.join();
+        }
+    }
+}
+
+impl Drop for OwnedQemu {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            tracing::debug!(pid = self.child.id(), "killing qemu on drop");
+        }
+        self.kill_and_reap();
+    }
+}
+
+impl QemuHypervisor {
+    /// A handle for the VM described by `config`; nothing runs until [`Hypervisor::boot`].
+    pub fn new(config: VmConfig) -> Self {
+        QemuHypervisor {
+            config,
+            child: None,
+            exit: None,
+            stopped: false,
+        }
+    }
+
+    /// The QMP control socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.config.state_dir.join("qmp.sock")
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.config.state_dir.join("agent.sock")
+    }
+
+    /// QEMU's own stderr (why it refused to start).
+    pub fn qemu_log(&self) -> PathBuf {
+        self.config.state_dir.join("qemu.log")
+    }
+
+    /// The QEMU process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.child.id())
+    }
+
+    /// The guest's run state (QMP `query-status`).
+    pub fn query_status(&mut self) -> Result<VmRunState> {
+        let v = self.qmp("query-status", None)?;
+        Ok(VmRunState {
+            running: v.get("running").and_then(|r| r.as_bool()).unwrap_or(false),
+            status: v
+                .get("status")
+                .and_then(|s| s.as_str())
+                .unwrap_or("unknown")
+                .to_string(),
+        })
+    }
+
+    fn qmp(&mut self, command: &str, args: Option<serde_json::Value>) -> Result<serde_json::Value> {
+        self.check_running()?;
+        qmp::execute(&self.qmp_socket(), command, args, QMP_TIMEOUT)
+    }
+
+    /// The accelerator to use: `Auto` probes the host once per process.
+    fn accel(&self) -> &'static str {
+        match self.config.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+            Accel::Auto => {
+                if super::detect::kvm_hardware_backed_cached() {
+                    "kvm"
+                } else {
+                    "tcg"
+                }
+            }
+        }
+    }
+
+    /// The kernel command line (QEMU appends `virtio_mmio.device=...` to it).
+    pub fn kernel_cmdline(&self) -> String {
+        let mut c = vec![
+            "console=ttyS0".to_string(),
+            "quiet".into(),
+            "panic=-1".into(),
+            "reboot=t".into(),
+            "cryptomgr.notests".into(),
+            "pci=off".into(),
+            "8250.nr_uarts=1".into(),
+            "rdinit=/init".into(),
+            // Reaches /init's environment: the agent reads its --listen from it.
+            format!("HULL_AGENT_LISTEN=serial:{GUEST_AGENT_PORT}"),
+        ];
+        if let Some(khz) = host_tsc_khz() {
+            c.push(format!("tsc_early_khz={khz}"));
+        }
+        if !self.config.extra_cmdline.is_empty() {
+            c.push(self.config.extra_cmdline.clone());
+        }
+        c.join(" ")
+    }
+
+    /// The full QEMU command line.
+    pub fn command_args(&self) -> Vec<String> {
+        let cfg = &self.config;
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let mut a: Vec<String> = vec![
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-nographic".into(),
+            "-no-reboot".into(),
+            // acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
+            "-M".into(),
+            "microvm,acpi=off".into(),
+            "-accel".into(),
+            self.accel().into(),
+            "-m".into(),
+            format!("{}M", cfg.memory_mib),
+            "-smp".into(),
+            cfg.vcpus.to_string(),
+            "-kernel".into(),
+            s(&cfg.kernel),
+            "-initrd".into(),
+            s(&cfg.initrd),
+            "-append".into(),
+            self.kernel_cmdline(),
+            "-serial".into(),
+            format!("file:{}", s(&self.console_log())),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", s(&self.qmp_socket())),
+            "-device".into(),
+            "virtio-serial-device".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                s(&self.agent_socket())
+            ),
+            "-device".into(),
+            "virtserialport,chardev=agent,name=agent.0".into(),
+        ];
+        for (i, share) in cfg.shares.iter().enumerate() {
+            a.push("-fsdev".into());
+            a.push(format!(
+                "local,id=fs{i},path={},security_model=none",
+                s(&share.host_dir)
+            ));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-9p-device,fsdev=fs{i},mount_tag={}",
+                share.tag
+            ));
+        }
+        a
+    }
+
+    fn validate(&self) -> Result<()> {
+        let cfg = &self.config;
+        for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
+            if !p.is_file() {
+                return Err(HypervisorError::Config(format!(
+                    "{what} {p:?} is not a file (build it with guest-kernel/build.sh / initrd.sh)"
+                )));
+            }
+        }
+        for share in &cfg.shares {
+            if !share.host_dir.is_dir() {
+                return Err(HypervisorError::Config(format!(
+                    "share {:?}: {:?} is not a directory",
+                    share.tag, share.host_dir
+                )));
+            }
+            if share.tag.is_empty() || share.tag.contains([',', ' ', '=']) {
+                return Err(HypervisorError::Config(format!(
+                    "bad share tag {:?}",
+                    share.tag
+                )));
+            }
+        }
+        if cfg.memory_mib < 64 || cfg.vcpus == 0 {
+            return Err(HypervisorError::Config(format!(
+                "need at least 64 MiB and 1 vCPU (got {} MiB, {} vCPUs)",
+                cfg.memory_mib, cfg.vcpus
+            )));
+        }
+        Ok(())
+    }
+
+    /// Kills QEMU now and records how it ended.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = c.kill_and_reap();
+            self.exit = self.exit.or(status);
+        }
+    }
+
+    fn boot_failure_reason(&self) -> String {
+        let last_line = |p: &Path| {
+            std::fs::read_to_string(p).ok().and_then(|t| {
+                t.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+        };
+        last_line(&self.qemu_log())
+            .or_else(|| last_line(&self.console_log()).map(|l| format!("guest: {l}")))
+            .unwrap_or_else(|| "no output".into())
+    }
+
+    fn remove_sockets(&self) {
+        for p in [self.qmp_socket(), self.agent_socket()] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo (saves the guest its calibration).
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+impl Hypervisor for QemuHypervisor {
+    fn backend(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn boot(&mut self) -> Result<BootedVm> {
+        if self.child.is_some() {
+            return Err(HypervisorError::Config("vm is already booted".into()));
+        }
+        self.validate()?;
+        let dir = &self.config.state_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HypervisorError::io(format!("create {dir:?}"), e))?;
+        self.remove_sockets();
+        let log = File::create(self.qemu_log())
+            .map_err(|e| HypervisorError::io(format!("create {:?}", self.qemu_log()), e))?;
+        let _ = std::fs::remove_file(self.console_log());
+
+        let binary = std::env::var("HULL_QEMU").unwrap_or_else(|_| QEMU_BINARY.to_string());
+        let mut cmd = Command::new(&binary);
+        cmd.args(self.command_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        tracing::debug!(?cmd, "starting qemu");
+        let started = Instant::now();
+        let child = OwnedQemu::spawn(cmd).map_err(|source| HypervisorError::Spawn {
+            binary: binary.clone(),
+            source,
+        })?;
+        let pid = child.child.id();
+        self.child = Some(child);
+        self.exit = None;
+        self.stopped = false;
+        tracing::info!(
+            pid,
+            accel = self.accel(),
+            "qemu started; waiting for the guest agent"
+        );
+
+        // The agent's first answer arrives over the virtio-serial socket; QEMU's exit or the
+        // deadline end the wait. On a timeout QEMU is killed, which also ends the pending call.
+        let (tx, rx) = mpsc::channel();
+        let socket = self.agent_socket();
+        let call_timeout = self.config.agent_call_timeout;
+        let boot_timeout = self.config.boot_timeout;
+        std::thread::Builder::new()
+            .name("agent-boot-check".into())
+            .spawn(move || {
+                // A call that times out while the guest is still booting is retried on a
+                // fresh connection; the host kills QEMU at the boot deadline in any case.
+                let deadline = started + boot_timeout;
+                let r = loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let r = AgentClient::connect_unix(&socket, left, call_timeout)
+                        .and_then(|c| c.check().map(|serving| (c, serving)));
+                    match r {
+                        Err(AgentClientError::Timeout { .. }) if Instant::now() < deadline => {}
+                        r => break r,
+                    }
+                };
+                let _ = tx.send(r);
+            })
+            .map_err(|e| HypervisorError::io("spawn agent-boot-check thread", e))?;
+        let deadline = started + boot_timeout;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(Ok((agent, true))) => {
+                    let boot_time = started.elapsed();
+                    tracing::info!(pid, ?boot_time, "guest agent is serving");
+                    return Ok(BootedVm { agent, boot_time });
+                }
+                Ok(Ok((_, false))) => {
+                    self.kill();
+                    return Err(HypervisorError::ExitedDuringBoot {
+                        status: "killed".into(),
+                        reason: "guest agent answered Check with NOT_SERVING".into(),
+                        console_log: self.console_log(),
+                    });
+                }
+                Ok(Err(e)) => {
+                    // The connection broke: QEMU most likely exited; find out below.
+                    tracing::debug!(error = %e, "agent check failed during boot");
+                    let _ = self.wait_exit_for(Duration::from_millis(500));
+                    if let Some(status) = self.exit {
+                        self.child = None;
+                        return Err(HypervisorError::ExitedDuringBoot {
+                            status: status.to_string(),
+                            reason: self.boot_failure_reason(),
+                            console_log: self.console_log(),
+                        });
+                    }
+                    self.kill();
+                    return Err(HypervisorError::ExitedDuringBoot {
+                        status: "killed".into(),
+                        reason: format!("agent channel failed: {e}"),
+                        console_log: self.console_log(),
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.kill();
+                    return Err(HypervisorError::ExitedDuringBoot {
+                        status: "killed".into(),
+                        reason: "the agent check thread died".into(),
+                        console_log: self.console_log(),
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.check_running().is_err() {
+                self.child = None;
+                return Err(HypervisorError::ExitedDuringBoot {
+                    status: self.exit.map(|s| s.to_string()).unwrap_or_default(),
+                    reason: self.boot_failure_reason(),
+                    console_log: self.console_log(),
+                });
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                tracing::warn!(
+                    pid,
+                    ?boot_timeout,
+                    "guest agent did not answer; qemu killed"
+                );
+                return Err(HypervisorError::BootTimeout {
+                    timeout: boot_timeout,
+                    console_log: self.console_log(),
+                });
+            }
+        }
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if self.child.is_some() && self.check_running().is_ok() {
+            if let Err(e) = qmp::execute(&self.qmp_socket(), "quit", None, QMP_TIMEOUT) {
+                tracing::debug!(error = %e, "qmp quit failed; killing qemu");
+            }
+            let _ = self.wait_exit_for(QUIT_GRACE);
+        }
+        self.kill();
+        self.stopped = true;
+        self.remove_sockets();
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        self.qmp("stop", None).map(|_| ())
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        self.qmp("cont", None).map(|_| ())
+    }
+
+    fn snapshot(&mut self, _dir: &Path) -> Result<()> {
+        Err(HypervisorError::NotSupported {
+            operation: "snapshot",
+            backend: "qemu",
+        })
+    }
+
+    fn add_device(&mut self, _device: &DeviceConfig) -> Result<()> {
+        Err(HypervisorError::NotSupported {
+            operation: "adding a device",
+            backend: "qemu",
+        })
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        let status = match self.child.as_mut() {
+            None if self.stopped => "stopped".to_string(),
+            None => match self.exit {
+                Some(s) => format!("qemu exited: {s}"),
+                None => "not booted".to_string(),
+            },
+            Some(c) => match c.child.try_wait() {
+                Ok(None) => return Ok(()),
+                Ok(Some(s)) => {
+                    self.exit = Some(s);
+                    if let Some(mut c) = self.child.take() {
+                        c.release_keeper();
+                    }
+                    tracing::warn!(status = %s, "qemu exited under a running vm");
+                    format!("qemu exited: {s}")
+                }
+                Err(e) => format!("qemu state unknown: {e}"),
+            },
+        };
+        Err(HypervisorError::NotRunning {
+            status,
+            console_log: self.console_log(),
+        })
+    }
+
+    fn agent_channel(&self) -> AgentChannel {
+        AgentChannel::SerialSocket(self.agent_socket())
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.config.state_dir.join("console.log")
+    }
+}
+
+impl QemuHypervisor {
+    /// Waits up to `bound` for QEMU to exit on its own; records the status.
+    fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(s)) = c.child.try_wait() {
+                self.exit = Some(s);
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for QemuHypervisor {
+    fn drop(&mut self) {
+        self.kill();
+        self.remove_sockets();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        let mut c = VmConfig::new("/k", "/i", "/run/hull/vm1");
+        c.accel = Accel::Tcg;
+        c.shares.push(super::super::Share {
+            host_dir: "/srv/rootfs".into(),
+            tag: "rootfs".into(),
+        });
+        c
+    }
+
+    #[test]
+    fn command_line_has_the_microvm_devices() {
+        let q = QemuHypervisor::new(cfg());
+        let a = q.command_args().join(" ");
+        assert!(
+            a.contains("-M microvm,acpi=off -accel tcg -m 256M -smp 1"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-qmp unix:/run/hull/vm1/qmp.sock,server=on,wait=off"),
+            "{a}"
+        );
+        assert!(a.contains("socket,id=agent,path=/run/hull/vm1/agent.sock,server=on,wait=off"));
+        assert!(a.contains("virtserialport,chardev=agent,name=agent.0"));
+        assert!(a.contains("-fsdev local,id=fs0,path=/srv/rootfs,security_model=none"));
+        assert!(a.contains("virtio-9p-device,fsdev=fs0,mount_tag=rootfs"));
+        assert!(a.contains("-serial file:/run/hull/vm1/console.log"));
+    }
+
+    #[test]
+    fn cmdline_tells_the_agent_where_to_listen() {
+        let c = QemuHypervisor::new(cfg()).kernel_cmdline();
+        assert!(c.contains("HULL_AGENT_LISTEN=serial:/dev/vport0p1"), "{c}");
+        assert!(c.contains("console=ttyS0") && c.contains("pci=off") && c.contains("panic=-1"));
+        assert!(
+            !c.contains(" -- "),
+            "QEMU appends virtio_mmio.device= after the cmdline: {c}"
+        );
+    }
+
+    #[test]
+    fn missing_kernel_is_a_config_error_before_anything_runs() {
+        let mut q = QemuHypervisor::new(cfg());
+        let e = q.boot().unwrap_err();
+        assert!(matches!(e, HypervisorError::Config(_)), "{e}");
+        assert!(q.pid().is_none());
+    }
+
+    #[test]
+    fn snapshot_and_add_device_say_not_supported() {
+        let mut q = QemuHypervisor::new(cfg());
+        let e = q.snapshot(Path::new("/tmp")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "snapshot is not supported by the qemu backend"
+        );
+        assert!(q
+            .add_device(&DeviceConfig::Block("/dev/null".into()))
+            .is_err());
+    }
+
+    #[test]
+    fn not_booted_is_not_running() {
+        let mut q = QemuHypervisor::new(cfg());
+        let e = q.check_running().unwrap_err();
+        assert!(e.to_string().contains("not booted"), "{e}");
+        assert!(q.pause().is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! The qemu backend end to end under TCG: hull's guest kernel (guest-kernel/build.sh, cached;
+//! a cold cache builds it here, ~7 minutes once) with hull-agent as /init.
+//!
+//! Skipped (with a message) where qemu-system-x86_64 or linux-source-6.1 is missing, or with
+//! HULL_SKIP_VM_TESTS=1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hull_runtime::hypervisor::{
+    Accel, Hypervisor, HypervisorError, QemuHypervisor, Share, VmConfig,
+};
+
+struct Artefacts {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    /// An initrd whose /init is a busybox shell that only sleeps (None without busybox).
+    sleeping_initrd: Option<PathBuf>,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run_script(script: &str, args: &[&str]) -> PathBuf {
+    let out = Command::new(repo().join("guest-kernel").join(script))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        out.status
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(path.trim())
+}
+
+/// The hull-agent binary of this target dir, (re)built with cargo.
+fn agent_binary() -> PathBuf {
+    // .../target/debug/deps/vm_qemu-HASH -> .../target
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "hull-agent", "--bin", "hull-agent"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(repo())
+        .status()
+        .expect("run cargo build -p hull-agent");
+    assert!(status.success(), "cargo build -p hull-agent failed");
+    profile_dir.join("hull-agent")
+}
+
+fn artefacts() -> Option<&'static Artefacts> {
+    static A: OnceLock<Option<Artefacts>> = OnceLock::new();
+    A.get_or_init(|| {
+        if std::env::var_os("HULL_SKIP_VM_TESTS").is_some() {
+            eprintln!("skipped: HULL_SKIP_VM_TESTS is set");
+            return None;
+        }
+        let qemu = hull_runtime::hypervisor::detect::find_in_path(
+            "qemu-system-x86_64",
+            &std::env::var_os("PATH").unwrap_or_default(),
+        );
+        if qemu.is_none() || !Path::new("/usr/src/linux-source-6.1.tar.xz").exists() {
+            eprintln!("skipped: needs qemu-system-x86_64 and linux-source-6.1");
+            return None;
+        }
+        let t = Instant::now();
+        let kernel = run_script("build.sh", &[]);
+        eprintln!(
+            "guest kernel {} ready in {:?}",
+            kernel.display(),
+            t.elapsed()
+        );
+        let agent = agent_binary();
+        let initrd = run_script("initrd.sh", &[agent.to_str().unwrap()]);
+        let sleeping_initrd = Path::new("/bin/busybox").exists().then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let init = dir.path().join("init");
+            std::fs::write(&init, "#!/bin/busybox sh\nexec /bin/busybox sleep 3600\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+            run_script(
+                "initrd.sh",
+                &[
+                    "--name",
+                    "test-sleeping",
+                    init.to_str().unwrap(),
+                    "/bin/busybox:/bin/busybox",
+                ],
+            )
+        });
+        Some(Artefacts {
+            kernel,
+            initrd,
+            sleeping_initrd,
+        })
+    })
+    .as_ref()
+}
+
+fn config(a: &Artefacts, state: &Path) -> VmConfig {
+    let mut c = VmConfig::new(&a.kernel, &a.initrd, state.join("vm"));
+    c.accel = Accel::Tcg;
+    c.memory_mib = 256;
+    c.vcpus = 1;
+    // Generous: the build machines are shared and TCG is slow under load.
+    c.boot_timeout = Duration::from_secs(120);
+    c.agent_call_timeout = Duration::from_secs(30);
+    c
+}
+
+/// Processes whose command line mentions `needle` (a VM's state dir).
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let needle = needle.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn guest_boots_to_the_agent_with_its_own_kernel_pauses_resumes_and_stops() {
+    let Some(a) = artefacts() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("shared");
+    std::fs::create_dir(&share).unwrap();
+    let mut cfg = config(a, dir.path());
+    cfg.shares.push(Share {
+        host_dir: share,
+        tag: "rootfs".into(),
+    });
+    let mut vm = QemuHypervisor::new(cfg);
+    let booted = vm.boot().unwrap_or_else(|e| panic!("boot: {e}"));
+    println!(
+        "boot to agent ready (TCG): {:.3} s",
+        booted.boot_time.as_secs_f64()
+    );
+    let pid = vm.pid().expect("qemu runs");
+
+    assert!(booted.agent.check().unwrap(), "agent serving");
+    let details = booted.agent.guest_details().unwrap();
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    println!(
+        "guest kernel {:?}, host kernel {:?}",
+        details.kernel_release,
+        host_release.trim()
+    );
+    assert!(!details.kernel_release.is_empty());
+    assert_ne!(
+        details.kernel_release,
+        host_release.trim(),
+        "the guest runs its own kernel"
+    );
+    assert!(
+        details.mem_total_bytes > 100 << 20 && details.mem_total_bytes <= 256 << 20,
+        "{details:?}"
+    );
+    assert_eq!(details.cpus, 1);
+
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(rss) = rss_kib(pid) {
+        println!("qemu RSS, guest idle after boot: {} MiB", rss / 1024);
+    }
+
+    assert!(vm.query_status().unwrap().running);
+    vm.pause().unwrap();
+    let st = vm.query_status().unwrap();
+    assert!(!st.running && st.status == "paused", "{st:?}");
+    vm.resume().unwrap();
+    assert!(vm.query_status().unwrap().running);
+    assert!(booted.agent.check().unwrap(), "agent answers after resume");
+
+    let state_dir = dir.path().join("vm");
+    let t = Instant::now();
+    vm.stop().unwrap();
+    println!("stop: {:.3} s", t.elapsed().as_secs_f64());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu {pid} is gone"
+    );
+    assert_eq!(processes_mentioning(&state_dir), Vec::<u32>::new());
+    assert!(vm.check_running().is_err());
+    assert!(vm.pause().is_err(), "a stopped vm cannot be paused");
+    vm.stop().unwrap();
+}
+
+#[test]
+fn a_bad_kernel_fails_fast_with_one_clear_error() {
+    let Some(a) = artefacts() else { return };
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut cfg = config(a, dir.path());
+    cfg.kernel = dir.path().join("no-such-vmlinux");
+    let e = QemuHypervisor::new(cfg).boot().unwrap_err();
+    assert!(matches!(e, HypervisorError::Config(_)), "{e}");
+    assert!(e.to_string().contains("no-such-vmlinux"), "{e}");
+
+    // A file that is no kernel: QEMU itself refuses it.
+    let junk = dir.path().join("junk-vmlinux");
+    std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
+    let mut cfg = config(a, dir.path());
+    cfg.kernel = junk;
+    let t = Instant::now();
+    let mut vm = QemuHypervisor::new(cfg);
+    let e = vm.boot().unwrap_err();
+    println!("junk kernel: {e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(matches!(e, HypervisorError::ExitedDuringBoot { .. }), "{e}");
+    assert!(e.to_string().contains("console.log"), "{e}");
+    assert!(vm.pid().is_none());
+    assert_eq!(
+        processes_mentioning(&dir.path().join("vm")),
+        Vec::<u32>::new()
+    );
+}
+
+#[test]
+fn an_agent_that_never_answers_fails_within_the_bound() {
+    let Some(a) = artefacts() else { return };
+    let Some(sleeping) = &a.sleeping_initrd else {
+        eprintln!("skipped: needs /bin/busybox");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(a, dir.path());
+    cfg.initrd = sleeping.clone();
+    cfg.boot_timeout = Duration::from_secs(6);
+    let mut vm = QemuHypervisor::new(cfg);
+    let t = Instant::now();
+    let e = vm.boot().unwrap_err();
+    let took = t.elapsed();
+    println!("silent agent: {e} (after {:.3} s)", took.as_secs_f64());
+    assert!(matches!(e, HypervisorError::BootTimeout { .. }), "{e}");
+    assert!(e.to_string().contains("console.log"), "{e}");
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(12),
+        "{took:?}"
+    );
+    assert_eq!(
+        processes_mentioning(&dir.path().join("vm")),
+        Vec::<u32>::new()
+    );
+}
+
+#[test]
+fn killing_qemu_under_a_running_vm_is_noticed() {
+    let Some(a) = artefacts() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = QemuHypervisor::new(config(a, dir.path()));
+    let booted = vm.boot().unwrap_or_else(|e| panic!("boot: {e}"));
+    println!(
+        "boot to agent ready (TCG): {:.3} s",
+        booted.boot_time.as_secs_f64()
+    );
+    vm.check_running().unwrap();
+    let pid = vm.pid().unwrap();
+    // SAFETY: kill(2) of the QEMU child this test started (unreaped, so the pid is still ours).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+
+    let t = Instant::now();
+    let e = booted.agent.check().unwrap_err();
+    println!("agent call after qemu died: {e} (after {:?})", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the call failed, it did not hang"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        match vm.check_running() {
+            Err(e) => break e,
+            Ok(()) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(()) => panic!("qemu's death went unnoticed"),
+        }
+    };
+    assert!(matches!(e, HypervisorError::NotRunning { .. }), "{e}");
+    assert!(e.to_string().contains("signal: 9"), "{e}");
+    assert!(vm.pause().is_err());
+    vm.stop().unwrap();
+}
