@@ -479,6 +479,33 @@ mod tests {
         assert!(!p.ok && p.reason.contains("does not exist"));
     }
 
+    /// Every probe on this host, as `hull check` will show them: each has a reason, and `auto`
+    /// follows the hardware-KVM and qemu probes.
+    #[test]
+    fn host_report_is_consistent() {
+        let start = Instant::now();
+        let r = HostReport::probe();
+        eprintln!("{r:#?}");
+        assert!(start.elapsed() < KVM_PROBE_TIMEOUT + Duration::from_secs(2));
+        for p in [
+            &r.kvm,
+            &r.kvm_hardware,
+            &r.vhost_vsock,
+            &r.iommu,
+            &r.qemu,
+            &r.virtiofsd,
+            &r.guest_kernel,
+            &r.guest_initrd,
+        ] {
+            assert!(!p.reason.is_empty());
+        }
+        assert_eq!(r.auto, pick_backend(r.kvm_hardware.ok, r.qemu.ok));
+        assert_eq!(r.vhost_vsock.ok, Path::new("/dev/vhost-vsock").exists());
+        if !r.kvm.ok {
+            assert!(!r.kvm_hardware.ok);
+        }
+    }
+
     /// The real probe on this host: bounded, and it gives a verdict with a reason.
     #[test]
     fn kvm_timing_probe_is_bounded() {
