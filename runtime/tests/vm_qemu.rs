@@ -308,3 +308,73 @@ fn killing_qemu_under_a_running_vm_is_noticed() {
     assert!(vm.pause().is_err());
     vm.stop().unwrap();
 }
+
+/// Run only as the child of `qemu_dies_with_the_process_that_owns_it`: boots a VM, writes
+/// QEMU's pid to the file named by HULL_VM_TEST_OWNER, then waits to be killed.
+#[test]
+fn owner_process_for_the_pdeathsig_test() {
+    let Some(pid_file) = std::env::var_os("HULL_VM_TEST_OWNER") else {
+        return;
+    };
+    let a = artefacts().expect("artefacts");
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = QemuHypervisor::new(config(a, dir.path()));
+    vm.boot().unwrap_or_else(|e| panic!("boot: {e}"));
+    std::fs::write(&pid_file, vm.pid().unwrap().to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(300));
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (state Z, waiting for init to reap it) is not running.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| !r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn qemu_dies_with_the_process_that_owns_it() {
+    let Some(_) = artefacts() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("qemu.pid");
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "owner_process_for_the_pdeathsig_test",
+            "--nocapture",
+        ])
+        .env("HULL_VM_TEST_OWNER", &pid_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let qemu: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            break pid;
+        }
+        if let Some(st) = owner.try_wait().unwrap() {
+            panic!("owner process exited early: {st}");
+        }
+        assert!(Instant::now() < deadline, "owner never booted its vm");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(alive(qemu));
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(qemu) {
+        if Instant::now() >= deadline {
+            // SAFETY: kill(2) of the leaked QEMU, so that a failure leaves nothing behind.
+            unsafe { libc::kill(qemu as i32, libc::SIGKILL) };
+            panic!("qemu {qemu} outlived the process that owned it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
