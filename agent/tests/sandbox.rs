@@ -133,8 +133,9 @@ fn oom_event_reaches_the_host() {
 
 #[test]
 fn guest_init_mounts_as_pid_1() {
-    // The agent's own /run and /tmp would hide a test directory under /tmp.
-    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // The agent mounts its own /run and /tmp (and /dev): its socket must live elsewhere,
+    // and the target dir may itself be under /tmp (a clone there), so use /var/tmp.
+    let base = std::path::Path::new("/var/tmp");
     let mut agent = TestAgent::start_in(base, None, &["--guest-init=on"]);
     let c = agent.client();
     assert!(c.check().unwrap());
