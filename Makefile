@@ -19,7 +19,7 @@ demo: release
 	@scripts/demo
 
 test: build
-	$(CARGO) test --workspace --locked -- --test-threads=2
+	$(CARGO) test --workspace --locked --no-fail-fast -- --test-threads=2
 
 bench: release
 	@scripts/bench-host
