@@ -34,8 +34,11 @@ for e in "${extras[@]+"${extras[@]}"}"; do
 done
 mapfile -t libs < <(for f in "${files[@]}"; do libs_of "$f"; done | sort -u)
 
-key=$( { cat "$0"; for f in "${files[@]}" "${libs[@]+"${libs[@]}"}"; do echo "$f"; sha256sum < "$f"; done; \
-         printf '%s\n' "${extras[@]+"${extras[@]}"}"; } | sha256sum | cut -c1-16)
+# Keyed by what ends up in the image (destination paths and contents), not by where the
+# sources live: a test's init script in a fresh temp dir still hits the cache.
+key=$( { cat "$0"; echo /init; sha256sum < "$init"
+         for e in "${extras[@]+"${extras[@]}"}"; do echo "${e#*:}"; sha256sum < "${e%%:*}"; done
+         for l in "${libs[@]+"${libs[@]}"}"; do echo "$l"; sha256sum < "$l"; done; } | sha256sum | cut -c1-16)
 out="$cache_root/$name-$key.cpio"
 if [ -f "$out" ]; then log "cached: $out"; echo "$out"; exit 0; fi
 
