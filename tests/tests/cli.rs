@@ -459,3 +459,38 @@ fn events_report_an_oom_kill() {
     h.ok(&["delete", "--force", &id]);
     assert!(saw_oom, "no oom event within 20 s");
 }
+
+#[test]
+fn check_reports_every_capability_and_the_auto_choice() {
+    let h = Hull::new();
+    let out = h.ok(&["check"]);
+    for name in [
+        "host isolation",
+        "/dev/kvm",
+        "KVM hardware-backed",
+        "vhost-vsock",
+        "VFIO / IOMMU",
+        "qemu",
+        "virtiofsd",
+        "guest kernel",
+        "guest initrd",
+        "vm hypervisor (auto)",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} line in:\n{out}"));
+        assert!(line.len() > name.len() + 8, "{name} has no reason: {line}");
+    }
+    let host = out.lines().find(|l| l.contains("host isolation")).unwrap();
+    assert!(host.contains(" yes "), "{host}");
+    // No usable /dev/kvm means KVM cannot be hardware-backed, and auto never picks builtin.
+    if !std::path::Path::new("/dev/kvm").exists() {
+        let hw = out
+            .lines()
+            .find(|l| l.contains("KVM hardware-backed"))
+            .unwrap();
+        assert!(hw.contains(" no "), "{hw}");
+        assert!(!out.contains("builtin (hull-vmm)"), "{out}");
+    }
+}

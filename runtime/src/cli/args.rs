@@ -180,6 +180,8 @@ pub enum Command {
     },
     /// Print the OCI runtime-features document.
     Features,
+    /// Say what this host can run (host and vm isolation) and why.
+    Check,
 }
 
 /// `hull exec`.

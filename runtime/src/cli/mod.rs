@@ -114,6 +114,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
             Ok(0)
         }
+        Command::Check => {
+            print!("{}", check_report());
+            Ok(0)
+        }
         Command::Features => {
             println!(
                 "{}",
@@ -550,6 +554,63 @@ fn update(sandbox: &HostSandbox, a: UpdateArgs) -> Result<i32> {
     }
     sandbox.update(&a.id, &r)?;
     Ok(0)
+}
+
+/// The cgroup layout of this host, as `hull check` reports it.
+fn cgroup_layout() -> (bool, String) {
+    use libcgroups::common::CgroupSetup;
+    match libcgroups::common::get_cgroup_setup() {
+        Ok(CgroupSetup::Unified) => (true, "v2 (unified)".into()),
+        Ok(CgroupSetup::Hybrid) => (
+            true,
+            "hybrid: v1 controllers plus a v2 mount (hull manages v1)".into(),
+        ),
+        Ok(CgroupSetup::Legacy) => (true, "v1 (legacy)".into()),
+        Err(e) => (false, format!("cannot tell: {}", chain(&e))),
+    }
+}
+
+/// `hull check`: one line per capability, yes/no and why, then what `auto` picks.
+fn check_report() -> String {
+    use crate::hypervisor::detect::{Backend, HostReport, Probe};
+    use std::fmt::Write as _;
+    let r = HostReport::probe();
+    let mut out = String::from("hull check: what this host can run\n");
+    let mut line = |name: &str, p: &Probe| {
+        let _ = writeln!(
+            out,
+            "  {name:<22} {:<4} {}",
+            if p.ok { "yes" } else { "no" },
+            p.reason
+        );
+    };
+    let (cg_ok, cg) = cgroup_layout();
+    line(
+        "host isolation",
+        &Probe {
+            ok: cg_ok,
+            reason: format!("cgroups {cg}"),
+        },
+    );
+    line("/dev/kvm", &r.kvm);
+    line("KVM hardware-backed", &r.kvm_hardware);
+    line("vhost-vsock", &r.vhost_vsock);
+    line("VFIO / IOMMU", &r.iommu);
+    line("qemu", &r.qemu);
+    line("virtiofsd", &r.virtiofsd);
+    line("guest kernel", &r.guest_kernel);
+    line("guest initrd", &r.guest_initrd);
+    let picked = match r.auto.backend {
+        Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
+        Some(Backend::Qemu(accel)) => format!("qemu ({accel:?})").to_lowercase(),
+        None => "none: vm isolation cannot run here".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "  {:<22} {picked}: {}",
+        "vm hypervisor (auto)", r.auto.reason
+    );
+    out
 }
 
 /// Stats in the shape of runc's `events --stats` `data` object.
