@@ -234,48 +234,100 @@ fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    let receiver = if terminal && a.console_socket.is_none() {
-        Some(console::ConsoleReceiver::bind(sandbox.root(), &a.id)?)
-    } else {
-        None
-    };
-    let console_socket = receiver
-        .as_ref()
-        .map(|r| r.path().to_path_buf())
-        .or_else(|| a.console_socket.clone());
-    let mut opts = create_options(a, receiver.is_some(), console_socket);
-    if receiver.is_none() {
-        opts.stdio = null_safe_stdio()?;
-    }
+    let fg = Foreground::new(sandbox, &a.id, terminal, a.console_socket.clone())?;
+    let mut opts = create_options(a, fg.detached(), fg.console_socket.clone());
+    opts.stdio = fg.stdio()?;
     let pid = sandbox.create_checked(opts)?;
-    let mut output = None;
-    let mut _raw = None;
-    if let Some(r) = &receiver {
-        match r.receive() {
-            Ok(master) => {
-                _raw = Some(console::RawMode::enter());
-                output = Some(console::proxy(master));
-            }
-            Err(e) => {
-                let _ = sandbox.delete(&a.id, true);
-                return Err(e);
-            }
+    let attached = match fg.attach() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = sandbox.delete(&a.id, true);
+            return Err(e);
         }
-    }
+    };
     forward_signals(pid);
     if let Err(e) = sandbox.start(&a.id) {
         let _ = sandbox.delete(&a.id, true);
         return Err(e);
     }
     let status = sandbox.wait(&a.id, pid);
-    if let Some(out) = output {
-        let _ = out.join();
-    }
-    drop(_raw);
+    attached.finish();
     if !keep {
         sandbox.delete(&a.id, true)?;
     }
     Ok(status?.code())
+}
+
+/// The terminal side of a foreground `run`/`exec`: when the process wants a terminal and
+/// the caller gave no console socket, hull receives the pty master itself and copies it
+/// to and from its own stdio, as runc does.
+struct Foreground {
+    receiver: Option<console::ConsoleReceiver>,
+    console_socket: Option<std::path::PathBuf>,
+}
+
+/// A foreground process' pty proxy while it runs.
+struct Attached {
+    output: Option<std::thread::JoinHandle<()>>,
+    _raw: Option<console::RawMode>,
+}
+
+impl Foreground {
+    fn new(
+        sandbox: &HostSandbox,
+        id: &str,
+        terminal: bool,
+        given: Option<std::path::PathBuf>,
+    ) -> Result<Self> {
+        let receiver = if terminal && given.is_none() {
+            Some(console::ConsoleReceiver::bind(sandbox.root(), id)?)
+        } else {
+            None
+        };
+        let console_socket = receiver.as_ref().map(|r| r.path().to_path_buf()).or(given);
+        Ok(Self {
+            receiver,
+            console_socket,
+        })
+    }
+
+    /// libcontainer takes a console socket only for a detached process.
+    fn detached(&self) -> bool {
+        self.console_socket.is_some()
+    }
+
+    /// The process' stdio: ours (made /dev/null-safe) unless a pty carries it.
+    fn stdio(&self) -> Result<Stdio> {
+        if self.receiver.is_some() {
+            Ok(Stdio::default())
+        } else {
+            null_safe_stdio()
+        }
+    }
+
+    /// Once the process exists: take its pty master and start copying.
+    fn attach(&self) -> Result<Attached> {
+        let Some(r) = &self.receiver else {
+            return Ok(Attached {
+                output: None,
+                _raw: None,
+            });
+        };
+        let master = r.receive()?;
+        Ok(Attached {
+            _raw: Some(console::RawMode::enter()),
+            output: Some(console::proxy(master)),
+        })
+    }
+}
+
+impl Attached {
+    /// Drain the pty output after the process exited, then restore the terminal.
+    fn finish(self) {
+        if let Some(out) = self.output {
+            let _ = out.join();
+        }
+    }
 }
 
 /// The process an argv-form `exec` runs: the container's own process with the flags applied.
@@ -366,42 +418,22 @@ fn exec(sandbox: &HostSandbox, a: ExecArgs) -> Result<i32> {
         return Ok(0);
     }
     become_subreaper()?;
-    let receiver = if terminal && a.console_socket.is_none() {
-        Some(console::ConsoleReceiver::bind(sandbox.root(), &a.id)?)
-    } else {
-        None
-    };
-    let console_socket = receiver
-        .as_ref()
-        .map(|r| r.path().to_path_buf())
-        .or_else(|| a.console_socket.clone());
+    let fg = Foreground::new(sandbox, &a.id, terminal, a.console_socket.clone())?;
     let pid = sandbox.exec(
         &a.id,
         ExecOptions {
             process,
             pid_file: a.pid_file.clone(),
-            console_socket,
+            console_socket: fg.console_socket.clone(),
             preserve_fds: a.preserve_fds,
-            detach: receiver.is_some() || a.console_socket.is_some(),
-            stdio: if receiver.is_none() {
-                null_safe_stdio()?
-            } else {
-                Stdio::default()
-            },
+            detach: fg.detached(),
+            stdio: fg.stdio()?,
         },
     )?;
-    let mut output = None;
-    let mut _raw = None;
-    if let Some(r) = &receiver {
-        let master = r.receive()?;
-        _raw = Some(console::RawMode::enter());
-        output = Some(console::proxy(master));
-    }
+    let attached = fg.attach()?;
     forward_signals(pid);
     let status = sandbox.wait(&a.id, pid)?;
-    if let Some(out) = output {
-        let _ = out.join();
-    }
+    attached.finish();
     Ok(status.code())
 }
 
