@@ -269,7 +269,8 @@ fn pod_containers_share_one_shim() {
     assert_eq!(shims.len(), 2, "one shim per pod: {cmdlines:?}");
 
     // Stopping one container of the pod leaves the other served.
-    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "app1"]).code, 0);
+    let r = c.ctr(&["task", "kill", "-s", "KILL", "app1"]);
+    assert_eq!(r.code, 0, "kill app1: {}", r.err);
     c.wait_status("app1", "STOPPED");
     assert_eq!(c.ctr(&["task", "delete", "app1"]).code, 0);
     let r = c.ctr(&["task", "exec", "--exec-id", "x", "pod1", "echo", "still"]);
@@ -429,7 +430,8 @@ fn runtime_config_path_is_read() {
         root.join(&c.ns).join("c1").join("state.json").exists(),
         "the config's state root was not used"
     );
-    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "c1"]).code, 0);
+    let r = c.ctr(&["task", "kill", "-s", "KILL", "c1"]);
+    assert_eq!(r.code, 0, "kill c1: {}", r.err);
     c.wait_status("c1", "STOPPED");
     assert_eq!(c.ctr(&["task", "delete", "c1"]).code, 0);
     assert_eq!(c.ctr(&["container", "rm", "c1"]).code, 0);

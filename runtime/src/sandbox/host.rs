@@ -146,7 +146,15 @@ impl HostSandbox {
         } else {
             FlockArg::LockShared
         };
-        Flock::lock(f, arg).map_err(|(_, e)| Error::sys(format!("lock state of {id}"), e))
+        let mut f = f;
+        loop {
+            match Flock::lock(f, arg) {
+                Ok(lock) => return Ok(lock),
+                // A signal (the shim reaps on SIGCHLD) interrupted the wait: wait again.
+                Err((back, nix::Error::EINTR)) => f = back,
+                Err((_, e)) => return Err(Error::sys(format!("lock state of {id}"), e)),
+            }
+        }
     }
 
     /// Load a container's libcontainer record with its status refreshed; the returned
