@@ -166,7 +166,17 @@ impl HostSandbox {
             return Err(Error::NotFound(id.to_string()));
         }
         let mut c = Container::load(dir).map_err(|e| lc_err("load", id, e))?;
-        c.refresh_status().map_err(|e| lc_err("load", id, e))?;
+        if let Err(e) = c.refresh_status() {
+            // The process can vanish between libcontainer finding /proc/<pid> and
+            // reading its stat (its reaper was quicker): that is a stopped container.
+            let gone = c
+                .pid()
+                .is_none_or(|p| matches!(nix::sys::signal::kill(p, None), Err(nix::Error::ESRCH)));
+            if !gone {
+                return Err(lc_err("load", id, e));
+            }
+            c.set_status(ContainerStatus::Stopped);
+        }
         Ok((lock, c))
     }
 
@@ -464,17 +474,12 @@ impl Sandbox for HostSandbox {
         }
         let before = c.status();
         c.kill(signal, all).map_err(|e| lc_err("kill", id, e))?;
-        // libcontainer marks the container stopped after any signal; keep the
-        // recorded status honest (a SIGUSR1 does not stop anything).
-        if before != ContainerStatus::Stopped {
-            c.refresh_status().map_err(|e| lc_err("kill", id, e))?;
-            let now = c.status();
-            let keep = if now == ContainerStatus::Stopped {
-                now
-            } else {
-                before
-            };
-            c.set_status(keep)
+        // libcontainer records "stopped" after any signal. Put back what was recorded
+        // unless the signal was SIGKILL: every load re-derives "stopped" from the process
+        // itself, so only created/running/paused need the record. (Re-reading the process
+        // here raced with its reaper: /proc/<pid>/stat vanished under us.)
+        if before != ContainerStatus::Stopped && signal != Signal::SIGKILL {
+            c.set_status(before)
                 .save()
                 .map_err(|e| lc_err("kill", id, e))?;
         }
