@@ -342,8 +342,10 @@ fn exec_process(sandbox: &HostSandbox, a: &ExecArgs) -> Result<Process> {
             "exec: give a command or --process FILE".into(),
         ));
     }
-    let st = sandbox.state(&a.id)?;
-    let spec = load_bundle_spec(&st.bundle)?;
+    // The container's record names its bundle; `state` would parse config.json once more
+    // just to report the rootfs.
+    let container = sandbox.load(&a.id)?;
+    let spec = load_bundle_spec(container.bundle())?;
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
