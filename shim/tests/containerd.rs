@@ -185,41 +185,45 @@ fn tty_container() {
         return;
     }
     let c = Containerd::start("tty");
-    // `script` gives ctr the terminal it insists on for -t.
-    let cmd = format!(
-        "timeout -s KILL 30 ctr -a {} -n {} run -t --rm --runtime {HULL} {IMAGE} t1 \
-         sh -c 'tty; echo cols=$COLUMNS; exit 4'",
-        c.sock.display(),
-        c.ns
-    );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let r = c.ctr_tty(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        HULL,
+        IMAGE,
+        "t1",
+        "sh",
+        "-c",
+        "tty; echo cols=$COLUMNS; exit 4",
+    ]);
     assert!(
-        text.contains("/dev/pts/"),
-        "no pty in the container:\n{text}"
+        r.out.contains("/dev/pts/"),
+        "no pty in the container:\n{}",
+        r.out
     );
-    assert_eq!(out.status.code(), Some(4), "output:\n{text}");
+    assert_eq!(r.code, 4, "output:\n{}", r.out);
 
     // An exec with a terminal (ctr resizes its pty too) in a detached container.
     assert_eq!(c.run(&["-d"], "t2", &["sleep", "1000"]).code, 0);
-    let cmd = format!(
-        "timeout -s KILL 30 ctr -a {} -n {} task exec -t --exec-id e1 t2 sh -c 'tty; exit 6'",
-        c.sock.display(),
-        c.ns
+    let r = c.ctr_tty(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "e1",
+        "t2",
+        "sh",
+        "-c",
+        "tty; exit 6",
+    ]);
+    assert!(
+        r.out.contains("/dev/pts/"),
+        "no pty in the exec:\n{}",
+        r.out
     );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("/dev/pts/"), "no pty in the exec:\n{text}");
-    assert!(!text.contains("resize"), "resize failed:\n{text}");
-    assert_eq!(out.status.code(), Some(6), "output:\n{text}");
+    assert!(!r.out.contains("resize"), "resize failed:\n{}", r.out);
+    assert_eq!(r.code, 6, "output:\n{}", r.out);
     assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "t2"]).code, 0);
     c.wait_status("t2", "STOPPED");
     assert_eq!(c.ctr(&["task", "delete", "t2"]).code, 0);

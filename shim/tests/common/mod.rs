@@ -101,7 +101,11 @@ impl Containerd {
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n",
             d = dir.display()
         );
-        let mut config = format!("[grpc]\n  address = \"{}\"\n", sock.display());
+        // Debug level: a failing test prints this log, and every shim call shows in it.
+        let mut config = format!(
+            "[grpc]\n  address = \"{}\"\n[debug]\n  level = \"debug\"\n",
+            sock.display()
+        );
         let ns = if cri {
             "k8s.io".to_string()
         } else {
@@ -220,12 +224,71 @@ impl Containerd {
         }
     }
 
+    /// `ctr` bounded by `timeout_s`: a hung ctr gets SIGQUIT first, so that Go prints
+    /// where every goroutine waits (into the failing test's output), then SIGKILL.
+    /// `--foreground` keeps ctr in the caller's process group (a terminal's foreground).
     fn base(&self, timeout_s: u32) -> Command {
         let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", &timeout_s.to_string(), "ctr", "-a"])
-            .arg(&self.sock)
-            .args(["-n", &self.ns]);
+        cmd.args([
+            "--foreground",
+            "-s",
+            "QUIT",
+            "-k",
+            "5",
+            &timeout_s.to_string(),
+            "ctr",
+            "-a",
+        ])
+        .arg(&self.sock)
+        .args(["-n", &self.ns]);
         cmd
+    }
+
+    /// `ctr ARGS` on a fresh pty of its own (its controlling terminal, as `ctr -t` needs),
+    /// bounded to 30 s: exit code and everything it wrote to the terminal.
+    pub fn ctr_tty(&self, args: &[&str]) -> Run {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let mut cmd = self.base(30);
+        cmd.args(args)
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave));
+        // SAFETY: only async-signal-safe calls between fork and exec: a new session, and
+        // the pty on fd 0 as its controlling terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn ctr");
+        // Our copies of the slave go with `cmd`: the master reads EIO once ctr is gone.
+        drop(cmd);
+        let mut master = std::fs::File::from(pty.master);
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            out
+        });
+        let status = child.wait().expect("wait ctr");
+        let out = reader.join().unwrap();
+        Run {
+            code: status.code().unwrap_or(-1),
+            out: String::from_utf8_lossy(&out).into_owned(),
+            err: String::new(),
+        }
     }
 
     /// `ctr ARGS` bounded to 30 s, stdin from /dev/null.
@@ -423,7 +486,7 @@ impl Drop for Containerd {
         let _ = std::fs::remove_dir_all(&self.hull_root);
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
             eprintln!("containerd.log (last lines, newest first):");
             for l in tail {
                 eprintln!("  {l}");
