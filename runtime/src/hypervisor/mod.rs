@@ -87,6 +87,14 @@ impl VmConfig {
 pub enum AgentChannel {
     /// A unix socket whose other end is the guest's virtio-serial port `agent.0`.
     SerialSocket(PathBuf),
+    /// A hybrid vsock unix socket (Firecracker style): connect, send `CONNECT <port>\n`,
+    /// read `OK <n>\n`, then the stream is the guest's AF_VSOCK connection.
+    VsockUds {
+        /// The host unix socket.
+        path: PathBuf,
+        /// The guest vsock port the agent listens on.
+        port: u32,
+    },
 }
 
 /// A device to hot-add to a running VM.
@@ -129,4 +137,55 @@ pub trait Hypervisor: Send {
     fn agent_channel(&self) -> AgentChannel;
     /// The file the guest's console is written to.
     fn console_log(&self) -> PathBuf;
+    /// The host process running the VM, while it runs (a subreaper must leave it alone).
+    fn pid(&self) -> Option<u32>;
+}
+
+/// Which backend runs a sandbox's VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The best this host can run: `builtin` with hardware KVM, else `qemu`.
+    Auto,
+    /// QEMU `microvm`.
+    Qemu,
+    /// hull's own VMM (`hull-vmm`), hardware KVM only.
+    Builtin,
+}
+
+impl Backend {
+    /// Parses `auto` / `qemu` / `builtin`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "qemu" => Ok(Backend::Qemu),
+            "builtin" => Ok(Backend::Builtin),
+            other => Err(HypervisorError::Config(format!(
+                "hypervisor {other:?} is not one of \"auto\", \"qemu\", \"builtin\""
+            ))),
+        }
+    }
+
+    /// What `auto` means on this host.
+    pub fn resolve(self) -> Backend {
+        match self {
+            Backend::Auto if detect::kvm_hardware_backed_cached() => Backend::Builtin,
+            Backend::Auto => Backend::Qemu,
+            b => b,
+        }
+    }
+}
+
+/// A hypervisor of the chosen backend for `config` (nothing runs until `boot`).
+pub fn select(backend: Backend, config: VmConfig) -> Result<Box<dyn Hypervisor>> {
+    match backend.resolve() {
+        Backend::Builtin => builtin_backend(config),
+        _ => Ok(Box::new(QemuHypervisor::new(config))),
+    }
+}
+
+/// The `builtin` backend (see `builtin.rs`).
+fn builtin_backend(_config: VmConfig) -> Result<Box<dyn Hypervisor>> {
+    Err(HypervisorError::Config(
+        "the builtin hypervisor backend is not wired yet".into(),
+    ))
 }

@@ -528,6 +528,10 @@ impl Hypervisor for QemuHypervisor {
     fn console_log(&self) -> PathBuf {
         self.config.state_dir.join("console.log")
     }
+
+    fn pid(&self) -> Option<u32> {
+        QemuHypervisor::pid(self)
+    }
 }
 
 impl QemuHypervisor {
