@@ -44,6 +44,9 @@ pub enum Error {
     /// The host cannot do what was asked (and why).
     #[error("{0}")]
     Unsupported(String),
+    /// The pod's VM or its agent failed (the message names what was being done).
+    #[error("{0}")]
+    Vm(String),
     /// Bad input from the caller that is not covered above.
     #[error("{0}")]
     InvalidInput(String),

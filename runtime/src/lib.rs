@@ -3,6 +3,7 @@
 
 pub mod agent_client;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod hypervisor;
 pub mod sandbox;

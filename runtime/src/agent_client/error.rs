@@ -57,6 +57,11 @@ impl AgentClientError {
         }
     }
 
+    /// The call ran out of time (the agent may still answer a later call).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, AgentClientError::Timeout { .. })
+    }
+
     pub(crate) fn from_ttrpc(method: &'static str, e: hull_protocols::ttrpc::Error) -> Self {
         use hull_protocols::ttrpc::{Code, Error};
         match e {

@@ -23,6 +23,9 @@ pub struct Cli {
     /// Use systemd to manage cgroups.
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
+    /// hull config file (isolation, [vm]); default /etc/hull/config.toml when it exists.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// Accepted for runc compatibility (rootless mode is detected).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,

@@ -10,9 +10,12 @@ use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::{Capability, LinuxPidsBuilder, LinuxResources, Process, UserBuilder};
 use serde_json::json;
 
+use crate::config::{HullConfig, Isolation, ISOLATION_ANNOTATION};
 use crate::error::{chain, Error, Result};
 use crate::sandbox::host::load_bundle_spec;
-use crate::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Stats, Status, Stdio};
+use crate::sandbox::{
+    CreateOptions, ExecOptions, HostSandbox, Sandbox, Stats, Status, Stdio, VmSandbox,
+};
 
 pub mod args;
 pub mod console;
@@ -64,6 +67,27 @@ pub fn main() -> ExitCode {
 /// Run one verb; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
     let sandbox = HostSandbox::new(&cli.root, cli.systemd_cgroup);
+    match &cli.command {
+        Command::Create(a) | Command::Run { create: a, .. } => {
+            let detach = match &cli.command {
+                Command::Run { detach, .. } => *detach,
+                _ => true,
+            };
+            if isolation_of(cli.config.as_deref(), &a.bundle)? == Isolation::Vm {
+                if detach {
+                    return Err(Error::Unsupported(format!(
+                        "container {}: vm isolation through detached verbs (create, run -d) \
+                         needs hull's CLI sandbox server, which is not built yet; run it in the \
+                         foreground (`hull run`) or through containerd",
+                        a.id
+                    )));
+                }
+                let keep = matches!(&cli.command, Command::Run { keep: true, .. });
+                return run_vm_container(&cli, a, keep);
+            }
+        }
+        _ => {}
+    }
     match cli.command {
         Command::Create(a) => {
             let opts = create_options(&a, true, a.console_socket.clone());
@@ -126,6 +150,59 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The isolation a bundle asks for: its annotation, else the config, else host.
+fn isolation_of(config: Option<&Path>, bundle: &Path) -> Result<Isolation> {
+    let spec = load_bundle_spec(bundle)?;
+    let annotation = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ISOLATION_ANNOTATION).cloned());
+    // Without an annotation, a config file is read only when it can matter.
+    let (cfg, _) = HullConfig::load_or_default(config)?;
+    cfg.isolation_for(annotation.as_deref())
+}
+
+/// `hull run` in vm mode: this process owns the pod's VM for the container's lifetime.
+fn run_vm_container(cli: &Cli, a: &CreateArgs, keep: bool) -> Result<i32> {
+    let (cfg, _) = HullConfig::load_or_default(cli.config.as_deref())?;
+    let spec = load_bundle_spec(&a.bundle)?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let sandbox = VmSandbox::new(&cli.root, &a.id, cfg.vm);
+    std::fs::create_dir_all(&cli.root).map_err(|e| Error::io(&cli.root, e))?;
+    let fg = Foreground::new(&cli.root, &a.id, terminal, a.console_socket.clone())?;
+    let mut opts = create_options(a, false, fg.console_socket.clone());
+    opts.stdio = Stdio::default();
+    let pid = sandbox.create(opts)?;
+    let attached = match fg.attach() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = sandbox.delete(&a.id, true);
+            return Err(e);
+        }
+    };
+    if let Err(e) = sandbox.start(&a.id) {
+        let _ = sandbox.delete(&a.id, true);
+        return Err(e);
+    }
+    let sandbox = std::sync::Arc::new(sandbox);
+    {
+        let (sb, id) = (std::sync::Arc::clone(&sandbox), a.id.clone());
+        forward_signals_with(move |sig| {
+            let _ = sb.kill(&id, sig, false);
+        });
+    }
+    let status = sandbox.wait(&a.id, pid);
+    attached.finish();
+    if !keep {
+        sandbox.delete(&a.id, true)?;
+    }
+    Ok(status?.code())
 }
 
 fn create_options(
@@ -207,13 +284,20 @@ fn forwarded() -> SigSet {
 
 /// Forward the signals a foreground process receives to `pid` (runc's signal proxy).
 fn forward_signals(pid: i32) {
+    forward_signals_with(move |sig| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    });
+}
+
+/// Pass each signal a foreground `run`/`exec` receives to `deliver`.
+fn forward_signals_with(deliver: impl Fn(Signal) + Send + 'static) {
     let set = forwarded();
     if set.thread_block().is_err() {
         return;
     }
     std::thread::spawn(move || loop {
         if let Ok(sig) = set.wait() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            deliver(sig);
         }
     });
 }
@@ -234,7 +318,7 @@ fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    let fg = Foreground::new(sandbox, &a.id, terminal, a.console_socket.clone())?;
+    let fg = Foreground::new(sandbox.root(), &a.id, terminal, a.console_socket.clone())?;
     let mut opts = create_options(a, fg.detached(), fg.console_socket.clone());
     opts.stdio = fg.stdio()?;
     let pid = sandbox.create_checked(opts)?;
@@ -274,13 +358,13 @@ struct Attached {
 
 impl Foreground {
     fn new(
-        sandbox: &HostSandbox,
+        root: &Path,
         id: &str,
         terminal: bool,
         given: Option<std::path::PathBuf>,
     ) -> Result<Self> {
         let receiver = if terminal && given.is_none() {
-            Some(console::ConsoleReceiver::bind(sandbox.root(), id)?)
+            Some(console::ConsoleReceiver::bind(root, id)?)
         } else {
             None
         };
@@ -420,7 +504,7 @@ fn exec(sandbox: &HostSandbox, a: ExecArgs) -> Result<i32> {
         return Ok(0);
     }
     become_subreaper()?;
-    let fg = Foreground::new(sandbox, &a.id, terminal, a.console_socket.clone())?;
+    let fg = Foreground::new(sandbox.root(), &a.id, terminal, a.console_socket.clone())?;
     let pid = sandbox.exec(
         &a.id,
         ExecOptions {

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 
 pub mod host;
+pub mod vm;
 
 pub use host::HostSandbox;
 pub use libcgroups::stats::Stats;
+pub use vm::VmSandbox;
 
 /// Standard streams handed to a container process; `None` inherits the caller's.
 #[derive(Debug, Default)]
@@ -187,5 +189,10 @@ pub trait Sandbox {
         Err(crate::error::Error::Unsupported(format!(
             "container {id}: this sandbox cannot count OOM kills"
         )))
+    }
+    /// Host processes the sandbox itself starts and waits for (a VM): a subreaper must
+    /// leave their exits alone.
+    fn helper_pids(&self) -> Vec<i32> {
+        Vec::new()
     }
 }
