@@ -365,10 +365,24 @@ impl Container {
 
     /// Cgroup statistics.
     pub fn stats(&self) -> Result<libcgroups::stats::Stats> {
-        self.cgroup()?.stats().map_err(|e| AgentError::Cgroup {
+        let err = match self.cgroup()?.stats() {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        // libcgroups reads the v2 pressure files unconditionally; a guest kernel without
+        // PSI has none. Read the plain v2 files then.
+        let rel = self
+            .cgroup_path
+            .strip_prefix("/")
+            .unwrap_or(&self.cgroup_path);
+        let dir = Path::new("/sys/fs/cgroup").join(rel);
+        if dir.join("cgroup.controllers").exists() {
+            return Ok(v2_stats(&dir));
+        }
+        Err(AgentError::Cgroup {
             container_id: self.id.clone(),
             op: "stats",
-            reason: e.to_string(),
+            reason: err.to_string(),
         })
     }
 
@@ -458,4 +472,31 @@ impl Container {
         tracing::info!(container_id = %self.id, "container removed");
         Ok(())
     }
+}
+
+/// Stats of a cgroup v2 directory from its plain files (no pressure files needed).
+fn v2_stats(dir: &Path) -> libcgroups::stats::Stats {
+    let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let num = |f: &str| read(f).trim().parse::<u64>().unwrap_or(0);
+    let keyed = |f: &str, k: &str| -> u64 {
+        read(f)
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut s = libcgroups::stats::Stats::default();
+    s.cpu.usage.usage_total = keyed("cpu.stat", "usage_usec") * 1000;
+    s.cpu.usage.usage_user = keyed("cpu.stat", "user_usec") * 1000;
+    s.cpu.usage.usage_kernel = keyed("cpu.stat", "system_usec") * 1000;
+    s.cpu.throttling.periods = keyed("cpu.stat", "nr_periods");
+    s.cpu.throttling.throttled_periods = keyed("cpu.stat", "nr_throttled");
+    s.cpu.throttling.throttled_time = keyed("cpu.stat", "throttled_usec") * 1000;
+    s.memory.memory.usage = num("memory.current");
+    s.memory.memory.max_usage = num("memory.peak");
+    s.memory.memory.limit = num("memory.max"); // "max" reads as 0: no limit
+    s.memory.memory.fail_count = keyed("memory.events", "max");
+    s.memory.cache = keyed("memory.stat", "file");
+    s.pids.current = num("pids.current");
+    s.pids.limit = num("pids.max");
+    s
 }

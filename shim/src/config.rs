@@ -23,6 +23,8 @@ pub struct HullConfig {
     pub isolation: Option<String>,
     /// Shim settings.
     pub shim: ShimSection,
+    /// How vm-isolated pods get their VM (read by the runtime library).
+    pub vm: hull_runtime::config::VmSection,
 }
 
 /// `[shim]` table.

@@ -18,7 +18,7 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
-use hull_runtime::sandbox::{HostSandbox, Sandbox, Status};
+use hull_runtime::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Status, VmSandbox};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use tracing::{info, warn};
@@ -94,8 +94,19 @@ struct Container {
 struct Pod {
     sandbox: DynSandbox,
     root: PathBuf,
-    /// Where the sandbox helper creates and execs (see `spawn`).
-    target: HostTarget,
+    /// Where the sandbox helper creates and execs (see `spawn`); `None` in vm mode, where
+    /// the agent in the pod's VM creates and execs.
+    target: Option<HostTarget>,
+    /// The VM's directory (vm mode), recorded for the `delete` verb.
+    vm_dir: Option<PathBuf>,
+}
+
+/// What `pod_for` hands a create.
+struct PodRef {
+    sandbox: DynSandbox,
+    root: PathBuf,
+    target: Option<HostTarget>,
+    vm_dir: Option<PathBuf>,
 }
 
 /// The task service of one shim (one pod).
@@ -130,6 +141,9 @@ pub struct BundleState {
     pub root: PathBuf,
     /// Whether cgroups are managed through systemd.
     pub systemd_cgroup: bool,
+    /// The pod's VM directory (vm mode): what is mounted under it goes with the container.
+    #[serde(default)]
+    pub vm_dir: Option<PathBuf>,
 }
 
 impl Service {
@@ -183,12 +197,7 @@ impl Service {
 
     /// The pod's sandbox: the first container (the pod's sandbox container under CRI)
     /// chooses it from its config; later containers join it.
-    fn pod_for(
-        &self,
-        id: &str,
-        bundle: &Path,
-        config: &HullConfig,
-    ) -> Result<(DynSandbox, PathBuf, HostTarget)> {
+    fn pod_for(&self, id: &str, bundle: &Path, config: &HullConfig) -> Result<PodRef> {
         let isolation = match annotation(bundle, ISOLATION_ANNOTATION) {
             Some(v) => Isolation::parse(&v, &format!("annotation {ISOLATION_ANNOTATION}"))?,
             None => match &config.isolation {
@@ -198,15 +207,32 @@ impl Service {
         };
         let mut pod = lock(&self.inner.pod);
         if let Some(p) = pod.as_ref() {
-            return Ok((Arc::clone(&p.sandbox), p.root.clone(), p.target.clone()));
-        }
-        if isolation == Isolation::Vm {
-            return Err(Error::Unsupported(format!(
-                "container {id}: vm isolation is not available through containerd-shim-hull-v2 yet; \
-                 use isolation = \"host\""
-            )));
+            return Ok(PodRef {
+                sandbox: Arc::clone(&p.sandbox),
+                root: p.root.clone(),
+                target: p.target.clone(),
+                vm_dir: p.vm_dir.clone(),
+            });
         }
         let root = config.root(&self.inner.namespace);
+        if isolation == Isolation::Vm {
+            let vm = VmSandbox::new(&root, id, config.vm.clone());
+            let vm_dir = vm.vm_dir().to_path_buf();
+            info!(container = %id, dir = %vm_dir.display(), "pod sandbox: vm");
+            let sandbox: DynSandbox = Arc::new(vm);
+            *pod = Some(Pod {
+                sandbox: Arc::clone(&sandbox),
+                root: root.clone(),
+                target: None,
+                vm_dir: Some(vm_dir.clone()),
+            });
+            return Ok(PodRef {
+                sandbox,
+                root,
+                target: None,
+                vm_dir: Some(vm_dir),
+            });
+        }
         let sandbox: DynSandbox = Arc::new(HostSandbox::new(&root, config.shim.systemd_cgroup));
         info!(container = %id, root = %root.display(), "pod sandbox: host");
         let target = HostTarget {
@@ -216,9 +242,15 @@ impl Service {
         *pod = Some(Pod {
             sandbox: Arc::clone(&sandbox),
             root: root.clone(),
-            target: target.clone(),
+            target: Some(target.clone()),
+            vm_dir: None,
         });
-        Ok((sandbox, root, target))
+        Ok(PodRef {
+            sandbox,
+            root,
+            target: Some(target),
+            vm_dir: None,
+        })
     }
 
     /// Wait for `pid` in its own thread; record and publish its exit.
@@ -276,10 +308,16 @@ impl Service {
         }
         let (config, _) = HullConfig::for_task(req.options.as_ref())?;
         let bundle = PathBuf::from(&req.bundle);
-        let (sandbox, root, target) = self.pod_for(&id, &bundle, &config)?;
+        let PodRef {
+            sandbox,
+            root,
+            target,
+            vm_dir,
+        } = self.pod_for(&id, &bundle, &config)?;
         let record = BundleState {
             root,
             systemd_cgroup: config.shim.systemd_cgroup,
+            vm_dir,
         };
         let state_file = bundle.join(BUNDLE_STATE_FILE);
         std::fs::write(&state_file, serde_json::to_vec(&record).unwrap_or_default())
@@ -305,16 +343,35 @@ impl Service {
             terminal: req.terminal,
         };
         let prepared = io::prepare(&paths).map_err(undo)?;
-        let request = Request::Create {
-            id: id.clone(),
-            bundle: bundle.clone(),
-            console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
-        };
-        let pid = {
-            let _gate = self.inner.reaper.spawning();
-            let pid = spawn::run(&target, request, prepared.stdio).map_err(undo)?;
-            self.inner.reaper.claim(pid);
-            pid
+        let console_socket = prepared.console.as_ref().map(|c| c.path().to_path_buf());
+        let pid = match &target {
+            Some(target) => {
+                let request = Request::Create {
+                    id: id.clone(),
+                    bundle: bundle.clone(),
+                    console_socket,
+                };
+                let _gate = self.inner.reaper.spawning();
+                let pid = spawn::run(target, request, prepared.stdio).map_err(undo)?;
+                self.inner.reaper.claim(pid);
+                pid
+            }
+            None => {
+                // vm mode: the pid is the guest's; the VM process is ours to leave alone.
+                let _gate = self.inner.reaper.spawning();
+                let created = sandbox.create(CreateOptions {
+                    id: id.clone(),
+                    bundle: bundle.clone(),
+                    console_socket,
+                    detach: true,
+                    stdio: prepared.stdio,
+                    ..Default::default()
+                });
+                for h in sandbox.helper_pids() {
+                    self.inner.reaper.claim(h);
+                }
+                created.map_err(|e| undo(e.into()))?
+            }
         };
         let init = Proc::new(String::new(), paths.clone(), None);
         lock(&init.st).pid = pid;
@@ -388,22 +445,35 @@ impl Service {
             )));
         }
         let prepared = io::prepare(&p.paths)?;
-        let request = Request::Exec {
-            id: c.id.clone(),
-            process: Box::new(p.spec.clone().unwrap_or_default()),
-            console_socket: prepared.console.as_ref().map(|c| c.path().to_path_buf()),
-        };
+        let console_socket = prepared.console.as_ref().map(|c| c.path().to_path_buf());
         let target = lock(&self.inner.pod)
             .as_ref()
             .map(|p| p.target.clone())
             .ok_or_else(|| {
                 Error::FailedPrecondition("no container was created in this shim".into())
             })?;
-        let pid = {
-            let _gate = self.inner.reaper.spawning();
-            let pid = spawn::run(&target, request, prepared.stdio)?;
-            self.inner.reaper.claim(pid);
-            pid
+        let pid = match &target {
+            Some(target) => {
+                let request = Request::Exec {
+                    id: c.id.clone(),
+                    process: Box::new(p.spec.clone().unwrap_or_default()),
+                    console_socket,
+                };
+                let _gate = self.inner.reaper.spawning();
+                let pid = spawn::run(target, request, prepared.stdio)?;
+                self.inner.reaper.claim(pid);
+                pid
+            }
+            None => sandbox.exec(
+                &c.id,
+                ExecOptions {
+                    process: p.spec.clone().unwrap_or_default(),
+                    console_socket,
+                    detach: true,
+                    stdio: prepared.stdio,
+                    ..Default::default()
+                },
+            )?,
         };
         let mut state = prepared.state;
         let attached = match &prepared.console {

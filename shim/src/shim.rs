@@ -119,10 +119,15 @@ impl Shim for HullShim {
         let record: Option<BundleState> = std::fs::read(bundle.join(BUNDLE_STATE_FILE))
             .ok()
             .and_then(|t| serde_json::from_slice(&t).ok());
-        let (root, systemd) = match record {
-            Some(r) => (r.root, r.systemd_cgroup),
-            None => (Path::new(DEFAULT_ROOT).join(&self.namespace), false),
+        let (root, systemd, vm_dir) = match record {
+            Some(r) => (r.root, r.systemd_cgroup, r.vm_dir),
+            None => (Path::new(DEFAULT_ROOT).join(&self.namespace), false, None),
         };
+        if let Some(dir) = &vm_dir {
+            // The VM died with its shim (PDEATHSIG); its shared dir's mounts did not.
+            rootfs::unmount(&self.id, dir);
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let sandbox = HostSandbox::new(&root, systemd);
         match sandbox.delete(&self.id, true) {
             Ok(()) | Err(hull_runtime::Error::NotFound(_)) => {}

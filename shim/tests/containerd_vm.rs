@@ -1,0 +1,201 @@
+//! vm isolation through containerd: `ctr` drives containerd-shim-hull-v2, whose pod runs
+//! in its own QEMU microVM (TCG here) with the guest kernel from guest-kernel/.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Containerd, HULL, IMAGE};
+
+/// A hull config choosing vm isolation with this machine's guest files; `None` to skip.
+fn vm_config(c: &Containerd, isolation: &str) -> Option<PathBuf> {
+    let (kernel, initrd) = common::guest_files()?;
+    let path = c.dir.join(format!("hull-{isolation}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "isolation = \"{isolation}\"\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
+             kernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_s = 120\n",
+            kernel.display(),
+            initrd.display()
+        ),
+    )
+    .unwrap();
+    Some(path)
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// No QEMU of this test's pods is left (their state lives under the test's hull root).
+fn assert_no_vm(c: &Containerd) {
+    let needle = c.hull_root.to_string_lossy().into_owned();
+    let ok = (0..100).any(|_| {
+        let left = common::processes_mentioning(&needle);
+        left.is_empty() || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(
+        ok,
+        "vm processes left: {:?}",
+        common::processes_mentioning(&needle)
+    );
+}
+
+#[test]
+fn run_rm_in_a_vm_shows_the_guest_kernel_and_the_exit_status() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("vmrun");
+    let Some(cfg) = vm_config(&c, "vm") else {
+        return;
+    };
+    let r = c.run(
+        &["--rm", "--runtime-config-path", cfg.to_str().unwrap()],
+        "v1",
+        &["sh", "-c", "uname -r; echo to-stderr >&2; exit 3"],
+    );
+    let guest = r.out.trim();
+    assert_eq!(r.code, 3, "stdout {:?} stderr {:?}", r.out, r.err);
+    assert!(
+        !guest.is_empty() && guest != host_kernel(),
+        "not the guest's kernel: {guest:?} (host {})",
+        host_kernel()
+    );
+    assert!(r.err.contains("to-stderr"), "stderr lost: {:?}", r.err);
+    c.assert_clean();
+    assert_no_vm(&c);
+}
+
+#[test]
+fn annotation_picks_the_vm_and_task_verbs_go_through_the_agent() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("vmtask");
+    // The config says host; the annotation wins.
+    let Some(cfg) = vm_config(&c, "host") else {
+        return;
+    };
+    let r = c.run(
+        &[
+            "-d",
+            "--runtime-config-path",
+            cfg.to_str().unwrap(),
+            "--annotation",
+            "io.hull.isolation=vm",
+        ],
+        "v2",
+        &["sleep", "1000"],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    c.wait_status("v2", "RUNNING");
+
+    let r = c.ctr(&["task", "exec", "--exec-id", "e1", "v2", "uname", "-r"]);
+    assert_eq!(r.code, 0, "exec: {}", r.err);
+    assert_ne!(r.out.trim(), host_kernel(), "exec ran on the host kernel");
+    let r = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "v2",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(r.code, 7, "exec exit status: {}", r.err);
+
+    assert_eq!(c.ctr(&["task", "pause", "v2"]).code, 0);
+    c.wait_status("v2", "PAUSED");
+    assert_eq!(c.ctr(&["task", "resume", "v2"]).code, 0);
+    c.wait_status("v2", "RUNNING");
+
+    let r = c.ctr(&["task", "metrics", "v2"]);
+    assert_eq!(r.code, 0, "metrics: {}", r.err);
+    let r = c.ctr(&["task", "ps", "v2"]);
+    assert_eq!(r.code, 0, "ps: {}", r.err);
+
+    // A second container of another pod on the host still works beside it.
+    let r = c.run(&["--rm"], "h1", &["uname", "-r"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out.trim(), host_kernel());
+
+    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "v2"]).code, 0);
+    c.wait_status("v2", "STOPPED");
+    assert_eq!(c.ctr(&["task", "delete", "v2"]).code, 0);
+    assert_eq!(c.ctr(&["container", "rm", "v2"]).code, 0);
+    c.assert_clean();
+    assert_no_vm(&c);
+}
+
+#[test]
+fn tty_in_a_vm() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("vmtty");
+    let Some(cfg) = vm_config(&c, "vm") else {
+        return;
+    };
+    let r = c.ctr_tty(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        HULL,
+        "--runtime-config-path",
+        cfg.to_str().unwrap(),
+        IMAGE,
+        "t1",
+        "sh",
+        "-c",
+        "tty; exit 4",
+    ]);
+    assert!(
+        r.out.contains("/dev/pts/"),
+        "no pty in the guest:\n{}",
+        r.out
+    );
+    assert_eq!(r.code, 4, "output:\n{}", r.out);
+    c.assert_clean();
+    assert_no_vm(&c);
+}
+
+#[test]
+fn a_vm_that_cannot_boot_is_one_clear_error_and_leaves_nothing() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("vmbad");
+    let Some(_) = common::guest_files() else {
+        return;
+    };
+    let cfg = c.dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\nkernel = \"/nonexistent/vmlinux\"\n",
+    )
+    .unwrap();
+    let r = c.run(
+        &["--rm", "--runtime-config-path", cfg.to_str().unwrap()],
+        "b1",
+        &["true"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("/nonexistent/vmlinux"),
+        "error does not name the kernel: {}",
+        r.err
+    );
+    let _ = c.ctr(&["container", "rm", "b1"]);
+    c.assert_clean();
+    assert_no_vm(&c);
+}
