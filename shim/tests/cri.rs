@@ -30,13 +30,73 @@ fn cri_pod_with_the_hull_handler() {
         return;
     }
     let c = Containerd::start_cri("cri");
+    let seen = drive_pod(&c, "hull", || {
+        assert!(
+            std::fs::read_dir(&c.hull_root).unwrap().count() >= 3,
+            "ConfigPath's state root not used"
+        );
+    });
+    assert!(
+        seen.iter()
+            .any(|l| l == &format!("kernel {}", host_kernel())),
+        "{seen:?}"
+    );
+}
+
+/// The `hull-vm` runtime class: the pod's sandbox and containers in one VM.
+#[test]
+fn cri_pod_in_a_vm_with_the_hull_vm_handler() {
+    if !common::usable() || !python_cri_client() {
+        return;
+    }
+    let c = Containerd::start_cri("crivm");
+    let Some((kernel, initrd)) = common::guest_files() else {
+        return;
+    };
+    std::fs::write(
+        c.dir.join("hull-vm.toml"),
+        format!(
+            "isolation = \"vm\"\n[shim]\nroot = \"{}/hull-root\"\n[vm]\nhypervisor = \"qemu\"\n\
+             accel = \"tcg\"\nkernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_s = 120\n",
+            c.dir.display(),
+            kernel.display(),
+            initrd.display()
+        ),
+    )
+    .unwrap();
+    let root = c.hull_root.to_string_lossy().into_owned();
+    let seen = drive_pod(&c, "hull-vm", || {
+        let vms = common::processes_mentioning(&root);
+        assert_eq!(vms.len(), 1, "one VM for the pod, got {vms:?}");
+    });
+    let kernel = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("kernel "))
+        .unwrap_or_default();
+    assert!(
+        !kernel.is_empty() && kernel != host_kernel(),
+        "not the guest kernel: {seen:?}"
+    );
+    assert!(common::processes_mentioning(&root).is_empty());
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Runs tests/support/cri.py with `handler`; `while_ready` checks the running pod. Returns
+/// the client's lines.
+fn drive_pod(c: &Containerd, handler: &str, while_ready: impl FnOnce()) -> Vec<String> {
     let logs = c.dir.join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let mut client = Command::new("timeout")
         .args(["-s", "KILL", "120", "python3"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/cri.py"))
         .arg(&c.sock)
-        .arg("hull")
+        .arg(handler)
         .arg(format!("/{}", c.cgroup_parent))
         .arg(&logs)
         .stdin(Stdio::piped())
@@ -87,10 +147,7 @@ fn cri_pod_with_the_hull_handler() {
     // The sandbox and both containers: one shim.
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim per pod, got {shims:?}");
-    assert!(
-        std::fs::read_dir(&c.hull_root).unwrap().count() >= 3,
-        "ConfigPath's state root not used"
-    );
+    while_ready();
 
     client.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
     let done = wait_for("DONE", &mut seen);
@@ -106,4 +163,5 @@ fn cri_pod_with_the_hull_handler() {
         "{seen:?}"
     );
     c.assert_clean();
+    seen
 }

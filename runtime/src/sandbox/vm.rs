@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::host::{load_bundle_spec, validate_id};
 use super::{ContainerState, CreateOptions, ExecOptions, ExitStatus, Sandbox, Stats, Status};
@@ -353,13 +353,27 @@ impl VmSandbox {
         spec.set_hooks(None);
         if let Some(linux) = spec.linux_mut() {
             if let Some(nss) = linux.namespaces().clone() {
-                // The pod's containers share the guest's network; namespaces the host named
-                // by path mean nothing in the guest.
+                // A namespace named `/proc/<pid>/ns/..` with the pid of a container of this
+                // pod (CRI's way to share the pod's pid/ipc/uts/net namespaces) names that
+                // container's namespace in the guest too: the pids we hand out are the
+                // guest's. Other paths (a CNI netns on the host) mean nothing in the guest:
+                // the container gets a namespace of its own there.
+                let pod_pids: Vec<i32> = lock(&self.inner)
+                    .containers
+                    .values()
+                    .map(|c| c.init_pid)
+                    .collect();
                 let nss = nss
                     .into_iter()
-                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
                     .map(|mut n| {
-                        n.set_path(None);
+                        let keep = n
+                            .path()
+                            .as_ref()
+                            .and_then(|p| proc_ns_pid(p))
+                            .is_some_and(|pid| pod_pids.contains(&pid));
+                        if !keep {
+                            n.set_path(None);
+                        }
                         n
                     })
                     .collect();
@@ -427,6 +441,14 @@ impl VmSandbox {
         spawn_input(agent.clone(), id, exec_id, input, terminal, done)?;
         Ok(proc_)
     }
+}
+
+/// The pid of a `/proc/<pid>/ns/<type>` path.
+fn proc_ns_pid(path: &Path) -> Option<i32> {
+    let rest = path.strip_prefix("/proc").ok()?;
+    let mut parts = rest.iter();
+    let pid = parts.next()?.to_str()?.parse().ok()?;
+    (parts.next()? == "ns" && parts.next().is_some() && parts.next().is_none()).then_some(pid)
 }
 
 /// Sets a host pty slave raw: the guest's pty does the line discipline.
@@ -946,5 +968,18 @@ impl Drop for VmSandbox {
         if lock(&self.inner).vm.is_some() {
             self.shut_down();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_ns_paths_name_their_pid() {
+        assert_eq!(proc_ns_pid(Path::new("/proc/42/ns/pid")), Some(42));
+        assert_eq!(proc_ns_pid(Path::new("/proc/42/ns")), None);
+        assert_eq!(proc_ns_pid(Path::new("/var/run/netns/cni-1")), None);
+        assert_eq!(proc_ns_pid(Path::new("/proc/self/ns/net")), None);
     }
 }

@@ -134,7 +134,11 @@ impl Containerd {
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n\
                  \x20 runtime_type = \"{HULL}\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull.options]\n\
-                 \x20 ConfigPath = \"{c}\"\n",
+                 \x20 ConfigPath = \"{c}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull-vm]\n\
+                 \x20 runtime_type = \"{HULL}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull-vm.options]\n\
+                 \x20 ConfigPath = \"{d}/hull-vm.toml\"\n",
                 d = dir.display(),
                 c = hull_config.display()
             ));

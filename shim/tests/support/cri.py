@@ -67,6 +67,9 @@ step("status", api.ContainerState.Name(st.state))
 if st.state != api.CONTAINER_RUNNING:
     sys.exit("sidecar is not running")
 
+r = rt.ExecSync(api.ExecSyncRequest(container_id=ids[0], cmd=["uname", "-r"], timeout=20), timeout=T)
+step("kernel", r.stdout.decode().strip())
+
 # Shared pid namespace of the pod: the app sees the sidecar's sleep.
 r = rt.ExecSync(api.ExecSyncRequest(container_id=ids[0], cmd=["ps"], timeout=20), timeout=T)
 step("pod-pids", str(r.stdout.decode().count("sleep 1000")))
