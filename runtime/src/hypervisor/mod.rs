@@ -2,6 +2,7 @@
 //! backends (`qemu` now; the built-in `vmm` later). `detect` holds the host probes that pick a
 //! backend (`auto`) and that `hull check` reports.
 
+mod builtin;
 pub mod detect;
 mod error;
 mod qemu;
@@ -10,6 +11,7 @@ mod qmp;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use builtin::BuiltinHypervisor;
 pub use error::{HypervisorError, Result};
 pub use qemu::{QemuHypervisor, VmRunState};
 
@@ -184,8 +186,6 @@ pub fn select(backend: Backend, config: VmConfig) -> Result<Box<dyn Hypervisor>>
 }
 
 /// The `builtin` backend (see `builtin.rs`).
-fn builtin_backend(_config: VmConfig) -> Result<Box<dyn Hypervisor>> {
-    Err(HypervisorError::Config(
-        "the builtin hypervisor backend is not wired yet".into(),
-    ))
+fn builtin_backend(config: VmConfig) -> Result<Box<dyn Hypervisor>> {
+    Ok(Box::new(BuiltinHypervisor::new(config)))
 }
