@@ -4,6 +4,43 @@ use std::ffi::CString;
 
 use crate::error::{AgentError, Result};
 
+/// The list of kernel modules an initrd for a distribution kernel carries (one path per
+/// line, dependencies first), written by guest-kernel/initrd.sh --modules.
+pub const MODULE_LIST: &str = "/etc/hull-modules";
+
+/// Loads the modules named in [`MODULE_LIST`], if any: a distribution kernel (Debian's)
+/// has virtio, 9p and the console ports as modules. Returns how many were loaded.
+pub fn load_modules() -> Result<usize> {
+    let Ok(list) = std::fs::read_to_string(MODULE_LIST) else {
+        return Ok(0);
+    };
+    let mut loaded = 0;
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let file = std::fs::File::open(path)
+            .map_err(|e| AgentError::io(format!("open module {path}"), e))?;
+        let params = CString::default();
+        // SAFETY: finit_module reads the open module file and a NUL-terminated parameter
+        // string that outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                params.as_ptr(),
+                0,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(AgentError::io(format!("load module {path}"), e));
+            }
+        } else {
+            loaded += 1;
+        }
+    }
+    Ok(loaded)
+}
+
 /// One early mount of the guest.
 struct EarlyMount {
     source: &'static str,

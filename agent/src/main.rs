@@ -71,6 +71,8 @@ fn main() -> anyhow::Result<()> {
     };
     if do_init {
         init::early_mounts().context("early mounts of the guest")?;
+        let n = init::load_modules().context("kernel modules")?;
+        tracing::info!(modules = n, "guest set up");
     }
     if !is_init {
         init::become_subreaper().context("become child subreaper")?;

@@ -151,6 +151,11 @@ fn vsock_listen(port: u32) -> Result<OwnedFd> {
 /// A virtio-serial port is one byte stream for the life of the VM: serve it, and when framing
 /// is lost (garbage from the host) drop what is buffered and start over on a frame boundary.
 fn serve_serial(path: &PathBuf, services: &Arc<Services>) -> Result<()> {
+    // A port whose driver was just loaded as a module appears a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     loop {
         let dev = {
             use std::os::unix::fs::OpenOptionsExt;

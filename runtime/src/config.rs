@@ -71,6 +71,9 @@ pub struct VmSection {
     pub agent_timeout_s: u64,
     /// Appended to the guest kernel's command line.
     pub kernel_params: String,
+    /// Describe devices through ACPI (a distribution kernel); `None`: only for the Debian
+    /// kernel fallback.
+    pub acpi: Option<bool>,
 }
 
 impl Default for VmSection {
@@ -85,6 +88,7 @@ impl Default for VmSection {
             boot_timeout_s: 30,
             agent_timeout_s: 30,
             kernel_params: String::new(),
+            acpi: None,
         }
     }
 }
@@ -145,6 +149,28 @@ impl VmSection {
         }
     }
 
+    /// The guest kernel and initrd, and whether they are the Debian fallback: from the
+    /// config, else the installed hull kernel, else Debian's kernel with its initrd
+    /// (`make guest` installs both pairs under /var/lib/hull).
+    pub fn guest(&self) -> Result<(PathBuf, PathBuf, bool)> {
+        let dir = Path::new(DEFAULT_GUEST_DIR);
+        if self.kernel.is_none()
+            && self.initrd.is_none()
+            && !dir.join("vmlinux").is_file()
+            && dir.join("debian/vmlinuz").is_file()
+            && dir.join("debian/initrd.img").is_file()
+        {
+            tracing::info!("no hull guest kernel installed: using Debian's kernel");
+            return Ok((
+                dir.join("debian/vmlinuz"),
+                dir.join("debian/initrd.img"),
+                true,
+            ));
+        }
+        let (k, i) = self.guest_files()?;
+        Ok((k, i, false))
+    }
+
     /// The guest kernel and initrd: from the config, else the installed ones; each must exist.
     pub fn guest_files(&self) -> Result<(PathBuf, PathBuf)> {
         let pick = |given: &Option<PathBuf>, name: &str, key: &str| -> Result<PathBuf> {
@@ -169,8 +195,9 @@ impl VmSection {
 
     /// A VM config for a sandbox whose backend state lives in `state_dir`.
     pub fn vm_config(&self, state_dir: &Path) -> Result<VmConfig> {
-        let (kernel, initrd) = self.guest_files()?;
+        let (kernel, initrd, debian) = self.guest()?;
         let mut c = VmConfig::new(kernel, initrd, state_dir);
+        c.acpi = self.acpi.unwrap_or(debian);
         c.accel = self.accel()?;
         c.memory_mib = self.memory_mib.max(64);
         c.vcpus = self.vcpus.max(1);

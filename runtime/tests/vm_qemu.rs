@@ -378,3 +378,75 @@ fn qemu_dies_with_the_process_that_owns_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The fallback guest kernel: Debian's own (virtio, console ports and 9p as modules that the
+/// agent loads from guest-kernel/debian-initrd.sh's initrd), booted with ACPI describing the
+/// devices. The agent answers, the guest runs Debian's kernel, and the 9p share mounts.
+#[test]
+fn debian_kernel_fallback_boots_to_the_agent_and_mounts_the_share() {
+    let Some(_) = artefacts() else { return };
+    let Some(kver) = std::fs::read_dir("/lib/modules").ok().and_then(|d| {
+        let mut v: Vec<String> = d
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with("-amd64"))
+            .filter(|n| Path::new(&format!("/boot/vmlinuz-{n}")).exists())
+            .collect();
+        v.sort();
+        v.pop()
+    }) else {
+        eprintln!("skipped: needs Debian's linux-image-amd64");
+        return;
+    };
+    let initrd = run_script(
+        "debian-initrd.sh",
+        &[agent_binary().to_str().unwrap(), &kver],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("shared");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello"), "from the host").unwrap();
+    let mut cfg = VmConfig::new(
+        format!("/boot/vmlinuz-{kver}"),
+        &initrd,
+        dir.path().join("vm"),
+    );
+    cfg.accel = Accel::Tcg;
+    cfg.acpi = true;
+    cfg.boot_timeout = Duration::from_secs(120);
+    cfg.agent_call_timeout = Duration::from_secs(30);
+    cfg.shares.push(Share {
+        host_dir: share.clone(),
+        tag: "hullshare".into(),
+    });
+    let mut vm = QemuHypervisor::new(cfg);
+    let booted = vm
+        .boot()
+        .unwrap_or_else(|e| panic!("boot Debian's kernel: {e}"));
+    println!(
+        "Debian kernel {kver}: boot to agent ready (TCG) {:.3} s",
+        booted.boot_time.as_secs_f64()
+    );
+    let details = booted.agent.guest_details().unwrap();
+    assert_eq!(details.kernel_release, kver);
+    booted
+        .agent
+        .setup_sandbox(
+            "pod",
+            "debian",
+            &[],
+            vec![hull_runtime::agent_client::Storage {
+                source: "hullshare".into(),
+                fstype: "9p".into(),
+                options: vec!["trans=virtio".into(), "version=9p2000.L".into()],
+                mount_point: "/run/hull/shared".into(),
+                ..Default::default()
+            }],
+        )
+        .unwrap_or_else(|e| panic!("9p mount with the module-loaded driver: {e}"));
+    vm.stop().unwrap();
+    assert_eq!(
+        processes_mentioning(&dir.path().join("vm")),
+        Vec::<u32>::new()
+    );
+}

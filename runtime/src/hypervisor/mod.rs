@@ -60,6 +60,10 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
+    /// Describe the devices to the guest through ACPI instead of the kernel command line:
+    /// a distribution kernel whose virtio-mmio driver is a module without command-line
+    /// devices (Debian's) finds them only this way.
+    pub acpi: bool,
 }
 
 impl VmConfig {
@@ -80,6 +84,7 @@ impl VmConfig {
             agent_call_timeout: crate::agent_client::DEFAULT_CALL_TIMEOUT,
             accel: Accel::Auto,
             extra_cmdline: String::new(),
+            acpi: false,
         }
     }
 }
@@ -179,6 +184,11 @@ impl Backend {
 
 /// A hypervisor of the chosen backend for `config` (nothing runs until `boot`).
 pub fn select(backend: Backend, config: VmConfig) -> Result<Box<dyn Hypervisor>> {
+    // hull-vmm has no shared-directory device yet: `auto` keeps a VM that shares host
+    // directories on qemu (an explicit `builtin` says why it cannot).
+    if backend == Backend::Auto && !config.shares.is_empty() {
+        return Ok(Box::new(QemuHypervisor::new(config)));
+    }
     match backend.resolve() {
         Backend::Builtin => builtin_backend(config),
         _ => Ok(Box::new(QemuHypervisor::new(config))),

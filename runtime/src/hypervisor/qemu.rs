@@ -211,7 +211,12 @@ impl QemuHypervisor {
             "-no-reboot".into(),
             // acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
             "-M".into(),
-            "microvm,acpi=off".into(),
+            if cfg.acpi {
+                "microvm"
+            } else {
+                "microvm,acpi=off"
+            }
+            .into(),
             "-accel".into(),
             self.accel().into(),
             "-m".into(),
