@@ -306,3 +306,96 @@ pub fn unmount_under(dir: &Path) {
         let _ = nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// The guest kernel and an initrd holding this workspace's `hull-agent`, for vm isolation
+/// tests.
+#[derive(Debug, Clone)]
+pub struct GuestArtefacts {
+    /// Uncompressed vmlinux from `guest-kernel/build.sh` (cached under ~/.cache/hull).
+    pub kernel: PathBuf,
+    /// Initrd from `guest-kernel/initrd.sh` with `hull-agent` as /init.
+    pub initrd: PathBuf,
+}
+
+/// The workspace's top directory.
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace dir")
+        .to_path_buf()
+}
+
+/// Run `guest-kernel/SCRIPT ARGS`, progress on our stderr; returns the path it prints.
+fn guest_script(script: &str, args: &[&str]) -> PathBuf {
+    let out = Command::new(repo_dir().join("guest-kernel").join(script))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run guest-kernel/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "guest-kernel/{script} {args:?} failed: {}",
+        out.status
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// This workspace's `hull-agent`: `bin("hull-agent")` when it is built, else built here
+/// with cargo into the test's own target dir.
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let built = match std::env::var("HULL_BIN_DIR") {
+        Ok(dir) => Path::new(&dir).join("hull-agent"),
+        Err(_) => profile_dir.join("hull-agent"),
+    };
+    if built.is_file() {
+        return built;
+    }
+    let target_dir = profile_dir.parent().expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "hull-agent", "--bin", "hull-agent"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(repo_dir())
+        .status()
+        .expect("run cargo build -p hull-agent");
+    assert!(status.success(), "cargo build -p hull-agent failed");
+    profile_dir.join("hull-agent")
+}
+
+/// The guest artefacts, built once per test process (a cold kernel cache builds the kernel,
+/// ~6.5 minutes on 2 cores). `None`, with a printed note, where vm tests cannot run: no
+/// qemu-system-x86_64, no linux-source-6.1, or HULL_SKIP_VM_TESTS set.
+pub fn guest_artefacts() -> Option<&'static GuestArtefacts> {
+    static A: std::sync::OnceLock<Option<GuestArtefacts>> = std::sync::OnceLock::new();
+    let a = A.get_or_init(|| {
+        if std::env::var_os("HULL_SKIP_VM_TESTS").is_some() {
+            return None;
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let qemu = std::env::split_paths(&path).any(|d| d.join("qemu-system-x86_64").is_file());
+        if !qemu || !Path::new("/usr/src/linux-source-6.1.tar.xz").exists() {
+            return None;
+        }
+        let t = Instant::now();
+        let kernel = guest_script("build.sh", &[]);
+        let agent = agent_binary();
+        let initrd = guest_script("initrd.sh", &[agent.to_str().expect("utf-8 path")]);
+        eprintln!(
+            "guest artefacts ready in {:?}: {} {}",
+            t.elapsed(),
+            kernel.display(),
+            initrd.display()
+        );
+        Some(GuestArtefacts { kernel, initrd })
+    });
+    if a.is_none() {
+        eprintln!(
+            "skipped: vm tests need qemu-system-x86_64 and linux-source-6.1 \
+             (/usr/src/linux-source-6.1.tar.xz), and HULL_SKIP_VM_TESTS unset"
+        );
+    }
+    a.as_ref()
+}

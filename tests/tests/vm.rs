@@ -1,0 +1,454 @@
+//! vm isolation through the real `hull` binary: `hull --config vm.toml run` boots the pod's
+//! microVM (QEMU microvm under TCG, hull's guest kernel, hull-agent as /init) and runs the
+//! container there for the run's lifetime.
+//!
+//! Skipped (with a printed note) where qemu-system-x86_64 or linux-source-6.1 is missing, or
+//! with HULL_SKIP_VM_TESTS set. A cold kernel cache builds the guest kernel first (~6.5 min).
+//! Each boot costs ~2-3 s of CPU under TCG; nothing here asserts a time.
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_tests::*;
+
+/// Bound of one `hull` call that boots a VM: the configured boot timeout (120 s) plus slack.
+const VM_CALL: Duration = Duration::from_secs(180);
+
+/// Config files for one test: vm isolation, host isolation (both naming the guest
+/// artefacts), in a directory of their own.
+struct Configs {
+    dir: tempfile::TempDir,
+    vm: PathBuf,
+    host: PathBuf,
+}
+
+impl Configs {
+    /// `None` where vm tests are skipped.
+    fn new() -> Option<Self> {
+        let a = guest_artefacts()?;
+        let dir = tempfile::Builder::new()
+            .prefix("hull-vmcfg-")
+            .tempdir()
+            .unwrap();
+        let vm = dir.path().join("vm.toml");
+        let host = dir.path().join("host.toml");
+        std::fs::write(&vm, config_text("vm", &a.kernel, &a.initrd)).unwrap();
+        std::fs::write(&host, config_text("host", &a.kernel, &a.initrd)).unwrap();
+        Some(Self { dir, vm, host })
+    }
+
+    /// Another config file in this test's directory.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// A config choosing `isolation`, with a `[vm]` table for QEMU under TCG (the build
+/// machines have no hardware virtualization and are shared, hence the long boot timeout).
+fn config_text(isolation: &str, kernel: &Path, initrd: &Path) -> String {
+    format!(
+        "isolation = {isolation:?}\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
+         kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\n",
+        kernel.to_str().unwrap(),
+        initrd.to_str().unwrap()
+    )
+}
+
+/// `hull --root ROOT --config CFG VERB...` with stdin from /dev/null.
+fn hull_cmd(h: &Hull, cfg: &Path, verb: &[&str]) -> Command {
+    let mut args = vec!["--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(verb);
+    h.cmd(&args)
+}
+
+/// `hull --config CFG run --bundle B ID`, bounded, output captured.
+fn run(h: &Hull, cfg: &Path, b: &Bundle, id: &str) -> Output {
+    let cmd = hull_cmd(h, cfg, &["run", "--bundle", b.path().to_str().unwrap(), id]);
+    output_with_timeout(cmd, VM_CALL)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Wait for `child` up to `limit`; past it, kill it and fail.
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hull did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Declared after its `Hull`, so dropped before it: whatever a failed test left mounted or
+/// running under the root goes before the root is deleted (deleting through a leftover bind
+/// mount would delete the bundle's rootfs).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let needle = self.0.to_string_lossy().into_owned();
+        for pid in processes_mentioning(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        unmount_under(&self.0);
+    }
+}
+
+/// A `Hull` with a private root, and its cleanup guard.
+fn hull() -> (Hull, Cleanup) {
+    let h = Hull::new();
+    let g = Cleanup(h.root.path().to_path_buf());
+    (h, g)
+}
+
+/// Every path under `dir`, relative, for a failure message.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && out.len() < 40 {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Nothing of the runs under `h` remains: no state under its root, no mount and no (QEMU)
+/// process mentioning the root.
+fn nothing_left(h: &Hull) {
+    let root = h.root.path();
+    let entries = tree(root);
+    assert!(
+        entries.is_empty(),
+        "state left under {}: {entries:?}",
+        root.display()
+    );
+    let r = root.to_string_lossy();
+    assert!(
+        mounts_mentioning(&r).is_empty(),
+        "mounts left: {:?}",
+        mounts_mentioning(&r)
+    );
+    // hull waits for QEMU to exit before it returns; allow a moment for the reaping anyway.
+    let gone = wait_until(Duration::from_secs(5), || {
+        processes_mentioning(&r).is_empty()
+    });
+    assert!(gone, "processes left: {:?}", processes_mentioning(&r));
+}
+
+/// A failed call: exit 1 and exactly one stderr line, starting `hull: `, that contains
+/// every one of `needles`.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "want one error line, got: {err}");
+    assert!(err.starts_with("hull: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} should mention {n:?}");
+    }
+}
+
+#[test]
+fn vm_run_prints_the_guest_kernel_and_returns_the_exit_status() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let b = Bundle::new(&["sh", "-c", "uname -r; exit 3"]);
+    let out = run(&h, &c.vm, &b, &unique_id("vmrun"));
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    let guest = stdout(&out).trim().to_string();
+    // hull's guest kernel is built from Debian's linux-source-6.1.
+    assert!(guest.starts_with("6.1."), "guest uname -r: {guest:?}");
+    assert_ne!(
+        guest,
+        host_release(),
+        "the container ran on the host kernel"
+    );
+    nothing_left(&h);
+}
+
+#[test]
+fn the_annotation_overrides_the_config() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let annotated = |iso: &'static str| {
+        Bundle::with(&["uname", "-r"], move |v| {
+            v["annotations"]["io.hull.isolation"] = iso.into()
+        })
+    };
+
+    // io.hull.isolation=vm with a config that says host: the guest kernel.
+    let out = run(&h, &c.host, &annotated("vm"), &unique_id("annvm"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let kernel = stdout(&out).trim().to_string();
+    assert!(
+        kernel.starts_with("6.1.") && kernel != host_release(),
+        "annotation vm ran on {kernel:?} (host: {})",
+        host_release()
+    );
+    nothing_left(&h);
+
+    // io.hull.isolation=host with a config that says vm: the host kernel.
+    let out = run(&h, &c.vm, &annotated("host"), &unique_id("annhost"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), host_release(), "annotation host");
+    nothing_left(&h);
+}
+
+#[test]
+fn stdin_reaches_the_container_and_stdout_and_stderr_stay_apart() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let b = Bundle::new(&["sh", "-c", "cat; echo err >&2"]);
+    let id = unique_id("vmstdio");
+    // `echo data | hull run`: stdin is a pipe whose writer is gone once the data is in.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    std::fs::File::from(w).write_all(b"data\nmore\n").unwrap();
+    let mut cmd = hull_cmd(
+        &h,
+        &c.vm,
+        &["run", "--bundle", b.path().to_str().unwrap(), &id],
+    );
+    cmd.stdin(Stdio::from(r));
+    let out = output_with_timeout(cmd, VM_CALL);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "data\nmore\n");
+    assert_eq!(stderr(&out), "err\n");
+    nothing_left(&h);
+}
+
+#[test]
+fn a_terminal_run_gets_a_pty_in_the_guest() {
+    use std::os::unix::process::CommandExt;
+
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let b = Bundle::with(
+        &["sh", "-c", "tty; read line; echo got:$line; exit 5"],
+        |v| v["process"]["terminal"] = true.into(),
+    );
+    let id = unique_id("vmtty");
+    // hull runs under a pty of ours, as from an interactive shell: its own session with the
+    // pty as controlling terminal.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = hull_cmd(
+        &h,
+        &c.vm,
+        &["run", "--bundle", b.path().to_str().unwrap(), &id],
+    );
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Our copies of the slave go with `cmd`: the master reads EIO once hull is gone.
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let mut writer = master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let deadline = Instant::now() + VM_CALL;
+    while !text.contains("/dev/pts/") && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(s) => text.push_str(&s),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        text.contains("/dev/pts/"),
+        "no /dev/pts tty in the guest: {text:?}"
+    );
+    writer.write_all(b"hello\r").unwrap();
+    let status = wait_bounded(&mut child, Duration::from_secs(60));
+    drop(writer);
+    reader.join().unwrap();
+    text.extend(rx.try_iter());
+    assert!(text.contains("got:hello"), "{text:?}");
+    assert_eq!(status.code(), Some(5), "{text:?}");
+    nothing_left(&h);
+}
+
+#[test]
+fn sigterm_to_hull_run_reaches_the_container() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    // The container's process is PID 1 of its PID namespace, which ignores an unhandled
+    // SIGTERM (as under runc): it traps it, says so and exits 143.
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 143' TERM; echo ready; sleep 100 & wait",
+    ]);
+    let id = unique_id("vmsig");
+    let err_f = tempfile::tempfile().unwrap();
+    let mut child = hull_cmd(
+        &h,
+        &c.vm,
+        &["run", "--bundle", b.path().to_str().unwrap(), &id],
+    )
+    .stdout(Stdio::piped())
+    .stderr(err_f.try_clone().unwrap())
+    .spawn()
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(VM_CALL);
+    if ready.as_deref() != Ok("ready") {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("container did not start: {ready:?}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_bounded(&mut child, Duration::from_secs(60));
+    let rest: Vec<String> = rx.iter().collect();
+    let mut err = String::new();
+    {
+        use std::io::Seek;
+        let mut f = err_f;
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut err).unwrap();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    assert_ne!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "hull run itself died of the SIGTERM instead of forwarding it to the container \
+         (stdout after ready: {rest:?}; stderr: {err:?})"
+    );
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "hull run: {status}; stdout after ready: {rest:?}; stderr: {err}"
+    );
+    assert_eq!(rest, vec!["got TERM".to_string()]);
+    nothing_left(&h);
+}
+
+#[test]
+fn a_missing_kernel_or_a_bad_isolation_fails_with_one_line_and_leaves_nothing() {
+    let Some(c) = Configs::new() else { return };
+    let a = guest_artefacts().unwrap();
+    let b = Bundle::new(&["true"]);
+
+    // A kernel that does not exist.
+    let (h, _cleanup) = hull();
+    let missing = c.write(
+        "missing.toml",
+        &config_text("vm", Path::new("/nonexistent/vmlinux"), &a.initrd),
+    );
+    fails_with(
+        &run(&h, &missing, &b, &unique_id("nokernel")),
+        &["/nonexistent/vmlinux"],
+    );
+    nothing_left(&h);
+
+    // An isolation that does not exist.
+    let kata = c.write("kata.toml", &config_text("kata", &a.kernel, &a.initrd));
+    fails_with(&run(&h, &kata, &b, &unique_id("kata")), &["kata"]);
+    nothing_left(&h);
+
+    // ... nor in the annotation.
+    let annotated = Bundle::with(&["true"], |v| {
+        v["annotations"]["io.hull.isolation"] = "kata".into()
+    });
+    fails_with(
+        &run(&h, &c.vm, &annotated, &unique_id("annkata")),
+        &["io.hull.isolation", "kata"],
+    );
+    nothing_left(&h);
+}
+
+#[test]
+fn a_kernel_that_is_not_a_kernel_fails_with_one_line_and_leaves_nothing() {
+    let Some(c) = Configs::new() else { return };
+    let a = guest_artefacts().unwrap();
+    let b = Bundle::new(&["true"]);
+    let (h, _cleanup) = hull();
+    let text = c.write("vmlinux.txt", "this is not a kernel\n");
+    let notkernel = c.write("notkernel.toml", &config_text("vm", &text, &a.initrd));
+    let out = run(&h, &notkernel, &b, &unique_id("txtkernel"));
+    fails_with(&out, &["boot the pod's vm"]);
+    nothing_left(&h);
+}
+
+#[test]
+fn detached_verbs_in_vm_mode_fail_with_one_line_and_leave_nothing() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let b = Bundle::new(&["sleep", "100"]);
+    let bundle = b.path().to_str().unwrap();
+    for verb in [
+        vec!["run", "-d", "--bundle", bundle],
+        vec!["create", "--bundle", bundle],
+    ] {
+        let id = unique_id("vmdetach");
+        let mut args = verb.clone();
+        args.push(&id);
+        let out = output_with_timeout(hull_cmd(&h, &c.vm, &args), VM_CALL);
+        fails_with(&out, &["vm isolation", &id]);
+        nothing_left(&h);
+        assert!(
+            mounts_mentioning(bundle).is_empty(),
+            "{verb:?}: mounts of the bundle left"
+        );
+    }
+}
