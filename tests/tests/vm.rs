@@ -431,6 +431,30 @@ fn a_kernel_that_is_not_a_kernel_fails_with_one_line_and_leaves_nothing() {
 }
 
 #[test]
+fn the_shipped_configs_parse_and_choose_their_isolation() {
+    // No VM boots here: config/config.toml (every key at its default) runs a host container;
+    // config/vm.toml chooses vm, which detached `run -d` refuses before booting anything.
+    let (h, _cleanup) = hull();
+    let b = Bundle::new(&["uname", "-r"]);
+    let bundle = b.path().to_str().unwrap();
+    let config = repo_dir().join("config/config.toml");
+    let out = output_with_timeout(
+        hull_cmd(&h, &config, &["run", "--bundle", bundle, &unique_id("cfg")]),
+        VM_CALL,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), host_release());
+    let vm = repo_dir().join("config/vm.toml");
+    let id = unique_id("cfgvm");
+    let out = output_with_timeout(
+        hull_cmd(&h, &vm, &["run", "-d", "--bundle", bundle, &id]),
+        VM_CALL,
+    );
+    fails_with(&out, &["vm isolation", &id]);
+    nothing_left(&h);
+}
+
+#[test]
 fn detached_verbs_in_vm_mode_fail_with_one_line_and_leave_nothing() {
     let Some(c) = Configs::new() else { return };
     let (h, _cleanup) = hull();
