@@ -139,7 +139,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Check => {
-            print!("{}", check_report());
+            print!("{}", check_report(cli.config.as_deref()));
             Ok(0)
         }
         Command::Features => {
@@ -689,7 +689,7 @@ fn cgroup_layout() -> (bool, String) {
 }
 
 /// `hull check`: one line per capability, yes/no and why, then what `auto` picks.
-fn check_report() -> String {
+fn check_report(config: Option<&Path>) -> String {
     use crate::hypervisor::detect::{Backend, HostReport, Probe};
     use std::fmt::Write as _;
     let r = HostReport::probe();
@@ -716,8 +716,35 @@ fn check_report() -> String {
     line("VFIO / IOMMU", &r.iommu);
     line("qemu", &r.qemu);
     line("virtiofsd", &r.virtiofsd);
-    line("guest kernel", &r.guest_kernel);
-    line("guest initrd", &r.guest_initrd);
+    // What a vm pod would boot, from the config this command was given (or the default).
+    let guest = HullConfig::load_or_default(config)
+        .map_err(|e| e.to_string())
+        .and_then(|(cfg, path)| {
+            let from = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+            cfg.vm
+                .guest()
+                .map(|(k, i, debian)| (k, i, debian, from))
+                .map_err(|e| e.to_string())
+        });
+    match guest {
+        Ok((k, i, debian, from)) => {
+            let what = if debian {
+                "Debian's kernel as the fallback, ACPI on; "
+            } else {
+                ""
+            };
+            line(
+                "guest kernel",
+                &Probe::yes(format!("{} ({what}config: {from})", k.display())),
+            );
+            line("guest initrd", &Probe::yes(i.display().to_string()));
+        }
+        Err(e) => {
+            line("guest kernel", &Probe::no(e));
+            line("guest kernel (cache)", &r.guest_kernel);
+            line("guest initrd (cache)", &r.guest_initrd);
+        }
+    }
     let picked = match r.auto.backend {
         Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
         Some(Backend::Qemu(accel)) => format!("qemu ({accel:?})").to_lowercase(),

@@ -17,13 +17,15 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn yes(reason: impl Into<String>) -> Self {
+    /// Found / possible, and why.
+    pub fn yes(reason: impl Into<String>) -> Self {
         Probe {
             ok: true,
             reason: reason.into(),
         }
     }
-    fn no(reason: impl Into<String>) -> Self {
+    /// Missing / impossible, and why.
+    pub fn no(reason: impl Into<String>) -> Self {
         Probe {
             ok: false,
             reason: reason.into(),

@@ -218,7 +218,12 @@ impl QemuHypervisor {
             }
             .into(),
             "-accel".into(),
-            self.accel().into(),
+            // TCG's translation buffer defaults to 1 GiB of host memory per VM; 64 MiB holds
+            // what a pod's guest runs.
+            match self.accel() {
+                "tcg" => "tcg,tb-size=64".to_string(),
+                a => a.to_string(),
+            },
             "-m".into(),
             format!("{}M", cfg.memory_mib),
             "-smp".into(),
@@ -583,7 +588,7 @@ mod tests {
         let q = QemuHypervisor::new(cfg());
         let a = q.command_args().join(" ");
         assert!(
-            a.contains("-M microvm,acpi=off -accel tcg -m 256M -smp 1"),
+            a.contains("-M microvm,acpi=off -accel tcg,tb-size=64 -m 256M -smp 1"),
             "{a}"
         );
         assert!(
