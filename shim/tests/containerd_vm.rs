@@ -199,3 +199,97 @@ fn a_vm_that_cannot_boot_is_one_clear_error_and_leaves_nothing() {
     c.assert_clean();
     assert_no_vm(&c);
 }
+
+#[test]
+fn the_pod_memory_limit_sizes_the_vm() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("vmmem");
+    let Some(cfg) = vm_config(&c, "vm") else {
+        return;
+    };
+    // 256 MiB by default; a 512 MiB limit on the pod's container makes the guest larger.
+    let r = c.run(
+        &[
+            "--rm",
+            "--runtime-config-path",
+            cfg.to_str().unwrap(),
+            "--memory-limit",
+            &(512u64 << 20).to_string(),
+        ],
+        "m1",
+        &["sh", "-c", "grep MemTotal /proc/meminfo"],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    let kib: u64 = r
+        .out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {:?}", r.out));
+    assert!(
+        kib > 600 << 10,
+        "guest MemTotal {kib} KiB does not include the 512 MiB limit"
+    );
+    c.assert_clean();
+    assert_no_vm(&c);
+}
+
+#[test]
+fn killing_the_vm_under_a_running_pod_stops_its_containers_with_an_error_status() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("vmkill");
+    let Some(cfg) = vm_config(&c, "vm") else {
+        return;
+    };
+    let r = c.run(
+        &["-d", "--runtime-config-path", cfg.to_str().unwrap()],
+        "k1",
+        &["sleep", "1000"],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    c.wait_status("k1", "RUNNING");
+    let vms = common::processes_mentioning(&c.hull_root.to_string_lossy());
+    assert_eq!(vms.len(), 1, "one VM: {vms:?}");
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &vms[0].to_string()])
+        .status();
+    c.wait_status("k1", "STOPPED");
+    let r = c.ctr(&["task", "ls"]);
+    assert!(
+        r.out
+            .lines()
+            .any(|l| l.contains("k1") && l.contains("STOPPED")),
+        "{}",
+        r.out
+    );
+    // The exit status is an error, as the shim reports it to containerd.
+    let status = exit_status(&c, "k1");
+    assert_ne!(status, 0, "a dead VM reported exit status 0");
+    let r = c.ctr(&["task", "delete", "k1"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(c.ctr(&["container", "rm", "k1"]).code, 0);
+    c.assert_clean();
+    assert_no_vm(&c);
+}
+
+/// The init exit status the shim of `id` reports (task State).
+fn exit_status(c: &Containerd, id: &str) -> u32 {
+    use containerd_shim::api::StateRequest;
+    use containerd_shim::protos::ttrpc::{context, Client};
+    use containerd_shim::protos::TaskClient;
+
+    let addr = std::fs::read_to_string(c.bundle(id).join("address")).unwrap();
+    let client = TaskClient::new(Client::connect(addr.trim()).expect("connect to the shim"));
+    let req = StateRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    client
+        .state(context::with_timeout(10_000_000_000), &req)
+        .expect("task state")
+        .exit_status
+}
