@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export HULL_BIN_DIR := $(CURDIR)/target/debug
 
-.PHONY: setup build release demo test bench fmt clippy
+.PHONY: setup build release guest demo test bench fmt clippy
 
 setup:
 	@scripts/setup-host
@@ -15,14 +15,21 @@ build: setup
 release: setup
 	$(CARGO) build --release --locked -p hull-runtime
 
-demo: release
+# The guest kernel (cached build) and an initrd of the release hull-agent, installed as
+# /var/lib/hull/vmlinux and /var/lib/hull/initrd.img (vm isolation's defaults).
+guest: setup
+	$(CARGO) build --release --locked -p hull-agent
+	@scripts/install-guest
+
+demo: release guest
 	@scripts/demo
 
 test: build
 	$(CARGO) test --workspace --locked --no-fail-fast -- --test-threads=2
 
-bench: release
+bench: release guest
 	@scripts/bench-host
+	@scripts/bench-vm
 
 fmt:
 	$(CARGO) fmt --all -- --check
