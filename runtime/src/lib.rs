@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod hypervisor;
 pub mod sandbox;
+pub mod server;
 pub mod signal;
 pub mod spec;
 

@@ -185,6 +185,44 @@ pub enum Command {
     Features,
     /// Say what this host can run (host and vm isolation) and why.
     Check,
+    /// The sandbox server of a vm container (started by `create`; not for people).
+    #[command(hide = true)]
+    SandboxServer {
+        /// Container id.
+        #[arg(long)]
+        id: String,
+        /// Bundle directory.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// File to write the init's pid to.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Console socket for a terminal.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// fd to report start-up on.
+        #[arg(long)]
+        ready_fd: i32,
+    },
+}
+
+impl Command {
+    /// The container a verb acts on, if it names one.
+    pub fn container_id(&self) -> Option<&str> {
+        match self {
+            Command::Start { id }
+            | Command::State { id }
+            | Command::Kill { id, .. }
+            | Command::Delete { id, .. }
+            | Command::Ps { id, .. }
+            | Command::Pause { id }
+            | Command::Resume { id }
+            | Command::Events { id, .. } => Some(id),
+            Command::Exec(a) => Some(&a.id),
+            Command::Update(a) => Some(&a.id),
+            _ => None,
+        }
+    }
 }
 
 /// `hull exec`.

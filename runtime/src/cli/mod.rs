@@ -16,6 +16,7 @@ use crate::sandbox::host::load_bundle_spec;
 use crate::sandbox::{
     CreateOptions, ExecOptions, HostSandbox, Sandbox, Stats, Status, Stdio, VmSandbox,
 };
+use crate::server::{self, RemoteSandbox};
 
 pub mod args;
 pub mod console;
@@ -75,18 +76,50 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             if isolation_of(cli.config.as_deref(), &a.bundle)? == Isolation::Vm {
                 if detach {
-                    return Err(Error::Unsupported(format!(
-                        "container {}: vm isolation through detached verbs (create, run -d) \
-                         needs hull's CLI sandbox server, which is not built yet; run it in the \
-                         foreground (`hull run`) or through containerd",
-                        a.id
-                    )));
+                    create_vm_detached(&cli, a)?;
+                    if matches!(&cli.command, Command::Run { .. }) {
+                        let remote = RemoteSandbox::new(&cli.root, &a.id);
+                        if let Err(e) = remote.start(&a.id) {
+                            let _ = remote.delete(&a.id, true);
+                            return Err(e);
+                        }
+                    }
+                    return Ok(0);
                 }
                 let keep = matches!(&cli.command, Command::Run { keep: true, .. });
                 return run_vm_container(&cli, a, keep);
             }
         }
+        Command::SandboxServer {
+            id,
+            bundle,
+            pid_file,
+            console_socket,
+            ready_fd,
+        } => {
+            let (cfg, _) = HullConfig::load_or_default(cli.config.as_deref())?;
+            server::serve_main(server::ServerArgs {
+                root: cli.root.clone(),
+                id: id.clone(),
+                bundle: bundle.clone(),
+                pid_file: pid_file.clone(),
+                console_socket: console_socket.clone(),
+                vm: cfg.vm,
+                ready_fd: *ready_fd,
+            });
+        }
         _ => {}
+    }
+    // A vm container's verbs go to its sandbox server.
+    let remote = cli
+        .command
+        .container_id()
+        .filter(|id| server::is_vm_container(&cli.root, id))
+        .map(|id| RemoteSandbox::new(&cli.root, id));
+    if let Some(remote) = &remote {
+        return run_on(remote, Some(remote), cli.command, &|| {
+            Ok(remote.state("")?.bundle)
+        });
     }
     match cli.command {
         Command::Create(a) => {
@@ -94,37 +127,26 @@ pub fn run(cli: Cli) -> Result<i32> {
             sandbox.create(opts)?;
             Ok(0)
         }
-        Command::Start { id } => sandbox.start(&id).map(|_| 0),
+        c @ (Command::Start { .. }
+        | Command::State { .. }
+        | Command::Kill { .. }
+        | Command::Delete { .. }
+        | Command::Exec(_)
+        | Command::Ps { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Update(_)
+        | Command::Events { .. }) => {
+            let id = c.container_id().unwrap_or_default().to_string();
+            let bundle = || Ok(sandbox.load(&id)?.bundle().to_path_buf());
+            run_on(&sandbox, None, c, &bundle)
+        }
         Command::Run {
             detach,
             keep,
             create,
         } => run_container(&sandbox, &create, detach, keep),
-        Command::State { id } => {
-            let st = sandbox.state(&id)?;
-            println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
-            Ok(0)
-        }
-        Command::Kill { all, id, signal } => {
-            let sig = crate::signal::parse(&signal)?;
-            sandbox.kill(&id, sig, all).map(|_| 0)
-        }
-        Command::Delete { force, id } => sandbox.delete(&id, force).map(|_| 0),
-        Command::Exec(a) => exec(&sandbox, a),
-        Command::Ps {
-            format,
-            id,
-            ps_args,
-        } => ps(&sandbox, &id, format, &ps_args),
         Command::List { format, quiet } => list(&sandbox, format, quiet),
-        Command::Pause { id } => sandbox.pause(&id).map(|_| 0),
-        Command::Resume { id } => sandbox.resume(&id).map(|_| 0),
-        Command::Update(a) => update(&sandbox, a),
-        Command::Events {
-            stats,
-            interval,
-            id,
-        } => events(&sandbox, &id, stats, &interval),
         Command::Spec { rootless, bundle } => {
             let path = bundle.join("config.json");
             if path.exists() {
@@ -142,6 +164,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             print!("{}", check_report(cli.config.as_deref()));
             Ok(0)
         }
+        Command::SandboxServer { .. } => Ok(0),
         Command::Features => {
             println!(
                 "{}",
@@ -149,6 +172,116 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
+    }
+}
+
+/// The verbs that act on one existing container, on whichever sandbox holds it; `bundle`
+/// names the container's bundle (for an argv-form exec).
+fn run_on(
+    sandbox: &dyn Sandbox,
+    remote: Option<&RemoteSandbox>,
+    command: Command,
+    bundle: &dyn Fn() -> Result<std::path::PathBuf>,
+) -> Result<i32> {
+    match command {
+        Command::Start { id } => sandbox.start(&id).map(|_| 0),
+        Command::State { id } => {
+            let st = sandbox.state(&id)?;
+            println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            let sig = crate::signal::parse(&signal)?;
+            sandbox.kill(&id, sig, all).map(|_| 0)
+        }
+        Command::Delete { force, id } => sandbox.delete(&id, force).map(|_| 0),
+        Command::Exec(a) => exec(sandbox, remote, bundle, a),
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => ps(sandbox, &id, format, &ps_args, remote.is_some()),
+        Command::Pause { id } => sandbox.pause(&id).map(|_| 0),
+        Command::Resume { id } => sandbox.resume(&id).map(|_| 0),
+        Command::Update(a) => update(sandbox, a),
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => events(sandbox, &id, stats, &interval),
+        other => Err(Error::InvalidInput(format!("{other:?} names no container"))),
+    }
+}
+
+/// `hull create` (or `run -d`) of a vm container: start its sandbox server, detached, and
+/// wait until it has created the container (or failed, with its reason).
+fn create_vm_detached(cli: &Cli, a: &CreateArgs) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    crate::sandbox::host::validate_id(&a.id)?;
+    load_bundle_spec(&a.bundle)?;
+    let dir = cli.root.join(&a.id);
+    std::fs::create_dir_all(&cli.root).map_err(|e| Error::io(&cli.root, e))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::AlreadyExists(a.id.clone()))
+        }
+        Err(e) => return Err(Error::io(&dir, e)),
+    }
+    let fail = |e: Error| {
+        let _ = std::fs::remove_dir_all(&dir);
+        e
+    };
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| fail(Error::sys("pipe", e)))?;
+    let exe = std::env::current_exe().map_err(|e| fail(Error::io("/proc/self/exe", e)))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--root").arg(&cli.root);
+    if let Some(c) = &cli.config {
+        cmd.arg("--config").arg(c);
+    }
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    cmd.args([
+        "sandbox-server",
+        "--id",
+        &a.id,
+        "--ready-fd",
+        "3",
+        "--bundle",
+    ])
+    .arg(abs(&a.bundle));
+    if let Some(p) = &a.pid_file {
+        cmd.arg("--pid-file").arg(abs(p));
+    }
+    if let Some(p) = &a.console_socket {
+        cmd.arg("--console-socket").arg(abs(p));
+    }
+    let w = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    // SAFETY: between fork and exec only setsid(2) and dup2(2), async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::dup2(w, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| fail(Error::io("start the sandbox server", e)))?;
+    drop(cmd);
+    drop(ready_w);
+    let mut answer = String::new();
+    let _ = std::fs::File::from(ready_r).read_to_string(&mut answer);
+    drop(child);
+    match answer.trim() {
+        "ok" => Ok(()),
+        "" => Err(fail(Error::Vm(format!(
+            "container {}: the sandbox server died while creating it",
+            a.id
+        )))),
+        why => Err(fail(Error::Vm(why.to_string()))),
     }
 }
 
@@ -415,7 +548,7 @@ impl Attached {
 }
 
 /// The process an argv-form `exec` runs: the container's own process with the flags applied.
-fn exec_process(sandbox: &HostSandbox, a: &ExecArgs) -> Result<Process> {
+fn exec_process(bundle: &dyn Fn() -> Result<std::path::PathBuf>, a: &ExecArgs) -> Result<Process> {
     if let Some(path) = &a.process {
         let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         return serde_json::from_slice(&text)
@@ -428,8 +561,7 @@ fn exec_process(sandbox: &HostSandbox, a: &ExecArgs) -> Result<Process> {
     }
     // The container's record names its bundle; `state` would parse config.json once more
     // just to report the rootfs.
-    let container = sandbox.load(&a.id)?;
-    let spec = load_bundle_spec(container.bundle())?;
+    let spec = load_bundle_spec(&bundle()?)?;
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
@@ -486,8 +618,13 @@ fn exec_process(sandbox: &HostSandbox, a: &ExecArgs) -> Result<Process> {
     Ok(p)
 }
 
-fn exec(sandbox: &HostSandbox, a: ExecArgs) -> Result<i32> {
-    let process = exec_process(sandbox, &a)?;
+fn exec(
+    sandbox: &dyn Sandbox,
+    remote: Option<&RemoteSandbox>,
+    bundle: &dyn Fn() -> Result<std::path::PathBuf>,
+    a: ExecArgs,
+) -> Result<i32> {
+    let process = exec_process(bundle, &a)?;
     let terminal = process.terminal().unwrap_or(false);
     if a.detach {
         sandbox.exec(
@@ -504,7 +641,8 @@ fn exec(sandbox: &HostSandbox, a: ExecArgs) -> Result<i32> {
         return Ok(0);
     }
     become_subreaper()?;
-    let fg = Foreground::new(sandbox.root(), &a.id, terminal, a.console_socket.clone())?;
+    let root = std::env::temp_dir();
+    let fg = Foreground::new(&root, &a.id, terminal, a.console_socket.clone())?;
     let pid = sandbox.exec(
         &a.id,
         ExecOptions {
@@ -517,16 +655,42 @@ fn exec(sandbox: &HostSandbox, a: ExecArgs) -> Result<i32> {
         },
     )?;
     let attached = fg.attach()?;
-    forward_signals(pid);
+    {
+        // kill(2) for a host process; the sandbox server for a vm one.
+        let id = a.id.clone();
+        let sb = remote.cloned();
+        forward_signals_with(move |sig| match &sb {
+            Some(r) => {
+                let _ = r.signal(&id, pid, sig);
+            }
+            None => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
+        });
+    }
     let status = sandbox.wait(&a.id, pid)?;
     attached.finish();
     Ok(status.code())
 }
 
-fn ps(sandbox: &HostSandbox, id: &str, format: Format, ps_args: &[String]) -> Result<i32> {
+fn ps(
+    sandbox: &dyn Sandbox,
+    id: &str,
+    format: Format,
+    ps_args: &[String],
+    in_guest: bool,
+) -> Result<i32> {
     let pids = sandbox.pids(id)?;
     if format == Format::Json {
         println!("{}", serde_json::to_string(&pids).unwrap_or_default());
+        return Ok(0);
+    }
+    if in_guest {
+        // The host's ps(1) cannot see a VM's processes: their guest pids.
+        println!("PID (in the guest)");
+        for p in pids {
+            println!("{p}");
+        }
         return Ok(0);
     }
     let args: Vec<String> = if ps_args.is_empty() {
@@ -611,7 +775,7 @@ fn read_resources(path: &Path) -> Result<LinuxResources> {
         .map_err(|e| Error::InvalidInput(format!("resources {}: {e}", path.display())))
 }
 
-fn update(sandbox: &HostSandbox, a: UpdateArgs) -> Result<i32> {
+fn update(sandbox: &dyn Sandbox, a: UpdateArgs) -> Result<i32> {
     let any_flag = a.memory.is_some()
         || a.memory_swap.is_some()
         || a.memory_reservation.is_some()
@@ -808,7 +972,7 @@ fn parse_interval(s: &str) -> Result<Duration> {
     Ok(Duration::from_millis(n * mul))
 }
 
-fn events(sandbox: &HostSandbox, id: &str, once: bool, interval: &str) -> Result<i32> {
+fn events(sandbox: &dyn Sandbox, id: &str, once: bool, interval: &str) -> Result<i32> {
     let every = parse_interval(interval)?;
     let mut ooms = if once { 0 } else { sandbox.oom_kills(id)? };
     loop {
