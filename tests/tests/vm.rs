@@ -433,7 +433,8 @@ fn a_kernel_that_is_not_a_kernel_fails_with_one_line_and_leaves_nothing() {
 #[test]
 fn the_shipped_configs_parse_and_choose_their_isolation() {
     // No VM boots here: config/config.toml (every key at its default) runs a host container;
-    // config/vm.toml chooses vm, which detached `run -d` refuses before booting anything.
+    // config/vm.toml, with a kernel that does not exist added to its [vm] table, chooses vm
+    // and stops at the missing kernel.
     let (h, _cleanup) = hull();
     let b = Bundle::new(&["uname", "-r"]);
     let bundle = b.path().to_str().unwrap();
@@ -444,35 +445,91 @@ fn the_shipped_configs_parse_and_choose_their_isolation() {
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), host_release());
-    let vm = repo_dir().join("config/vm.toml");
-    let id = unique_id("cfgvm");
+    let shipped = std::fs::read_to_string(repo_dir().join("config/vm.toml")).unwrap();
+    assert!(
+        shipped
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| !l.starts_with('[')),
+        "config/vm.toml should end inside its [vm] table"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let vm = dir.path().join("vm.toml");
+    std::fs::write(
+        &vm,
+        format!("{shipped}\nkernel = \"/nonexistent/shipped-vmlinux\"\n"),
+    )
+    .unwrap();
     let out = output_with_timeout(
-        hull_cmd(&h, &vm, &["run", "-d", "--bundle", bundle, &id]),
+        hull_cmd(&h, &vm, &["run", "--bundle", bundle, &unique_id("cfgvm")]),
         VM_CALL,
     );
-    fails_with(&out, &["vm isolation", &id]);
+    fails_with(&out, &["/nonexistent/shipped-vmlinux"]);
     nothing_left(&h);
 }
 
 #[test]
-fn detached_verbs_in_vm_mode_fail_with_one_line_and_leave_nothing() {
+fn detached_verbs_in_vm_mode_run_the_container_and_leave_nothing() {
     let Some(c) = Configs::new() else { return };
     let (h, _cleanup) = hull();
-    let b = Bundle::new(&["sleep", "100"]);
+    let b = Bundle::new(&["sh", "-c", "uname -r; exec sleep 100"]);
     let bundle = b.path().to_str().unwrap();
-    for verb in [
-        vec!["run", "-d", "--bundle", bundle],
-        vec!["create", "--bundle", bundle],
-    ] {
-        let id = unique_id("vmdetach");
-        let mut args = verb.clone();
-        args.push(&id);
-        let out = output_with_timeout(hull_cmd(&h, &c.vm, &args), VM_CALL);
-        fails_with(&out, &["vm isolation", &id]);
-        nothing_left(&h);
-        assert!(
-            mounts_mentioning(bundle).is_empty(),
-            "{verb:?}: mounts of the bundle left"
-        );
-    }
+    let id = unique_id("vmdetach");
+    // runc-style: create returns once the container exists; its stdout is create's.
+    let out = output_with_timeout(
+        hull_cmd(&h, &c.vm, &["create", "--bundle", bundle, &id]),
+        VM_CALL,
+    );
+    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+    assert_eq!(h.state(&id)["status"], "created");
+    h.ok(&["start", &id]);
+    assert_eq!(h.state(&id)["status"], "running");
+    h.ok(&["kill", &id, "KILL"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || h.state(&id)["status"]
+            == "stopped"),
+        "{id} did not stop: {}",
+        h.state(&id)
+    );
+    h.ok(&["delete", &id]);
+    nothing_left(&h);
+
+    // run -d: the same through one verb. The container's stdout is a file of ours, read
+    // once the container has stopped (it writes after hull returned).
+    let b = Bundle::new(&["uname", "-r"]);
+    let id = unique_id("vmrund");
+    let out_f = tempfile::tempfile().unwrap();
+    let mut cmd = hull_cmd(
+        &h,
+        &c.vm,
+        &["run", "-d", "--bundle", b.path().to_str().unwrap(), &id],
+    );
+    cmd.stdout(out_f.try_clone().unwrap())
+        .stderr(out_f.try_clone().unwrap());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let status = wait_bounded(&mut child, VM_CALL);
+    let read_out = || {
+        use std::io::Seek;
+        let mut f = out_f.try_clone().unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert_eq!(status.code(), Some(0), "run -d: {}", read_out());
+    assert!(
+        wait_until(Duration::from_secs(30), || h.state(&id)["status"]
+            == "stopped"),
+        "{id} did not stop: {}",
+        h.state(&id)
+    );
+    let kernel = read_out().trim().to_string();
+    assert!(
+        kernel.starts_with("6.1.") && kernel != host_release(),
+        "run -d ran on {kernel:?}"
+    );
+    h.ok(&["delete", &id]);
+    nothing_left(&h);
 }
