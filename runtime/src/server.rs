@@ -73,7 +73,11 @@ enum Request {
     Exec {
         process: Box<Process>,
         console_socket: Option<PathBuf>,
-        pid_file: Option<PathBuf>,
+    },
+    /// A mirror (host pid) for the guest process `guest`, forked by the calling verb.
+    Register {
+        mirror: i32,
+        guest: i32,
     },
     Wait {
         pid: i32,
@@ -324,6 +328,71 @@ fn unmount_under(dir: &Path) {
     }
 }
 
+impl RemoteSandbox {
+    /// Forks an orphaned mirror of guest process `guest` (call while single-threaded): it
+    /// waits through the server and exits with the process' status (255 if the server
+    /// goes away). Returns its pid once the server knows it.
+    fn fork_mirror(&self, guest: i32) -> Result<i32> {
+        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::sys("pipe for a mirror", e))?;
+        let (pid_r, pid_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::sys("pipe for a mirror", e))?;
+        // SAFETY: this verb's process has one thread here (the CLI starts none before an
+        // exec), so the children may run ordinary code.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork a mirror", e))? {
+            nix::unistd::ForkResult::Child => {
+                drop(go_w);
+                drop(pid_r);
+                // SAFETY: as above.
+                if let Ok(nix::unistd::ForkResult::Parent { child }) =
+                    unsafe { nix::unistd::fork() }
+                {
+                    let _ = nix::unistd::write(&pid_w, &child.as_raw().to_ne_bytes());
+                    // SAFETY: leave without running the parent's destructors or atexit.
+                    unsafe { libc::_exit(0) };
+                }
+                drop(pid_w);
+                // SAFETY: renames this (single-threaded) process.
+                unsafe { libc::prctl(libc::PR_SET_NAME, c"hull-mirror".as_ptr()) };
+                let null = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null");
+                if let Ok(null) = null {
+                    for fd in 0..3 {
+                        // SAFETY: dup2 onto our own stdio from an fd we hold.
+                        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+                    }
+                }
+                let mut b = [0u8; 1];
+                let registered = matches!(nix::unistd::read(go_r.as_raw_fd(), &mut b), Ok(1));
+                let me = std::process::id() as i32;
+                let code = match registered {
+                    true => self.wait(&self.id, me).map(|s| s.code()).unwrap_or(255),
+                    false => 255,
+                };
+                // SAFETY: as above.
+                unsafe { libc::_exit(code & 0xff) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(go_r);
+                drop(pid_w);
+                let _ = nix::sys::wait::waitpid(child, None);
+                let mut buf = [0u8; 4];
+                let n = nix::unistd::read(pid_r.as_raw_fd(), &mut buf)
+                    .map_err(|e| Error::sys("mirror pid", e))?;
+                let mirror = i32::from_ne_bytes(buf);
+                if n != 4 || mirror <= 0 {
+                    return Err(Error::Vm("the mirror process did not start".into()));
+                }
+                self.simple(Request::Register { mirror, guest })?;
+                let _ = nix::unistd::write(&go_w, b"g");
+                Ok(mirror)
+            }
+        }
+    }
+}
+
 impl Sandbox for RemoteSandbox {
     fn create(&self, _opts: CreateOptions) -> Result<i32> {
         Err(Error::InvalidInput(
@@ -357,10 +426,17 @@ impl Sandbox for RemoteSandbox {
         let req = Request::Exec {
             process: Box::new(opts.process),
             console_socket: opts.console_socket,
-            pid_file: opts.pid_file,
         };
         let r = self.call(&req, &fds, Some(CALL_TIMEOUT))?;
-        serde_json::from_value(r.value).map_err(|e| Error::Vm(format!("exec answer: {e}")))
+        let guest: i32 =
+            serde_json::from_value(r.value).map_err(|e| Error::Vm(format!("exec answer: {e}")))?;
+        // The caller (conmon, a runc shim) reaps the pid it is given as a subreaper: the
+        // mirror must descend from this process, not from the server.
+        let mirror = self.fork_mirror(guest)?;
+        if let Some(p) = &opts.pid_file {
+            std::fs::write(p, mirror.to_string()).map_err(|e| Error::io(p, e))?;
+        }
+        Ok(mirror)
     }
 
     fn kill(&self, _id: &str, signal: Signal, all: bool) -> Result<()> {
@@ -578,11 +654,16 @@ impl Server {
                 exit: None,
             },
         );
+        self.remember_mirror(pid);
+        Ok(pid)
+    }
+
+    /// Records a mirror for `delete --force` after a server death.
+    fn remember_mirror(&self, pid: i32) {
         if let Ok(mut r) = read_record(&self.dir) {
             r.mirrors.push(pid);
             let _ = write_record(&self.dir, &r);
         }
-        Ok(pid)
     }
 
     fn handle(self: &Arc<Self>, req: Request, fds: Vec<OwnedFd>) -> Result<serde_json::Value> {
@@ -609,10 +690,22 @@ impl Server {
                     .map_err(|_| Error::UnknownSignal(signal.to_string()))?;
                 self.vm.signal(id, self.guest_pid(pid)?, sig).map(v)
             }
+            Request::Register { mirror, guest } => {
+                lock(&self.procs).insert(
+                    mirror,
+                    Mirror {
+                        guest_pid: guest,
+                        notify: None,
+                        exit: None,
+                    },
+                );
+                self.remember_mirror(mirror);
+                self.watch(mirror);
+                Ok(serde_json::Value::Null)
+            }
             Request::Exec {
                 process,
                 console_socket,
-                pid_file,
             } => {
                 let mut fds = fds.into_iter();
                 let stdio = Stdio {
@@ -630,12 +723,7 @@ impl Server {
                         ..Default::default()
                     },
                 )?;
-                let mirror = self.add_mirror(guest)?;
-                if let Some(p) = pid_file {
-                    std::fs::write(&p, mirror.to_string()).map_err(|e| Error::io(&p, e))?;
-                }
-                self.watch(mirror);
-                Ok(serde_json::to_value(mirror).unwrap_or_default())
+                Ok(serde_json::to_value(guest).unwrap_or_default())
             }
             Request::Wait { pid } => {
                 let mut procs = lock(&self.procs);

@@ -192,3 +192,251 @@ fn docker_run_exec_stop_with_runtime_hull() {
         state_dir.display()
     );
 }
+
+/// A hull config choosing vm isolation with this machine's guest files (`None`: skip).
+fn vm_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let a = guest_artefacts()?;
+    let path = dir.join("vm.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
+             kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\n",
+            a.kernel.to_str().unwrap(),
+            a.initrd.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    Some(path)
+}
+
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `--runtime hull-vm` (runtimeArgs `--config vm.toml`): each container in its own microVM,
+/// kept alive between Docker's one-shot calls by hull's sandbox server.
+#[test]
+fn docker_runtime_hull_vm_runs_containers_in_microvms() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let Some(cfg) = vm_config(cfg_dir.path()) else {
+        return;
+    };
+    let d = Dockerd::start(serde_json::json!({
+        "hull-vm": {"path": hull_path(), "runtimeArgs": ["--config", cfg.to_str().unwrap()]}
+    }));
+    import_busybox(&d, "hull-busybox:test");
+    let exec_root = d.dir.path().join("exec");
+    // Sandbox servers and mirrors name the exec root; QEMU's VM dir is under it or, for
+    // Docker's long state dirs, under /run/hull/vm.
+    let vm_processes = || {
+        let mut p = processes_mentioning(exec_root.to_str().unwrap());
+        p.extend(processes_mentioning("/run/hull/vm/"));
+        // Not dockerd's own containerd and shims, which name the exec root too.
+        p.retain(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu") || c.starts_with("hull"))
+        });
+        p
+    };
+
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull-vm",
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "uname -r; exit 3",
+    ]);
+    let guest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !guest.is_empty() && guest != host_release(),
+        "not the guest's kernel: {guest:?}"
+    );
+
+    // A terminal: `docker run -it` under a pty of its own.
+    let out = tty_output(
+        &d,
+        &["run", "-it", "--rm", "--runtime", "hull-vm"],
+        &["hull-busybox:test", "sh", "-c", "tty; exit 5"],
+    );
+    assert!(
+        out.1.contains("/dev/pts/"),
+        "no tty in the guest: {:?}",
+        out.1
+    );
+    assert_eq!(out.0, Some(5), "{:?}", out.1);
+
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hull-d1",
+        "--runtime",
+        "hull-vm",
+        "hull-busybox:test",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(d.ok(&["exec", "hull-d1", "uname", "-r"]).trim(), guest);
+    let out = d.docker(&["exec", "hull-d1", "sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9));
+    assert!(d
+        .ok(&["exec", "-t", "hull-d1", "tty"])
+        .starts_with("/dev/pts/"));
+    d.ok(&["pause", "hull-d1"]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Status}}", "hull-d1"])
+            .trim(),
+        "paused"
+    );
+    d.ok(&["unpause", "hull-d1"]);
+    d.ok(&["stop", "-t", "1", "hull-d1"]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "hull-d1"])
+            .trim(),
+        "137"
+    );
+    d.ok(&["rm", "hull-d1"]);
+
+    // docker kill.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hull-d2",
+        "--runtime",
+        "hull-vm",
+        "hull-busybox:test",
+        "sleep",
+        "1000",
+    ]);
+    d.ok(&["kill", "hull-d2"]);
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "hull-d2"
+        ])
+        .trim(),
+        "exited 137"
+    );
+    d.ok(&["rm", "hull-d2"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || vm_processes().is_empty()),
+        "VMs left: {:?}",
+        vm_processes()
+    );
+
+    // The sandbox server dies under a running container: Docker sees it exit, rm cleans up.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hull-d3",
+        "--runtime",
+        "hull-vm",
+        "hull-busybox:test",
+        "sleep",
+        "1000",
+    ]);
+    let id = d
+        .ok(&["inspect", "-f", "{{.Id}}", "hull-d3"])
+        .trim()
+        .to_string();
+    let servers: Vec<i32> = processes_mentioning(&format!("sandbox-server --id {id}"))
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| !c.starts_with("hull-mirror"))
+        })
+        .collect();
+    assert_eq!(servers.len(), 1, "one sandbox server: {servers:?}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(servers[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || d
+            .ok(&["inspect", "-f", "{{.State.Status}}", "hull-d3"])
+            .trim()
+            == "exited"),
+        "docker did not see the container exit"
+    );
+    assert_ne!(
+        d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "hull-d3"])
+            .trim(),
+        "0"
+    );
+    d.ok(&["rm", "hull-d3"]);
+    let state = exec_root.join("runtime-runc/moby").join(&id);
+    assert!(!state.exists(), "state left in {}", state.display());
+    assert!(
+        wait_until(Duration::from_secs(10), || vm_processes().is_empty()),
+        "VMs left: {:?}",
+        vm_processes()
+    );
+    assert!(
+        mounts_mentioning(&id).is_empty(),
+        "mounts left: {:?}",
+        mounts_mentioning(&id)
+    );
+}
+
+/// `docker ARGS IMAGE_ARGS` with a pty of its own as stdin/stdout (what `-t` wants):
+/// exit code and all it printed.
+fn tty_output(d: &Dockerd, args: &[&str], image_args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut c = Command::new("timeout");
+    c.args(["-s", "KILL", "120", "/usr/bin/docker", "-H"])
+        .arg(format!(
+            "unix://{}",
+            d.dir.path().join("docker.sock").display()
+        ))
+        .args(args)
+        .args(image_args)
+        .stdin(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(pty.slave));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    drop(c);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    (status.code(), String::from_utf8_lossy(&out).into_owned())
+}

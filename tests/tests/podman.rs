@@ -7,6 +7,8 @@ use hull_tests::*;
 
 struct Podman {
     dir: tempfile::TempDir,
+    /// `--runtime-flag` values (podman passes each to hull as `--FLAG`).
+    flags: Vec<String>,
 }
 
 impl Podman {
@@ -22,7 +24,10 @@ impl Podman {
              netns = \"none\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
         )
         .unwrap();
-        Self { dir }
+        Self {
+            dir,
+            flags: Vec::new(),
+        }
     }
 
     fn podman(&self, args: &[&str]) -> std::process::Output {
@@ -33,9 +38,11 @@ impl Podman {
             .arg("--runroot")
             .arg(self.dir.path().join("run"))
             .args(["--storage-driver", "vfs", "--runtime"])
-            .arg(bin("hull"))
-            .args(args)
-            .stdin(std::process::Stdio::null());
+            .arg(bin("hull"));
+        for f in &self.flags {
+            c.arg("--runtime-flag").arg(f);
+        }
+        c.args(args).stdin(std::process::Stdio::null());
         output_with_timeout(c, Duration::from_secs(120))
     }
 
@@ -58,9 +65,7 @@ impl Drop for Podman {
     }
 }
 
-#[test]
-fn podman_run_exec_stop_with_runtime_hull() {
-    let p = Podman::new();
+fn import_busybox(p: &Podman) {
     let rootfs = tempfile::tempdir().unwrap();
     busybox_rootfs(rootfs.path());
     let tar = p.dir.path().join("rootfs.tar");
@@ -74,6 +79,12 @@ fn podman_run_exec_stop_with_runtime_hull() {
         .unwrap()
         .success());
     p.ok(&["import", tar.to_str().unwrap(), "hull-busybox:test"]);
+}
+
+#[test]
+fn podman_run_exec_stop_with_runtime_hull() {
+    let p = Podman::new();
+    import_busybox(&p);
 
     let out = p.podman(&[
         "run",
@@ -123,5 +134,73 @@ fn podman_run_exec_stop_with_runtime_hull() {
     assert!(
         !std::path::Path::new("/run/hull").join(&id).exists(),
         "hull state left behind"
+    );
+}
+
+/// Podman with `--runtime-flag config=vm.toml`: each container in its own microVM, kept
+/// alive between conmon's one-shot calls by hull's sandbox server.
+#[test]
+fn podman_vm_isolation_through_the_sandbox_server() {
+    let Some(a) = guest_artefacts() else { return };
+    let mut p = Podman::new();
+    let cfg = p.dir.path().join("vm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
+             kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\n",
+            a.kernel.to_str().unwrap(),
+            a.initrd.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    p.flags.push(format!("config={}", cfg.display()));
+    import_busybox(&p);
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+
+    let out = p.podman(&[
+        "run",
+        "--rm",
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "uname -r; exit 4",
+    ]);
+    let guest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!guest.is_empty() && guest != host.trim(), "{guest:?}");
+
+    let name = unique_id("hull-pvm");
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "hull-busybox:test",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(p.ok(&["exec", &name, "uname", "-r"]).trim(), guest);
+    let out = p.podman(&["exec", &name, "sh", "-c", "exit 6"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(p.ok(&["exec", "-t", &name, "tty"]).starts_with("/dev/pts/"));
+    p.ok(&["stop", "-t", "1", &name]);
+    p.ok(&["rm", &name]);
+    let id_dirs: Vec<_> = std::fs::read_dir("/run/hull")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("sandbox.json").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(id_dirs.is_empty(), "vm container state left: {id_dirs:?}");
+    assert!(
+        processes_mentioning(cfg.to_str().unwrap()).is_empty(),
+        "sandbox servers left"
     );
 }

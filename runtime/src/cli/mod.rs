@@ -306,6 +306,8 @@ fn run_vm_container(cli: &Cli, a: &CreateArgs, keep: bool) -> Result<i32> {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
+    // The VM's relays are threads: block before the first of them starts.
+    block_forwarded();
     let sandbox = VmSandbox::new(&cli.root, &a.id, cfg.vm);
     std::fs::create_dir_all(&cli.root).map_err(|e| Error::io(&cli.root, e))?;
     let fg = Foreground::new(&cli.root, &a.id, terminal, a.console_socket.clone())?;
@@ -422,6 +424,13 @@ fn forward_signals(pid: i32) {
     });
 }
 
+/// Block the forwarded signals in this thread, before it starts any other: threads inherit
+/// the mask, so the signal-forwarding thread is the only one that ever takes them (a thread
+/// with them unblocked would take e.g. SIGTERM's default action and end hull).
+fn block_forwarded() {
+    let _ = forwarded().thread_block();
+}
+
 /// Pass each signal a foreground `run`/`exec` receives to `deliver`.
 fn forward_signals_with(deliver: impl Fn(Signal) + Send + 'static) {
     let set = forwarded();
@@ -455,6 +464,8 @@ fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool
     let mut opts = create_options(a, fg.detached(), fg.console_socket.clone());
     opts.stdio = fg.stdio()?;
     let pid = sandbox.create_checked(opts)?;
+    // The pty proxy's threads start in attach: block first (the container is made already).
+    block_forwarded();
     let attached = match fg.attach() {
         Ok(t) => t,
         Err(e) => {
@@ -654,6 +665,7 @@ fn exec(
             stdio: fg.stdio()?,
         },
     )?;
+    block_forwarded();
     let attached = fg.attach()?;
     {
         // kill(2) for a host process; the sandbox server for a vm one.

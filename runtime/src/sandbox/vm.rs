@@ -182,7 +182,13 @@ impl VmSandbox {
         });
         let backend = self.config.backend()?;
         let mut hv = hypervisor::select(backend, cfg).map_err(|e| vm_err("vm", e))?;
-        let booted = hv.boot().map_err(|e| vm_err("boot the pod's vm", e))?;
+        let kernel = self.config.guest()?.0;
+        let booted = hv.boot().map_err(|e| {
+            vm_err(
+                format!("boot the pod's vm (kernel {})", kernel.display()),
+                e,
+            )
+        })?;
         tracing::info!(backend = hv.backend(), boot = ?booted.boot_time, dir = %self.dir.display(), "vm up");
         let storage = Storage {
             source: SHARE_TAG.into(),
@@ -601,7 +607,13 @@ impl Sandbox for VmSandbox {
             return Err(Error::AlreadyExists(id));
         }
         let first = lock(&self.inner).vm.is_none();
-        self.boot(&spec)?;
+        if let Err(e) = self.boot(&spec) {
+            // Nothing of a VM that did not come up stays: its dir, shares, sockets, logs.
+            if first {
+                self.shut_down();
+            }
+            return Err(e);
+        }
         let terminal = spec
             .process()
             .as_ref()
