@@ -42,12 +42,18 @@ fn run_script(script: &str, args: &[&str]) -> PathBuf {
     PathBuf::from(path.trim())
 }
 
-/// The hull-agent binary of this target dir, (re)built with cargo.
+/// The hull-agent binary of this target dir, built with cargo when it is missing.
 fn agent_binary() -> PathBuf {
     // .../target/debug/deps/vm_qemu-HASH -> .../target
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let target_dir = profile_dir.parent().unwrap();
+    // `cargo test --workspace` has built it already; `cargo build -p hull-agent` alone would
+    // resolve features differently and rebuild half the dependency tree (minutes in CI).
+    let built = profile_dir.join("hull-agent");
+    if built.is_file() {
+        return built;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "-p", "hull-agent", "--bin", "hull-agent"])
