@@ -4,11 +4,11 @@
 # 1.6; prints both means and the ratio. Then the resident memory of one shim per pod
 # (1 container, then 2 in the same pod), hull's and runc's.
 #
-# SHIM: the shim binary (default: target-shim release build).
+# SHIM: the shim binary (default: the workspace release build).
 set -euo pipefail
 n=${1:-30}
 here=$(cd "$(dirname "$0")" && pwd)
-shim=${SHIM:-/work/target-shim/release/containerd-shim-hull-v2}
+shim=${SHIM:-${CARGO_TARGET_DIR:-$here/../../target}/release/containerd-shim-hull-v2}
 [ -x "$shim" ] || { echo "build it first: cargo build --release -p hull-shim" >&2; exit 1; }
 dir=$(mktemp -d /tmp/hull-shim-bench.XXXXXX)
 ns=bench
@@ -89,4 +89,18 @@ for rt in io.containerd.hull.v2 io.containerd.runc.v2; do
   two_c=$(mem "$p")
   echo "  $tag, 1 container:  $one_c"
   echo "  $tag, 2 in the pod: $two_c"
+done
+# Per-pod cost with several pods: each shim's PSS, its share of the code all shims map.
+echo "three more pods of each (one shim each), PSS per shim:"
+for rt in io.containerd.hull.v2 io.containerd.runc.v2; do
+  tag=${rt#io.containerd.}; tag=${tag%.v2}
+  line="  $tag:"
+  for k in 1 2 3; do
+    $C run -d --runtime $rt $img solo-$tag-$k sleep 1000 >/dev/null
+  done
+  sleep 0.3
+  for k in 1 2 3; do
+    line="$line $(mem "$(shim_of solo-$tag-$k)" | sed 's/ (/\n/' | sed -n 2p | sed 's/,.*//')"
+  done
+  echo "$line"
 done
