@@ -485,6 +485,12 @@ fn detached_verbs_in_vm_mode_run_the_container_and_leave_nothing() {
     assert_eq!(h.state(&id)["status"], "created");
     h.ok(&["start", &id]);
     assert_eq!(h.state(&id)["status"], "running");
+    // list shows it, from its sandbox server.
+    let listed = h.ok(&["list", "--format", "json"]);
+    assert!(
+        listed.contains(&format!("\"id\":\"{id}\"")) && listed.contains("running"),
+        "{listed}"
+    );
     h.ok(&["kill", &id, "KILL"]);
     assert!(
         wait_until(Duration::from_secs(30), || h.state(&id)["status"]

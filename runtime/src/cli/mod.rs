@@ -744,7 +744,19 @@ fn ps(
 }
 
 fn list(sandbox: &HostSandbox, format: Format, quiet: bool) -> Result<i32> {
-    let all = sandbox.list()?;
+    let mut all = sandbox.list()?;
+    // vm containers, each behind its sandbox server.
+    if let Ok(entries) = std::fs::read_dir(sandbox.root()) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if server::is_vm_container(sandbox.root(), &id) {
+                if let Ok(st) = RemoteSandbox::new(sandbox.root(), &id).state(&id) {
+                    all.push(st);
+                }
+            }
+        }
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
     if quiet {
         for s in &all {
             println!("{}", s.id);
