@@ -6,13 +6,13 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::error::{HypervisorError, Result};
+use super::owned::OwnedChild;
 use super::{detect, AgentChannel, BootedVm, DeviceConfig, Hypervisor, VmConfig};
 use crate::agent_client::AgentClient;
 
@@ -47,88 +47,13 @@ fn no_hardware_kvm() -> HypervisorError {
 #[derive(Debug)]
 pub struct BuiltinHypervisor {
     config: VmConfig,
-    child: Option<OwnedVmm>,
+    child: Option<OwnedChild>,
     exit: Option<ExitStatus>,
     stopped: bool,
     /// Tests only: the hull-vmm to run instead of the one found.
     vmm_binary: Option<PathBuf>,
     /// Tests only: `false` skips the hardware KVM check so that boot runs a stand-in hull-vmm.
     require_hardware_kvm: bool,
-}
-
-/// The hull-vmm child and the thread that spawned it. PR_SET_PDEATHSIG fires when the *thread*
-/// that forked exits, so a dedicated thread forks hull-vmm and lives until it is reaped.
-// Same shape as qemu.rs's `OwnedQemu`; both belong in one shared helper.
-#[derive(Debug)]
-struct OwnedVmm {
-    child: Child,
-    keeper: Option<std::thread::JoinHandle<()>>,
-    release: Option<mpsc::Sender<()>>,
-}
-
-impl OwnedVmm {
-    fn spawn(mut cmd: Command) -> std::io::Result<OwnedVmm> {
-        let (tx, rx) = mpsc::channel();
-        let (release, released) = mpsc::channel::<()>();
-        let keeper = std::thread::Builder::new()
-            .name("hull-vmm-keeper".into())
-            .spawn(move || {
-                // SAFETY: getpid(2) has no preconditions.
-                let parent = unsafe { libc::getpid() };
-                // SAFETY: the closure runs in the forked child before exec and calls only
-                // async-signal-safe functions (prctl, getppid, _exit).
-                unsafe {
-                    cmd.pre_exec(move || {
-                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        // The parent may have died before prctl took effect.
-                        if libc::getppid() != parent {
-                            libc::_exit(1);
-                        }
-                        Ok(())
-                    });
-                }
-                let spawned = cmd.spawn();
-                let ok = spawned.is_ok();
-                let _ = tx.send(spawned);
-                if ok {
-                    // Stay alive until the handle has reaped hull-vmm (or is gone).
-                    let _ = released.recv();
-                }
-            })?;
-        let child = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("hull-vmm-keeper thread died"))??;
-        Ok(OwnedVmm {
-            child,
-            keeper: Some(keeper),
-            release: Some(release),
-        })
-    }
-
-    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
-        let _ = self.child.kill();
-        let status = self.child.wait().ok();
-        self.release_keeper();
-        status
-    }
-
-    fn release_keeper(&mut self) {
-        drop(self.release.take());
-        if let Some(k) = self.keeper.take() {
-            let _ = k.join();
-        }
-    }
-}
-
-impl Drop for OwnedVmm {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            tracing::debug!(pid = self.child.id(), "killing hull-vmm on drop");
-        }
-        self.kill_and_reap();
-    }
 }
 
 /// Why a hybrid vsock handshake gave no stream.
@@ -550,10 +475,11 @@ impl Hypervisor for BuiltinHypervisor {
             .stderr(Stdio::from(log));
         tracing::debug!(vm = %self.vm_id(), ?cmd, "starting hull-vmm");
         let started = Instant::now();
-        let child = OwnedVmm::spawn(cmd).map_err(|source| HypervisorError::Spawn {
-            binary: binary.display().to_string(),
-            source,
-        })?;
+        let child =
+            OwnedChild::spawn(cmd, "hull-vmm").map_err(|source| HypervisorError::Spawn {
+                binary: binary.display().to_string(),
+                source,
+            })?;
         let pid = child.child.id();
         self.child = Some(child);
         self.exit = None;

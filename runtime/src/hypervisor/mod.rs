@@ -5,6 +5,7 @@
 mod builtin;
 pub mod detect;
 mod error;
+mod owned;
 mod qemu;
 mod qmp;
 

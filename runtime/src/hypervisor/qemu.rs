@@ -2,13 +2,13 @@
 //! virtualization and TCG elsewhere, controlled over QMP, the agent on a virtio-serial port.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::error::{HypervisorError, Result};
+use super::owned::OwnedChild;
 use super::{qmp, Accel, AgentChannel, BootedVm, DeviceConfig, Hypervisor, VmConfig};
 use crate::agent_client::{AgentClient, AgentClientError};
 
@@ -35,83 +35,9 @@ pub struct VmRunState {
 #[derive(Debug)]
 pub struct QemuHypervisor {
     config: VmConfig,
-    child: Option<OwnedQemu>,
+    child: Option<OwnedChild>,
     exit: Option<ExitStatus>,
     stopped: bool,
-}
-
-/// The QEMU child and the thread that spawned it. PR_SET_PDEATHSIG fires when the *thread*
-/// that forked exits, so a dedicated thread forks QEMU and lives until QEMU is reaped.
-#[derive(Debug)]
-struct OwnedQemu {
-    child: Child,
-    keeper: Option<std::thread::JoinHandle<()>>,
-    release: Option<mpsc::Sender<()>>,
-}
-
-impl OwnedQemu {
-    fn spawn(mut cmd: Command) -> std::io::Result<OwnedQemu> {
-        let (tx, rx) = mpsc::channel();
-        let (release, released) = mpsc::channel::<()>();
-        let keeper = std::thread::Builder::new()
-            .name("qemu-keeper".into())
-            .spawn(move || {
-                // SAFETY: getpid(2) has no preconditions.
-                let parent = unsafe { libc::getpid() };
-                // SAFETY: the closure runs in the forked child before exec and calls only
-                // async-signal-safe functions (prctl, getppid, _exit).
-                unsafe {
-                    cmd.pre_exec(move || {
-                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        // The parent may have died before prctl took effect.
-                        if libc::getppid() != parent {
-                            libc::_exit(1);
-                        }
-                        Ok(())
-                    });
-                }
-                let spawned = cmd.spawn();
-                let ok = spawned.is_ok();
-                let _ = tx.send(spawned);
-                if ok {
-                    // Stay alive until the handle has reaped QEMU (or is gone).
-                    let _ = released.recv();
-                }
-            })?;
-        let child = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("qemu-keeper thread died"))??;
-        Ok(OwnedQemu {
-            child,
-            keeper: Some(keeper),
-            release: Some(release),
-        })
-    }
-
-    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
-        let _ = self.child.kill();
-        let status = self.child.wait().ok();
-        self.release_keeper();
-        status
-    }
-
-    fn release_keeper(&mut self) {
-        drop(self.release.take());
-        if let Some(k) = self.keeper.take() {
-            let _ = k.join();
-        }
-    }
-}
-
-impl Drop for OwnedQemu {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            tracing::debug!(pid = self.child.id(), "killing qemu on drop");
-        }
-        self.kill_and_reap();
-    }
 }
 
 impl QemuHypervisor {
@@ -364,7 +290,7 @@ impl Hypervisor for QemuHypervisor {
             .stderr(Stdio::from(log));
         tracing::debug!(?cmd, "starting qemu");
         let started = Instant::now();
-        let child = OwnedQemu::spawn(cmd).map_err(|source| HypervisorError::Spawn {
+        let child = OwnedChild::spawn(cmd, "qemu").map_err(|source| HypervisorError::Spawn {
             binary: binary.clone(),
             source,
         })?;

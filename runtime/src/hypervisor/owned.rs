@@ -1,0 +1,85 @@
+//! A hypervisor process owned by its handle: it never outlives the handle (killed and reaped
+//! on drop) nor this process (`PR_SET_PDEATHSIG`).
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::mpsc;
+
+/// The child and the thread that spawned it. PR_SET_PDEATHSIG fires when the *thread* that
+/// forked exits, so a dedicated thread forks the child and lives until it is reaped.
+#[derive(Debug)]
+pub(crate) struct OwnedChild {
+    pub(crate) child: Child,
+    what: &'static str,
+    keeper: Option<std::thread::JoinHandle<()>>,
+    release: Option<mpsc::Sender<()>>,
+}
+
+impl OwnedChild {
+    /// Spawns `cmd` (named `what` in logs) from a keeper thread.
+    pub(crate) fn spawn(mut cmd: Command, what: &'static str) -> std::io::Result<OwnedChild> {
+        let (tx, rx) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let keeper = std::thread::Builder::new()
+            .name(format!("{what}-keeper"))
+            .spawn(move || {
+                // SAFETY: getpid(2) has no preconditions.
+                let parent = unsafe { libc::getpid() };
+                // SAFETY: the closure runs in the forked child before exec and calls only
+                // async-signal-safe functions (prctl, getppid, _exit).
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        // The parent may have died before prctl took effect.
+                        if libc::getppid() != parent {
+                            libc::_exit(1);
+                        }
+                        Ok(())
+                    });
+                }
+                let spawned = cmd.spawn();
+                let ok = spawned.is_ok();
+                let _ = tx.send(spawned);
+                if ok {
+                    // Stay alive until the handle has reaped the child (or is gone).
+                    let _ = released.recv();
+                }
+            })?;
+        let child = rx
+            .recv()
+            .map_err(|_| std::io::Error::other(format!("{what}-keeper thread died")))??;
+        Ok(OwnedChild {
+            child,
+            what,
+            keeper: Some(keeper),
+            release: Some(release),
+        })
+    }
+
+    /// Kills and reaps the child; its exit status if it could be collected.
+    pub(crate) fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        self.release_keeper();
+        status
+    }
+
+    /// Lets the keeper thread end (call once the child is reaped).
+    pub(crate) fn release_keeper(&mut self) {
+        drop(self.release.take());
+        if let Some(k) = self.keeper.take() {
+            let _ = k.join();
+        }
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            tracing::debug!(pid = self.child.id(), what = self.what, "killing on drop");
+        }
+        self.kill_and_reap();
+    }
+}
