@@ -20,75 +20,13 @@ struct Artefacts {
     sleeping_initrd: Option<PathBuf>,
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn run_script(script: &str, args: &[&str]) -> PathBuf {
-    let out = Command::new(repo().join("guest-kernel").join(script))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed: {}",
-        out.status
-    );
-    let path = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(path.trim())
-}
-
-/// The hull-agent binary of this target dir, built with cargo when it is missing.
-fn agent_binary() -> PathBuf {
-    // .../target/debug/deps/vm_qemu-HASH -> .../target
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let target_dir = profile_dir.parent().unwrap();
-    // `cargo test --workspace` has built it already; `cargo build -p hull-agent` alone would
-    // resolve features differently and rebuild half the dependency tree (minutes in CI).
-    let built = profile_dir.join("hull-agent");
-    if built.is_file() {
-        return built;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "hull-agent", "--bin", "hull-agent"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(repo())
-        .status()
-        .expect("run cargo build -p hull-agent");
-    assert!(status.success(), "cargo build -p hull-agent failed");
-    profile_dir.join("hull-agent")
-}
+use hull_tests::{agent_binary, guest_script as run_script};
 
 fn artefacts() -> Option<&'static Artefacts> {
     static A: OnceLock<Option<Artefacts>> = OnceLock::new();
     A.get_or_init(|| {
-        if std::env::var_os("HULL_SKIP_VM_TESTS").is_some() {
-            eprintln!("skipped: HULL_SKIP_VM_TESTS is set");
-            return None;
-        }
-        let qemu = hull_runtime::hypervisor::detect::find_in_path(
-            "qemu-system-x86_64",
-            &std::env::var_os("PATH").unwrap_or_default(),
-        );
-        if qemu.is_none() || !Path::new("/usr/src/linux-source-6.1.tar.xz").exists() {
-            eprintln!("skipped: needs qemu-system-x86_64 and linux-source-6.1");
-            return None;
-        }
-        let t = Instant::now();
-        let kernel = run_script("build.sh", &[]);
-        eprintln!(
-            "guest kernel {} ready in {:?}",
-            kernel.display(),
-            t.elapsed()
-        );
-        let agent = agent_binary();
-        let initrd = run_script("initrd.sh", &[agent.to_str().unwrap()]);
+        let a = hull_tests::guest_artefacts()?;
+        let (kernel, initrd) = (a.kernel.clone(), a.initrd.clone());
         let sleeping_initrd = Path::new("/bin/busybox").exists().then(|| {
             let dir = tempfile::tempdir().unwrap();
             let init = dir.path().join("init");

@@ -326,7 +326,7 @@ pub fn repo_dir() -> PathBuf {
 }
 
 /// Run `guest-kernel/SCRIPT ARGS`, progress on our stderr; returns the path it prints.
-fn guest_script(script: &str, args: &[&str]) -> PathBuf {
+pub fn guest_script(script: &str, args: &[&str]) -> PathBuf {
     let out = Command::new(repo_dir().join("guest-kernel").join(script))
         .args(args)
         .stderr(Stdio::inherit())
@@ -342,7 +342,7 @@ fn guest_script(script: &str, args: &[&str]) -> PathBuf {
 
 /// This workspace's `hull-agent`: `bin("hull-agent")` when it is built, else built here
 /// with cargo into the test's own target dir.
-fn agent_binary() -> PathBuf {
+pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");

@@ -500,73 +500,13 @@ impl Drop for Containerd {
     }
 }
 
-/// The guest kernel and an initrd with this workspace's hull-agent, built (cached in
-/// ~/.cache/hull) by guest-kernel/; `None`, with a note, where vm tests cannot run.
+/// The guest kernel and an initrd with this workspace's hull-agent (built and cached by
+/// guest-kernel/); `None`, with a note, where vm tests cannot run.
 pub fn guest_files() -> Option<(PathBuf, PathBuf)> {
-    use std::sync::OnceLock;
-    static FILES: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
-    FILES
-        .get_or_init(|| {
-            if std::env::var_os("HULL_SKIP_VM_TESTS").is_some() {
-                eprintln!("SKIP: HULL_SKIP_VM_TESTS is set");
-                return None;
-            }
-            if Command::new("qemu-system-x86_64")
-                .arg("--version")
-                .output()
-                .is_err()
-                || !Path::new("/usr/src/linux-source-6.1.tar.xz").exists()
-            {
-                eprintln!("SKIP: vm tests need qemu-system-x86 and linux-source-6.1");
-                return None;
-            }
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-            let target = Path::new(env!("CARGO_BIN_EXE_containerd-shim-hull-v2"))
-                .parent()
-                .unwrap()
-                .to_path_buf();
-            let agent = target.join("hull-agent");
-            if !agent.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let ok = Command::new(cargo)
-                    .args(["build", "-p", "hull-agent", "--bin", "hull-agent"])
-                    .env("CARGO_TARGET_DIR", target.parent().unwrap())
-                    .current_dir(repo)
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(ok, "cargo build -p hull-agent failed");
-            }
-            let script = |name: &str, args: &[&str]| -> PathBuf {
-                let out = Command::new(repo.join("guest-kernel").join(name))
-                    .args(args)
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .unwrap_or_else(|e| panic!("run {name}: {e}"));
-                assert!(out.status.success(), "{name} failed: {}", out.status);
-                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-            };
-            let kernel = script("build.sh", &[]);
-            let initrd = script("initrd.sh", &[agent.to_str().unwrap()]);
-            Some((kernel, initrd))
-        })
-        .clone()
+    hull_tests::guest_artefacts().map(|a| (a.kernel.clone(), a.initrd.clone()))
 }
 
 /// Host processes whose command line mentions `needle` (a VM left behind shows up here).
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == std::process::id() as i32 {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(needle) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    hull_tests::processes_mentioning(needle)
 }
