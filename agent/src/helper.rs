@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -88,9 +89,200 @@ impl Job {
     }
 }
 
+/// A single-threaded copy of the agent, forked before the agent starts any thread, that
+/// forks one helper per job: a fork of a one-thread process is as safe as a fresh exec, and
+/// costs no exec (starting the agent binary anew takes ~0.25 s under TCG).
+struct Zygote {
+    sock: OwnedFd,
+}
+
+static ZYGOTE: Mutex<Option<Zygote>> = Mutex::new(None);
+
+/// Forks the zygote. Call while this process has one thread; without it (an error here),
+/// jobs re-execute the agent binary.
+pub fn start_zygote() -> std::io::Result<()> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (agent_end, zygote_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: the caller guarantees one thread, so the child may run ordinary code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(agent_end);
+            zygote_main(zygote_end)
+        }
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(zygote_end);
+            *ZYGOTE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Zygote { sock: agent_end });
+            Ok(())
+        }
+    }
+}
+
+/// The zygote: one job per message (arguments NUL-separated, stdio as SCM_RIGHTS), one
+/// forked helper per job, the helper's answer sent back. Ends when the agent goes.
+fn zygote_main(sock: OwnedFd) -> ! {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    // SAFETY: renames this process, nothing else.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"hull-zygote".as_ptr()) };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (n, fds) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+            let msg = match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => std::process::exit(0),
+            };
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(list) = c {
+                        // SAFETY: the kernel just installed these fds for us.
+                        fds.extend(
+                            list.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+            }
+            (msg.bytes, fds)
+        };
+        if n == 0 {
+            std::process::exit(0);
+        }
+        let args: Vec<String> = String::from_utf8_lossy(&buf[..n])
+            .split('\0')
+            .map(str::to_string)
+            .collect();
+        let answer = zygote_job(&args, fds);
+        let _ = nix::unistd::write(&sock, answer.as_bytes());
+    }
+}
+
+/// Forks the helper for one job and collects its answer ("ok PID" or "err MESSAGE").
+fn zygote_job(args: &[String], fds: Vec<OwnedFd>) -> String {
+    use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+    // One message, not a stream read to EOF: the container's init, cloned by the helper,
+    // holds the helper's end until it execs (after `start`).
+    let (r, w) = match socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    ) {
+        Ok(p) => p,
+        Err(e) => return format!("err socketpair: {e}"),
+    };
+    // SAFETY: the zygote has one thread.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => format!("err fork the helper: {e}"),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(r);
+            let mut args = args.to_vec();
+            if fds.len() == 3 {
+                // The helper takes its stdio at 3, 4, 5, as after an exec.
+                let high: Vec<RawFd> = fds
+                    .iter()
+                    // SAFETY: F_DUPFD_CLOEXEC on fds we own.
+                    .map(|f| unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) })
+                    .collect();
+                for (i, h) in high.iter().enumerate() {
+                    // SAFETY: dup2 from fds we own onto 3..5, whose previous holders (if
+                    // any) we no longer need.
+                    unsafe { libc::dup2(*h, 3 + i as RawFd) };
+                }
+            } else if let Some(last) = args.last_mut() {
+                *last = "nostdio".into();
+            }
+            let answer = match helper(&args) {
+                Ok(pid) => format!("ok {pid}"),
+                Err(e) => format!("err {e}"),
+            };
+            let _ = nix::unistd::write(&w, answer.as_bytes());
+            // SAFETY: leave without running the zygote's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(w);
+            drop(fds);
+            // The helper writes its answer, then exits.
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut buf = vec![0u8; 64 * 1024];
+            match recv(r.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) if n > 0 => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                _ => "err the libcontainer helper died".into(),
+            }
+        }
+    }
+}
+
+/// Runs `job` through the zygote; `None` if there is none (or it is gone).
+fn run_in_zygote(job: &Job, stdio: &Option<ChildStdio>) -> Option<Result<i32, String>> {
+    use nix::sys::socket::{send, sendmsg, ControlMessage, MsgFlags};
+    let mut guard = ZYGOTE.lock().unwrap_or_else(|e| e.into_inner());
+    let z = guard.as_ref()?;
+    let mut args = job.to_args();
+    args.push(if stdio.is_some() { "stdio" } else { "nostdio" }.into());
+    let msg = args.join("\0");
+    let fds: Vec<RawFd> = stdio
+        .as_ref()
+        .map(|s| {
+            vec![
+                s.stdin.as_raw_fd(),
+                s.stdout.as_raw_fd(),
+                s.stderr.as_raw_fd(),
+            ]
+        })
+        .unwrap_or_default();
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let sent = sendmsg::<()>(
+        z.sock.as_raw_fd(),
+        &[std::io::IoSlice::new(msg.as_bytes())],
+        cmsgs,
+        MsgFlags::empty(),
+        None,
+    );
+    let mut buf = vec![0u8; 64 * 1024];
+    let got = sent.and_then(|_| nix::unistd::read(z.sock.as_raw_fd(), &mut buf));
+    match got {
+        Ok(n) if n > 0 => {
+            let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            Some(match answer.split_once(' ') {
+                Some(("ok", pid)) => pid
+                    .trim()
+                    .parse()
+                    .map_err(|_| "libcontainer helper printed no pid".to_string()),
+                Some(("err", e)) => Err(e.to_string()),
+                _ => Err(format!("libcontainer helper: {answer}")),
+            })
+        }
+        _ => {
+            // The zygote is gone: from now on, re-execute the agent.
+            tracing::warn!("the zygote is gone; helpers re-execute the agent");
+            let _ = send(z.sock.as_raw_fd(), b"", MsgFlags::empty());
+            *guard = None;
+            None
+        }
+    }
+}
+
 /// In the agent: runs `job` in a helper process and returns the new process's pid, or the
 /// helper's error message. Call under the reaper's fork guard.
 pub fn run(job: &Job, stdio: Option<ChildStdio>) -> Result<i32, String> {
+    if let Some(r) = run_in_zygote(job, &stdio) {
+        return r;
+    }
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(HELPER_ARG)
         .args(job.to_args())

@@ -74,6 +74,10 @@ fn main() -> anyhow::Result<()> {
         let n = init::load_modules().context("kernel modules")?;
         tracing::info!(modules = n, "guest set up");
     }
+    // Before any thread: the zygote must be a one-thread copy of this process.
+    if let Err(e) = hull_agent::helper::start_zygote() {
+        tracing::warn!("no zygote ({e}): helpers re-execute the agent");
+    }
     if !is_init {
         init::become_subreaper().context("become child subreaper")?;
     }
