@@ -398,12 +398,16 @@ impl Containerd {
 
     /// Mount points under this containerd's dirs.
     pub fn mounts(&self) -> Vec<String> {
-        let prefix = self.dir.display().to_string();
+        // Under the test dir (rootfs mounts) and under hull's state root (a vm pod's shares).
+        let prefixes = [
+            self.dir.display().to_string(),
+            format!("{}/", self.hull_root.display()),
+        ];
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&prefix))
+            .filter(|m| prefixes.iter().any(|p| m.starts_with(p.as_str())))
             .collect()
     }
 
