@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::error::{HypervisorError, Result};
-use super::owned::OwnedChild;
+use super::owned::{self, OwnedChild};
 use super::{detect, AgentChannel, BootedVm, DeviceConfig, Hypervisor, VmConfig};
 use crate::agent_client::AgentClient;
 
@@ -251,23 +251,12 @@ impl BuiltinHypervisor {
 
     /// The kernel command line (hull-vmm appends `virtio_mmio.device=...` for its devices).
     pub fn kernel_cmdline(&self) -> String {
-        let mut c = vec![
-            "console=ttyS0".to_string(),
-            "quiet".into(),
-            // A panic resets at once; the i8042 reset (reboot=k) ends hull-vmm.
-            "panic=-1".into(),
-            "reboot=k".into(),
-            "cryptomgr.notests".into(),
-            "pci=off".into(),
-            "8250.nr_uarts=1".into(),
-            "rdinit=/init".into(),
-            // Reaches /init's environment: the agent reads its --listen from it.
-            format!("HULL_AGENT_LISTEN=vsock://{AGENT_VSOCK_PORT}"),
-        ];
-        if !self.config.extra_cmdline.is_empty() {
-            c.push(self.config.extra_cmdline.clone());
-        }
-        c.join(" ")
+        super::guest_cmdline(
+            "k",
+            &format!("vsock://{AGENT_VSOCK_PORT}"),
+            None,
+            &self.config.extra_cmdline,
+        )
     }
 
     /// The full hull-vmm command line (without the binary).
@@ -352,17 +341,7 @@ impl BuiltinHypervisor {
     }
 
     fn boot_failure_reason(&self) -> String {
-        let last_line = |p: &Path| {
-            std::fs::read_to_string(p).ok().and_then(|t| {
-                t.lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-            })
-        };
-        last_line(&self.vmm_log())
-            .or_else(|| last_line(&self.console_log()).map(|l| format!("guest: {l}")))
-            .unwrap_or_else(|| "no output".into())
+        owned::boot_failure_reason(&self.vmm_log(), &self.console_log())
     }
 
     fn remove_sockets(&self) {
@@ -373,18 +352,11 @@ impl BuiltinHypervisor {
 
     /// Waits up to `bound` for hull-vmm to exit on its own; records the status.
     fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + bound;
-        loop {
-            let c = self.child.as_mut()?;
-            if let Ok(Some(s)) = c.child.try_wait() {
-                self.exit = Some(s);
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let s = self.child.as_mut()?.wait_exit_for(bound);
+        if s.is_some() {
+            self.exit = s;
         }
+        s
     }
 
     /// Asks the guest agent, on a connection of its own, to power the guest off.
@@ -616,29 +588,12 @@ impl Hypervisor for BuiltinHypervisor {
     }
 
     fn check_running(&mut self) -> Result<()> {
-        let status = match self.child.as_mut() {
-            None if self.stopped => "stopped".to_string(),
-            None => match self.exit {
-                Some(s) => format!("hull-vmm exited: {s}"),
-                None => "not booted".to_string(),
+        owned::running_status(&mut self.child, &mut self.exit, self.stopped, "hull-vmm").map_err(
+            |status| HypervisorError::NotRunning {
+                status,
+                console_log: self.console_log(),
             },
-            Some(c) => match c.child.try_wait() {
-                Ok(None) => return Ok(()),
-                Ok(Some(s)) => {
-                    self.exit = Some(s);
-                    if let Some(mut c) = self.child.take() {
-                        c.release_keeper();
-                    }
-                    tracing::warn!(vm = %self.vm_id(), status = %s, "hull-vmm exited under a running vm");
-                    format!("hull-vmm exited: {s}")
-                }
-                Err(e) => format!("hull-vmm state unknown: {e}"),
-            },
-        };
-        Err(HypervisorError::NotRunning {
-            status,
-            console_log: self.console_log(),
-        })
+        )
     }
 
     fn agent_channel(&self) -> AgentChannel {

@@ -149,6 +149,38 @@ pub trait Hypervisor: Send {
     fn pid(&self) -> Option<u32>;
 }
 
+/// The guest kernel's command line, the same for every backend but for how a reboot ends
+/// the VM (`reboot`: `t` where QEMU's -no-reboot turns the triple fault into an exit, `k`
+/// where hull-vmm ends on the i8042 reset), where the agent listens, and the host's TSC
+/// frequency when known (saves the guest its calibration).
+pub(crate) fn guest_cmdline(
+    reboot: &str,
+    agent_listen: &str,
+    tsc_khz: Option<u64>,
+    extra: &str,
+) -> String {
+    let mut c = vec![
+        "console=ttyS0".to_string(),
+        "quiet".into(),
+        // A panic resets at once, which ends the VM.
+        "panic=-1".into(),
+        format!("reboot={reboot}"),
+        "cryptomgr.notests".into(),
+        "pci=off".into(),
+        "8250.nr_uarts=1".into(),
+        "rdinit=/init".into(),
+        // Reaches /init's environment: the agent reads its --listen from it.
+        format!("HULL_AGENT_LISTEN={agent_listen}"),
+    ];
+    if let Some(khz) = tsc_khz {
+        c.push(format!("tsc_early_khz={khz}"));
+    }
+    if !extra.is_empty() {
+        c.push(extra.to_string());
+    }
+    c.join(" ")
+}
+
 /// Which backend runs a sandbox's VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -2,8 +2,10 @@
 //! on drop) nor this process (`PR_SET_PDEATHSIG`).
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// The child and the thread that spawned it. PR_SET_PDEATHSIG fires when the *thread* that
 /// forked exits, so a dedicated thread forks the child and lives until it is reaped.
@@ -66,6 +68,20 @@ impl OwnedChild {
         status
     }
 
+    /// Waits up to `bound` for the child to exit on its own.
+    pub(crate) fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Lets the keeper thread end (call once the child is reaped).
     pub(crate) fn release_keeper(&mut self) {
         drop(self.release.take());
@@ -82,4 +98,50 @@ impl Drop for OwnedChild {
         }
         self.kill_and_reap();
     }
+}
+
+/// The state of a backend's hypervisor process (`what`: "qemu", "hull-vmm"), as
+/// `Hypervisor::check_running` reports it: `Ok` while it runs, else why not. A process found
+/// dead is recorded in `exit` and its handle dropped.
+pub(crate) fn running_status(
+    child: &mut Option<OwnedChild>,
+    exit: &mut Option<ExitStatus>,
+    stopped: bool,
+    what: &str,
+) -> Result<(), String> {
+    let Some(c) = child.as_mut() else {
+        return Err(match (stopped, exit) {
+            (true, _) => "stopped".to_string(),
+            (false, Some(s)) => format!("{what} exited: {s}"),
+            (false, None) => "not booted".to_string(),
+        });
+    };
+    match c.child.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(s)) => {
+            *exit = Some(s);
+            if let Some(mut c) = child.take() {
+                c.release_keeper();
+            }
+            tracing::warn!(status = %s, "{what} exited under a running vm");
+            Err(format!("{what} exited: {s}"))
+        }
+        Err(e) => Err(format!("{what} state unknown: {e}")),
+    }
+}
+
+/// Why a boot failed: the last line the hypervisor printed to `own_log`, else the guest's
+/// last console line.
+pub(crate) fn boot_failure_reason(own_log: &Path, console_log: &Path) -> String {
+    let last_line = |p: &Path| {
+        std::fs::read_to_string(p).ok().and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+    };
+    last_line(own_log)
+        .or_else(|| last_line(console_log).map(|l| format!("guest: {l}")))
+        .unwrap_or_else(|| "no output".into())
 }

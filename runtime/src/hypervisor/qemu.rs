@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::error::{HypervisorError, Result};
-use super::owned::OwnedChild;
+use super::owned::{self, OwnedChild};
 use super::{qmp, Accel, AgentChannel, BootedVm, DeviceConfig, Hypervisor, VmConfig};
 use crate::agent_client::{AgentClient, AgentClientError};
 
@@ -105,25 +105,12 @@ impl QemuHypervisor {
 
     /// The kernel command line (QEMU appends `virtio_mmio.device=...` to it).
     pub fn kernel_cmdline(&self) -> String {
-        let mut c = vec![
-            "console=ttyS0".to_string(),
-            "quiet".into(),
-            "panic=-1".into(),
-            "reboot=t".into(),
-            "cryptomgr.notests".into(),
-            "pci=off".into(),
-            "8250.nr_uarts=1".into(),
-            "rdinit=/init".into(),
-            // Reaches /init's environment: the agent reads its --listen from it.
-            format!("HULL_AGENT_LISTEN=serial:{GUEST_AGENT_PORT}"),
-        ];
-        if let Some(khz) = host_tsc_khz() {
-            c.push(format!("tsc_early_khz={khz}"));
-        }
-        if !self.config.extra_cmdline.is_empty() {
-            c.push(self.config.extra_cmdline.clone());
-        }
-        c.join(" ")
+        super::guest_cmdline(
+            "t",
+            &format!("serial:{GUEST_AGENT_PORT}"),
+            host_tsc_khz(),
+            &self.config.extra_cmdline,
+        )
     }
 
     /// The full QEMU command line.
@@ -230,17 +217,7 @@ impl QemuHypervisor {
     }
 
     fn boot_failure_reason(&self) -> String {
-        let last_line = |p: &Path| {
-            std::fs::read_to_string(p).ok().and_then(|t| {
-                t.lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-            })
-        };
-        last_line(&self.qemu_log())
-            .or_else(|| last_line(&self.console_log()).map(|l| format!("guest: {l}")))
-            .unwrap_or_else(|| "no output".into())
+        owned::boot_failure_reason(&self.qemu_log(), &self.console_log())
     }
 
     fn remove_sockets(&self) {
@@ -432,29 +409,12 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn check_running(&mut self) -> Result<()> {
-        let status = match self.child.as_mut() {
-            None if self.stopped => "stopped".to_string(),
-            None => match self.exit {
-                Some(s) => format!("qemu exited: {s}"),
-                None => "not booted".to_string(),
+        owned::running_status(&mut self.child, &mut self.exit, self.stopped, "qemu").map_err(
+            |status| HypervisorError::NotRunning {
+                status,
+                console_log: self.console_log(),
             },
-            Some(c) => match c.child.try_wait() {
-                Ok(None) => return Ok(()),
-                Ok(Some(s)) => {
-                    self.exit = Some(s);
-                    if let Some(mut c) = self.child.take() {
-                        c.release_keeper();
-                    }
-                    tracing::warn!(status = %s, "qemu exited under a running vm");
-                    format!("qemu exited: {s}")
-                }
-                Err(e) => format!("qemu state unknown: {e}"),
-            },
-        };
-        Err(HypervisorError::NotRunning {
-            status,
-            console_log: self.console_log(),
-        })
+        )
     }
 
     fn agent_channel(&self) -> AgentChannel {
@@ -473,18 +433,11 @@ impl Hypervisor for QemuHypervisor {
 impl QemuHypervisor {
     /// Waits up to `bound` for QEMU to exit on its own; records the status.
     fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + bound;
-        loop {
-            let c = self.child.as_mut()?;
-            if let Ok(Some(s)) = c.child.try_wait() {
-                self.exit = Some(s);
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let s = self.child.as_mut()?.wait_exit_for(bound);
+        if s.is_some() {
+            self.exit = s;
         }
+        s
     }
 }
 
