@@ -8,23 +8,21 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// The config file read when containerd names none.
-pub const DEFAULT_CONFIG: &str = "/etc/hull/config.toml";
+pub use hull_runtime::config::{DEFAULT_CONFIG, ISOLATION_ANNOTATION};
+
 /// The state root when the config names none (the namespace is appended).
 pub const DEFAULT_ROOT: &str = "/run/hull/containerd";
-/// OCI annotation choosing the isolation of one container's pod.
-pub const ISOLATION_ANNOTATION: &str = "io.hull.isolation";
 
-/// The parts of hull's config file the shim uses; other keys are left to other readers.
+/// The parts of hull's config file the shim uses: the runtime's (isolation, `[vm]`) and
+/// its own `[shim]` table; other keys are left to other readers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct HullConfig {
-    /// `host` or `vm`.
-    pub isolation: Option<String>,
+    /// `isolation` and `[vm]`, as the runtime library reads them.
+    #[serde(flatten)]
+    pub runtime: hull_runtime::config::HullConfig,
     /// Shim settings.
     pub shim: ShimSection,
-    /// How vm-isolated pods get their VM (read by the runtime library).
-    pub vm: hull_runtime::config::VmSection,
 }
 
 /// `[shim]` table.
@@ -35,28 +33,6 @@ pub struct ShimSection {
     pub root: Option<PathBuf>,
     /// Let systemd manage the containers' cgroups.
     pub systemd_cgroup: bool,
-}
-
-/// The isolation a pod runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    /// Host kernel (namespaces, cgroups).
-    Host,
-    /// A VM per pod.
-    Vm,
-}
-
-impl Isolation {
-    /// Parse `host` / `vm`; `what` names where the value came from.
-    pub fn parse(s: &str, what: &str) -> Result<Self> {
-        match s {
-            "host" => Ok(Isolation::Host),
-            "vm" => Ok(Isolation::Vm),
-            other => Err(Error::InvalidArgument(format!(
-                "{what}: isolation {other:?} is not one of \"host\", \"vm\""
-            ))),
-        }
-    }
 }
 
 impl HullConfig {
@@ -207,7 +183,7 @@ mod tests {
     fn parses_sections() {
         let c: HullConfig =
             toml::from_str("isolation = \"host\"\nother = 1\n[shim]\nroot = \"/r\"\n").unwrap();
-        assert_eq!(c.isolation.as_deref(), Some("host"));
+        assert_eq!(c.runtime.isolation.as_deref(), Some("host"));
         assert_eq!(c.root("ns"), PathBuf::from("/r/ns"));
     }
 }

@@ -23,7 +23,7 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use tracing::{info, warn};
 
-use crate::config::{HullConfig, Isolation, ISOLATION_ANNOTATION};
+use crate::config::{HullConfig, ISOLATION_ANNOTATION};
 use crate::error::{Error, Result};
 use crate::events::{now, Publisher, Timestamp};
 use crate::io::{self, IoPaths, IoState};
@@ -31,6 +31,7 @@ use crate::metrics::{self, CgroupMode};
 use crate::reaper::Reaper;
 use crate::rootfs;
 use crate::spawn::{self, HostTarget, Request};
+use hull_runtime::config::Isolation;
 
 /// The sandbox every container of this shim's pod runs in.
 type DynSandbox = Arc<dyn Sandbox + Send + Sync>;
@@ -198,13 +199,9 @@ impl Service {
     /// The pod's sandbox: the first container (the pod's sandbox container under CRI)
     /// chooses it from its config; later containers join it.
     fn pod_for(&self, id: &str, bundle: &Path, config: &HullConfig) -> Result<PodRef> {
-        let isolation = match annotation(bundle, ISOLATION_ANNOTATION) {
-            Some(v) => Isolation::parse(&v, &format!("annotation {ISOLATION_ANNOTATION}"))?,
-            None => match &config.isolation {
-                Some(v) => Isolation::parse(v, "config")?,
-                None => Isolation::Host,
-            },
-        };
+        let isolation = config
+            .runtime
+            .isolation_for(annotation(bundle, ISOLATION_ANNOTATION).as_deref())?;
         let mut pod = lock(&self.inner.pod);
         if let Some(p) = pod.as_ref() {
             return Ok(PodRef {
@@ -216,7 +213,7 @@ impl Service {
         }
         let root = config.root(&self.inner.namespace);
         if isolation == Isolation::Vm {
-            let vm = VmSandbox::new(&root, id, config.vm.clone());
+            let vm = VmSandbox::new(&root, id, config.runtime.vm.clone());
             let vm_dir = vm.vm_dir().to_path_buf();
             info!(container = %id, dir = %vm_dir.display(), "pod sandbox: vm");
             let sandbox: DynSandbox = Arc::new(vm);
