@@ -399,3 +399,50 @@ pub fn guest_artefacts() -> Option<&'static GuestArtefacts> {
     }
     a.as_ref()
 }
+
+/// Starts `cmd` on a fresh pty of its own: stdin, stdout and stderr on the pty, which is the
+/// controlling terminal of its new session (what `-t` of ctr, docker and hull wants).
+/// Returns the child and the pty master (reads EIO once every holder of the pty is gone).
+pub fn spawn_on_pty(mut cmd: Command) -> (std::process::Child, std::fs::File) {
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session, and the
+    // pty on fd 0 as its controlling terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn on a pty");
+    // Our copies of the slave go with `cmd`.
+    drop(cmd);
+    (child, std::fs::File::from(pty.master))
+}
+
+/// Runs `cmd` on a pty of its own (see [`spawn_on_pty`]) to its end: its exit status and
+/// everything it wrote to the terminal.
+pub fn output_on_pty(cmd: Command) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let (mut child, mut master) = spawn_on_pty(cmd);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    let status = child.wait().expect("wait");
+    let out = reader.join().unwrap();
+    (status, String::from_utf8_lossy(&out).into_owned())
+}

@@ -398,9 +398,6 @@ fn docker_runtime_hull_vm_runs_containers_in_microvms() {
 /// `docker ARGS IMAGE_ARGS` with a pty of its own as stdin/stdout (what `-t` wants):
 /// exit code and all it printed.
 fn tty_output(d: &Dockerd, args: &[&str], image_args: &[&str]) -> (Option<i32>, String) {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let pty = nix::pty::openpty(None, None).unwrap();
     let mut c = Command::new("timeout");
     c.args(["-s", "KILL", "120", "/usr/bin/docker", "-H"])
         .arg(format!(
@@ -408,35 +405,7 @@ fn tty_output(d: &Dockerd, args: &[&str], image_args: &[&str]) -> (Option<i32>, 
             d.dir.path().join("docker.sock").display()
         ))
         .args(args)
-        .args(image_args)
-        .stdin(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(std::process::Stdio::from(pty.slave));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = c.spawn().unwrap();
-    drop(c);
-    let mut master = std::fs::File::from(pty.master);
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        out
-    });
-    let status = child.wait().unwrap();
-    let out = reader.join().unwrap();
-    (status.code(), String::from_utf8_lossy(&out).into_owned())
+        .args(image_args);
+    let (status, out) = output_on_pty(c);
+    (status.code(), out)
 }

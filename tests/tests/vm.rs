@@ -249,8 +249,6 @@ fn stdin_reaches_the_container_and_stdout_and_stderr_stay_apart() {
 
 #[test]
 fn a_terminal_run_gets_a_pty_in_the_guest() {
-    use std::os::unix::process::CommandExt;
-
     let Some(c) = Configs::new() else { return };
     let (h, _cleanup) = hull();
     let b = Bundle::with(
@@ -260,29 +258,12 @@ fn a_terminal_run_gets_a_pty_in_the_guest() {
     let id = unique_id("vmtty");
     // hull runs under a pty of ours, as from an interactive shell: its own session with the
     // pty as controlling terminal.
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let mut cmd = hull_cmd(
+    let cmd = hull_cmd(
         &h,
         &c.vm,
         &["run", "--bundle", b.path().to_str().unwrap(), &id],
     );
-    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    // Our copies of the slave go with `cmd`: the master reads EIO once hull is gone.
-    drop(cmd);
-    let mut master = std::fs::File::from(pty.master);
+    let (mut child, mut master) = spawn_on_pty(cmd);
     let mut writer = master.try_clone().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {

@@ -251,46 +251,12 @@ impl Containerd {
     /// `ctr ARGS` on a fresh pty of its own (its controlling terminal, as `ctr -t` needs),
     /// bounded to 30 s: exit code and everything it wrote to the terminal.
     pub fn ctr_tty(&self, args: &[&str]) -> Run {
-        use std::io::Read;
-        use std::os::unix::process::CommandExt;
-
-        let pty = nix::pty::openpty(None, None).expect("openpty");
         let mut cmd = self.base(30);
-        cmd.args(args)
-            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave));
-        // SAFETY: only async-signal-safe calls between fork and exec: a new session, and
-        // the pty on fd 0 as its controlling terminal.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn ctr");
-        // Our copies of the slave go with `cmd`: the master reads EIO once ctr is gone.
-        drop(cmd);
-        let mut master = std::fs::File::from(pty.master);
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = master.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&buf[..n]);
-            }
-            out
-        });
-        let status = child.wait().expect("wait ctr");
-        let out = reader.join().unwrap();
+        cmd.args(args);
+        let (status, out) = hull_tests::output_on_pty(cmd);
         Run {
             code: status.code().unwrap_or(-1),
-            out: String::from_utf8_lossy(&out).into_owned(),
+            out,
             err: String::new(),
         }
     }
