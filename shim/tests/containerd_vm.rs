@@ -13,12 +13,7 @@ fn vm_config(c: &Containerd, isolation: &str) -> Option<PathBuf> {
     let path = c.dir.join(format!("hull-{isolation}.toml"));
     std::fs::write(
         &path,
-        format!(
-            "isolation = \"{isolation}\"\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
-             kernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_s = 120\n",
-            kernel.display(),
-            initrd.display()
-        ),
+        hull_tests::vm_config_text(isolation, &kernel, &initrd),
     )
     .unwrap();
     Some(path)

@@ -56,11 +56,9 @@ fn cri_pod_in_a_vm_with_the_hull_vm_handler() {
     std::fs::write(
         c.dir.join("hull-vm.toml"),
         format!(
-            "isolation = \"vm\"\n[shim]\nroot = \"{}/hull-root\"\n[vm]\nhypervisor = \"qemu\"\n\
-             accel = \"tcg\"\nkernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_s = 120\n",
-            c.dir.display(),
-            kernel.display(),
-            initrd.display()
+            "{}[shim]\nroot = \"{}/hull-root\"\n",
+            hull_tests::vm_config_text("vm", &kernel, &initrd),
+            c.dir.display()
         ),
     )
     .unwrap();

@@ -446,3 +446,15 @@ pub fn output_on_pty(cmd: Command) -> (std::process::ExitStatus, String) {
     let out = reader.join().unwrap();
     (status, String::from_utf8_lossy(&out).into_owned())
 }
+
+/// A hull config choosing `isolation`, with a `[vm]` table for QEMU under TCG booting
+/// `kernel` and `initrd` (the build machines have no hardware virtualization and are
+/// shared, hence the long boot timeout). Tables may be appended.
+pub fn vm_config_text(isolation: &str, kernel: &Path, initrd: &Path) -> String {
+    format!(
+        "isolation = {isolation:?}\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
+         kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\n",
+        kernel.to_str().unwrap(),
+        initrd.to_str().unwrap()
+    )
+}

@@ -197,16 +197,7 @@ fn docker_run_exec_stop_with_runtime_hull() {
 fn vm_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let a = guest_artefacts()?;
     let path = dir.join("vm.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
-             kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\n",
-            a.kernel.to_str().unwrap(),
-            a.initrd.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
     Some(path)
 }
 

@@ -144,16 +144,7 @@ fn podman_vm_isolation_through_the_sandbox_server() {
     let Some(a) = guest_artefacts() else { return };
     let mut p = Podman::new();
     let cfg = p.dir.path().join("vm.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
-             kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\n",
-            a.kernel.to_str().unwrap(),
-            a.initrd.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
     p.flags.push(format!("config={}", cfg.display()));
     import_busybox(&p);
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();

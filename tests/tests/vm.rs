@@ -34,8 +34,8 @@ impl Configs {
             .unwrap();
         let vm = dir.path().join("vm.toml");
         let host = dir.path().join("host.toml");
-        std::fs::write(&vm, config_text("vm", &a.kernel, &a.initrd)).unwrap();
-        std::fs::write(&host, config_text("host", &a.kernel, &a.initrd)).unwrap();
+        std::fs::write(&vm, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
+        std::fs::write(&host, vm_config_text("host", &a.kernel, &a.initrd)).unwrap();
         Some(Self { dir, vm, host })
     }
 
@@ -45,17 +45,6 @@ impl Configs {
         std::fs::write(&p, text).unwrap();
         p
     }
-}
-
-/// A config choosing `isolation`, with a `[vm]` table for QEMU under TCG (the build
-/// machines have no hardware virtualization and are shared, hence the long boot timeout).
-fn config_text(isolation: &str, kernel: &Path, initrd: &Path) -> String {
-    format!(
-        "isolation = {isolation:?}\n[vm]\nhypervisor = \"qemu\"\naccel = \"tcg\"\n\
-         kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\n",
-        kernel.to_str().unwrap(),
-        initrd.to_str().unwrap()
-    )
 }
 
 /// `hull --root ROOT --config CFG VERB...` with stdin from /dev/null.
@@ -374,7 +363,7 @@ fn a_missing_kernel_or_a_bad_isolation_fails_with_one_line_and_leaves_nothing() 
     let (h, _cleanup) = hull();
     let missing = c.write(
         "missing.toml",
-        &config_text("vm", Path::new("/nonexistent/vmlinux"), &a.initrd),
+        &vm_config_text("vm", Path::new("/nonexistent/vmlinux"), &a.initrd),
     );
     fails_with(
         &run(&h, &missing, &b, &unique_id("nokernel")),
@@ -383,7 +372,7 @@ fn a_missing_kernel_or_a_bad_isolation_fails_with_one_line_and_leaves_nothing() 
     nothing_left(&h);
 
     // An isolation that does not exist.
-    let kata = c.write("kata.toml", &config_text("kata", &a.kernel, &a.initrd));
+    let kata = c.write("kata.toml", &vm_config_text("kata", &a.kernel, &a.initrd));
     fails_with(&run(&h, &kata, &b, &unique_id("kata")), &["kata"]);
     nothing_left(&h);
 
@@ -405,7 +394,7 @@ fn a_kernel_that_is_not_a_kernel_fails_with_one_line_and_leaves_nothing() {
     let b = Bundle::new(&["true"]);
     let (h, _cleanup) = hull();
     let text = c.write("vmlinux.txt", "this is not a kernel\n");
-    let notkernel = c.write("notkernel.toml", &config_text("vm", &text, &a.initrd));
+    let notkernel = c.write("notkernel.toml", &vm_config_text("vm", &text, &a.initrd));
     let out = run(&h, &notkernel, &b, &unique_id("txtkernel"));
     fails_with(&out, &["boot the pod's vm"]);
     nothing_left(&h);
