@@ -68,13 +68,21 @@ pub fn main() -> ExitCode {
 /// Run one verb; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
     let sandbox = HostSandbox::new(&cli.root, cli.systemd_cgroup);
+    // Whether a foreground `run` on the host wants a terminal (read once with the spec).
+    let mut terminal = false;
     match &cli.command {
         Command::Create(a) | Command::Run { create: a, .. } => {
             let detach = match &cli.command {
                 Command::Run { detach, .. } => *detach,
                 _ => true,
             };
-            if isolation_of(cli.config.as_deref(), &a.bundle)? == Isolation::Vm {
+            let (isolation, cfg, spec) = isolation_of(cli.config.as_deref(), &a.bundle)?;
+            terminal = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false);
+            if isolation == Isolation::Vm {
                 if detach {
                     create_vm_detached(&cli, a)?;
                     if matches!(&cli.command, Command::Run { .. }) {
@@ -87,7 +95,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     return Ok(0);
                 }
                 let keep = matches!(&cli.command, Command::Run { keep: true, .. });
-                return run_vm_container(&cli, a, keep);
+                return run_vm_container(&cli, a, keep, cfg, terminal);
             }
         }
         Command::SandboxServer {
@@ -145,7 +153,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             detach,
             keep,
             create,
-        } => run_container(&sandbox, &create, detach, keep),
+        } => run_container(&sandbox, &create, detach, keep, terminal),
         Command::List { format, quiet } => list(&sandbox, format, quiet),
         Command::Spec { rootless, bundle } => {
             let path = bundle.join("config.json");
@@ -217,8 +225,8 @@ fn run_on(
 /// wait until it has created the container (or failed, with its reason).
 fn create_vm_detached(cli: &Cli, a: &CreateArgs) -> Result<()> {
     use std::os::unix::process::CommandExt;
+    // The bundle's spec was read and checked by `isolation_of`.
     crate::sandbox::host::validate_id(&a.id)?;
-    load_bundle_spec(&a.bundle)?;
     let dir = cli.root.join(&a.id);
     std::fs::create_dir_all(&cli.root).map_err(|e| Error::io(&cli.root, e))?;
     match std::fs::create_dir(&dir) {
@@ -285,27 +293,30 @@ fn create_vm_detached(cli: &Cli, a: &CreateArgs) -> Result<()> {
     }
 }
 
-/// The isolation a bundle asks for: its annotation, else the config, else host.
-fn isolation_of(config: Option<&Path>, bundle: &Path) -> Result<Isolation> {
+/// The isolation a bundle asks for (its annotation, else the config, else host), with the
+/// config and the bundle's spec it was read from.
+fn isolation_of(
+    config: Option<&Path>,
+    bundle: &Path,
+) -> Result<(Isolation, HullConfig, oci_spec::runtime::Spec)> {
     let spec = load_bundle_spec(bundle)?;
     let annotation = spec
         .annotations()
         .as_ref()
         .and_then(|a| a.get(ISOLATION_ANNOTATION).cloned());
-    // Without an annotation, a config file is read only when it can matter.
     let (cfg, _) = HullConfig::load_or_default(config)?;
-    cfg.isolation_for(annotation.as_deref())
+    let isolation = cfg.isolation_for(annotation.as_deref())?;
+    Ok((isolation, cfg, spec))
 }
 
 /// `hull run` in vm mode: this process owns the pod's VM for the container's lifetime.
-fn run_vm_container(cli: &Cli, a: &CreateArgs, keep: bool) -> Result<i32> {
-    let (cfg, _) = HullConfig::load_or_default(cli.config.as_deref())?;
-    let spec = load_bundle_spec(&a.bundle)?;
-    let terminal = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+fn run_vm_container(
+    cli: &Cli,
+    a: &CreateArgs,
+    keep: bool,
+    cfg: HullConfig,
+    terminal: bool,
+) -> Result<i32> {
     // The VM's relays are threads: block before the first of them starts.
     block_forwarded();
     let sandbox = VmSandbox::new(&cli.root, &a.id, cfg.vm);
@@ -444,7 +455,13 @@ fn forward_signals_with(deliver: impl Fn(Signal) + Send + 'static) {
     });
 }
 
-fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32> {
+fn run_container(
+    sandbox: &HostSandbox,
+    a: &CreateArgs,
+    detach: bool,
+    keep: bool,
+    terminal: bool,
+) -> Result<i32> {
     if detach {
         sandbox.create(create_options(a, true, a.console_socket.clone()))?;
         if let Err(e) = sandbox.start(&a.id) {
@@ -454,12 +471,6 @@ fn run_container(sandbox: &HostSandbox, a: &CreateArgs, detach: bool, keep: bool
         return Ok(0);
     }
     become_subreaper()?;
-    let spec = load_bundle_spec(&a.bundle)?;
-    let terminal = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
     let fg = Foreground::new(sandbox.root(), &a.id, terminal, a.console_socket.clone())?;
     let mut opts = create_options(a, fg.detached(), fg.console_socket.clone());
     opts.stdio = fg.stdio()?;
