@@ -181,8 +181,8 @@ impl VmSandbox {
             tag: SHARE_TAG.into(),
         });
         let backend = self.config.backend()?;
+        let kernel = cfg.kernel.clone();
         let mut hv = hypervisor::select(backend, cfg).map_err(|e| vm_err("vm", e))?;
-        let kernel = self.config.guest()?.0;
         let booted = hv.boot().map_err(|e| {
             vm_err(
                 format!("boot the pod's vm (kernel {})", kernel.display()),
