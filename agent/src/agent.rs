@@ -192,6 +192,16 @@ impl AgentService for Agent {
         req: pb::SetupSandboxRequest,
     ) -> ttrpc::Result<pb::Empty> {
         reply((|| {
+            // Only the guest's PID 1 owns the machine's clock and entropy pool (an agent
+            // tested on the host must not touch the host's).
+            if self.cfg.is_init {
+                if req.host_time_unix_ns > 0 {
+                    sysinfo::set_realtime(req.host_time_unix_ns)?;
+                }
+                if !req.entropy.is_empty() {
+                    sysinfo::add_entropy(&req.entropy)?;
+                }
+            }
             if !req.hostname.is_empty() {
                 sysinfo::set_hostname(&req.hostname)?;
             }

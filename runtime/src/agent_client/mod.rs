@@ -110,7 +110,9 @@ impl AgentClient {
         Ok((r.agent_version, r.protocol_version))
     }
 
-    /// Sets the hostname and DNS and mounts the sandbox's storages.
+    /// Sets the guest's clock to the host's and stirs host randomness into its entropy pool
+    /// (a guest restored from a VM template wakes up with the template's), then the
+    /// hostname and DNS, and mounts the sandbox's storages.
     pub fn setup_sandbox(
         &self,
         sandbox_id: &str,
@@ -123,6 +125,10 @@ impl AgentClient {
             hostname: hostname.to_string(),
             dns: dns.to_vec(),
             storages,
+            host_time_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            entropy: host_random(32)?,
             ..Default::default()
         };
         self.agent
@@ -436,4 +442,26 @@ impl AgentClient {
             .map_err(|e| AgentClientError::from_ttrpc("UpdateRoutes", e))?;
         Ok(r.routes)
     }
+}
+
+/// `n` bytes from the host's CSPRNG (getrandom(2)).
+fn host_random(n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(AgentClientError::Request {
+                method: "SetupSandbox",
+                message: format!("getrandom: {e}"),
+            });
+        }
+        filled += r as usize;
+    }
+    Ok(buf)
 }
