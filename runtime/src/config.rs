@@ -16,6 +16,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/hull/config.toml";
 pub const ISOLATION_ANNOTATION: &str = "io.hull.isolation";
 /// Where `make install-guest` puts the guest kernel and initrd.
 pub const DEFAULT_GUEST_DIR: &str = "/var/lib/hull";
+/// Where VM templates are kept by default (a cache: removing it costs one boot per config).
+pub const DEFAULT_TEMPLATE_DIR: &str = "/var/cache/hull/vm-templates";
 
 /// The isolation a pod runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,11 @@ pub struct VmSection {
     /// Describe devices through ACPI (a distribution kernel); `None`: only for the Debian
     /// kernel fallback.
     pub acpi: Option<bool>,
+    /// Start VMs from a saved template of a booted guest instead of booting the kernel
+    /// (QEMU backend); the first VM of each configuration makes the template.
+    pub template: bool,
+    /// Where templates are kept (each holds its guest's touched RAM).
+    pub template_dir: PathBuf,
 }
 
 impl Default for VmSection {
@@ -89,6 +96,8 @@ impl Default for VmSection {
             agent_timeout_s: 30,
             kernel_params: String::new(),
             acpi: None,
+            template: true,
+            template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
         }
     }
 }
@@ -204,6 +213,7 @@ impl VmSection {
         c.boot_timeout = Duration::from_secs(self.boot_timeout_s.max(1));
         c.agent_call_timeout = Duration::from_secs(self.agent_timeout_s.max(1));
         c.extra_cmdline = self.kernel_params.clone();
+        c.template_dir = self.template.then(|| self.template_dir.clone());
         Ok(c)
     }
 }

@@ -509,3 +509,88 @@ fn detached_verbs_in_vm_mode_run_the_container_and_leave_nothing() {
     h.ok(&["delete", &id]);
     nothing_left(&h);
 }
+
+/// The VM templates under `dir`: (key, holds memory and state).
+fn templates(dir: &Path) -> Vec<(String, bool)> {
+    let mut t: Vec<(String, bool)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let p = e.path();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                p.join("memory").is_file() && p.join("state").is_file(),
+            )
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn vms_restored_from_a_template_get_the_hosts_clock_and_their_own_randomness() {
+    let Some(c) = Configs::new() else { return };
+    let a = guest_artefacts().unwrap();
+    let tdir = c.dir.path().join("templates");
+    let cfg = c.write(
+        "template.toml",
+        &format!(
+            "{}template = true\ntemplate_dir = {:?}\n",
+            vm_config_text("vm", &a.kernel, &a.initrd),
+            tdir.to_str().unwrap()
+        ),
+    );
+    let (h, _cleanup) = hull();
+    let b = Bundle::new(&["sh", "-c", "cat /proc/sys/kernel/random/uuid; date +%s"]);
+    let guest = |id: &str| -> (String, i64) {
+        let out = run(&h, &cfg, &b, &unique_id(id));
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let text = stdout(&out);
+        let mut lines = text.lines();
+        let uuid = lines.next().unwrap_or_default().to_string();
+        let secs: i64 = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("guest date: {text:?}"));
+        (uuid, host_now - secs)
+    };
+
+    // The first run boots the kernel and saves the guest as the template.
+    let (first, _) = guest("tpl-first");
+    let made = templates(&tdir);
+    assert_eq!(made.len(), 1, "one template: {made:?}");
+    assert!(made[0].1, "the template holds memory and state: {made:?}");
+    // Restored guests wake up with the template's clock unless the host sets it.
+    std::thread::sleep(Duration::from_secs(8));
+    let (second, lag2) = guest("tpl-second");
+    let (third, lag3) = guest("tpl-third");
+    assert_eq!(templates(&tdir), made, "restores reuse the template");
+    for lag in [lag2, lag3] {
+        assert!(
+            (-1..=4).contains(&lag),
+            "the restored guest's clock is {lag} s behind the host's"
+        );
+    }
+    // Without a reseed, guests restored from one template repeat its random numbers.
+    assert!(
+        first != second && second != third && first != third,
+        "uuids: {first} {second} {third}"
+    );
+    nothing_left(&h);
+
+    // A template QEMU cannot load is removed and the VM boots instead.
+    std::fs::write(tdir.join(&made[0].0).join("state"), b"not a vm state").unwrap();
+    let (after, lag) = guest("tpl-broken");
+    assert!(
+        !after.is_empty() && (-1..=4).contains(&lag),
+        "{after} {lag}"
+    );
+    assert_eq!(templates(&tdir), Vec::new(), "the broken template is gone");
+    nothing_left(&h);
+}

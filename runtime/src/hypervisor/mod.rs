@@ -8,6 +8,7 @@ mod error;
 mod owned;
 mod qemu;
 mod qmp;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,6 +66,10 @@ pub struct VmConfig {
     /// a distribution kernel whose virtio-mmio driver is a module without command-line
     /// devices (Debian's) finds them only this way.
     pub acpi: bool,
+    /// Start from a template of this guest kept under this directory instead of booting the
+    /// kernel: the first VM of a configuration boots, is saved as the template and restored;
+    /// later ones are only restored (`template`). QEMU backend only.
+    pub template_dir: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -86,6 +91,7 @@ impl VmConfig {
             accel: Accel::Auto,
             extra_cmdline: String::new(),
             acpi: false,
+            template_dir: None,
         }
     }
 }

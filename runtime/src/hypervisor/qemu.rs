@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{HypervisorError, Result};
 use super::owned::{self, OwnedChild};
+use super::template::{self, Template};
 use super::{qmp, Accel, AgentChannel, BootedVm, DeviceConfig, Hypervisor, VmConfig};
 use crate::agent_client::{AgentClient, AgentClientError};
 
@@ -20,6 +21,21 @@ const QUIT_GRACE: Duration = Duration::from_secs(3);
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The guest's view of the agent port: the first virtio-serial device, port 1.
 const GUEST_AGENT_PORT: &str = "/dev/vport0p1";
+/// How long saving a template's device state may take.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How this QEMU gets its guest running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    /// Boots the kernel.
+    Boot,
+    /// Boots the kernel with its RAM in `memory`, shared, so that the booted guest can be
+    /// saved as a template.
+    BootForTemplate { memory: PathBuf },
+    /// Restores a template: its RAM mapped privately (copy-on-write), its device state loaded
+    /// by incoming migration.
+    Restore { memory: PathBuf, state: PathBuf },
+}
 
 /// Whether the guest's vCPUs run, as QMP `query-status` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +51,7 @@ pub struct VmRunState {
 #[derive(Debug)]
 pub struct QemuHypervisor {
     config: VmConfig,
+    start: Start,
     child: Option<OwnedChild>,
     exit: Option<ExitStatus>,
     stopped: bool,
@@ -45,6 +62,7 @@ impl QemuHypervisor {
     pub fn new(config: VmConfig) -> Self {
         QemuHypervisor {
             config,
+            start: Start::Boot,
             child: None,
             exit: None,
             stopped: false,
@@ -124,12 +142,15 @@ impl QemuHypervisor {
             "-no-reboot".into(),
             // acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
             "-M".into(),
-            if cfg.acpi {
-                "microvm"
-            } else {
-                "microvm,acpi=off"
-            }
-            .into(),
+            format!(
+                "microvm{}{}",
+                if cfg.acpi { "" } else { ",acpi=off" },
+                if self.start == Start::Boot {
+                    ""
+                } else {
+                    ",memory-backend=mem"
+                }
+            ),
             "-accel".into(),
             // TCG's translation buffer defaults to 1 GiB of host memory per VM; 64 MiB holds
             // what a pod's guest runs.
@@ -173,84 +194,185 @@ impl QemuHypervisor {
                 share.tag
             ));
         }
+        let memory_file = |path: &Path, shared: bool| {
+            format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                cfg.memory_mib,
+                s(path),
+                if shared { "on" } else { "off" }
+            )
+        };
+        match &self.start {
+            Start::Boot => {}
+            Start::BootForTemplate { memory } => {
+                a.extend(["-object".into(), memory_file(memory, true)]);
+            }
+            Start::Restore { memory, .. } => {
+                a.extend(["-object".into(), memory_file(memory, false)]);
+                a.extend(["-incoming".into(), "defer".into()]);
+            }
+        }
         a
     }
 
-    fn validate(&self) -> Result<()> {
+    /// What makes a guest of this config interchangeable with another: the key of its
+    /// template.
+    fn template_key(&self) -> Result<String> {
         let cfg = &self.config;
-        for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
-            if !p.is_file() {
-                return Err(HypervisorError::Config(format!(
-                    "{what} {p:?} is not a file (build it with guest-kernel/build.sh / initrd.sh)"
-                )));
+        let binary = std::env::var("HULL_QEMU").unwrap_or_else(|_| QEMU_BINARY.to_string());
+        let qemu = if binary.contains('/') {
+            Some(PathBuf::from(&binary))
+        } else {
+            super::detect::find_in_path(&binary, &std::env::var_os("PATH").unwrap_or_default())
+        };
+        let qemu = qemu.ok_or_else(|| HypervisorError::Spawn {
+            binary: binary.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let mut facts = vec![
+            cfg.memory_mib.to_string(),
+            cfg.vcpus.to_string(),
+            self.accel().to_string(),
+            cfg.acpi.to_string(),
+            self.kernel_cmdline(),
+        ];
+        facts.extend(cfg.shares.iter().map(|s| format!("9p:{}", s.tag)));
+        template::key(
+            &[
+                ("qemu", &qemu),
+                ("kernel", &cfg.kernel),
+                ("initrd", &cfg.initrd),
+            ],
+            &facts,
+        )
+    }
+
+    /// Boots through a template under `root`: restores it, after making it first when this
+    /// configuration has none. A template QEMU cannot restore is removed and the VM boots.
+    fn boot_from_template(&mut self, root: &Path) -> Result<BootedVm> {
+        let t = Template::new(root, self.template_key()?);
+        let in_use = {
+            let made = t.lock(true)?;
+            if !t.ready() {
+                self.make_template(&t)?;
             }
-        }
-        for share in &cfg.shares {
-            if !share.host_dir.is_dir() {
-                return Err(HypervisorError::Config(format!(
-                    "share {:?}: {:?} is not a directory",
-                    share.tag, share.host_dir
-                )));
+            // Hold a shared lock while QEMU reads the state (no eviction meanwhile).
+            drop(made);
+            t.lock(false)?
+        };
+        t.touch();
+        self.start = Start::Restore {
+            memory: t.memory(),
+            state: t.state(),
+        };
+        let restored = self.spawn().and_then(|started| {
+            self.restore_state(&t)?;
+            self.wait_for_agent(started)
+        });
+        drop(in_use);
+        match restored {
+            Ok(vm) => {
+                tracing::info!(template = ?t.dir(), boot_time = ?vm.boot_time, "vm restored from its template");
+                Ok(vm)
             }
-            if share.tag.is_empty() || share.tag.contains([',', ' ', '=']) {
-                return Err(HypervisorError::Config(format!(
-                    "bad share tag {:?}",
-                    share.tag
-                )));
+            Err(e @ (HypervisorError::ExitedDuringBoot { .. } | HypervisorError::Qmp { .. })) => {
+                tracing::warn!(template = ?t.dir(), error = %e, "vm template did not restore; removing it and booting");
+                self.kill();
+                {
+                    let _l = t.lock(true)?;
+                    t.remove();
+                }
+                self.start = Start::Boot;
+                let started = self.spawn()?;
+                self.wait_for_agent(started)
             }
+            Err(e) => Err(e),
         }
-        if cfg.memory_mib < 64 || cfg.vcpus == 0 {
-            return Err(HypervisorError::Config(format!(
-                "need at least 64 MiB and 1 vCPU (got {} MiB, {} vCPUs)",
-                cfg.memory_mib, cfg.vcpus
-            )));
+    }
+
+    /// Boots this VM with its RAM in a file, waits for the agent, and saves the guest (agent
+    /// idle, its connection open) as template `t`. Called under `t`'s exclusive lock.
+    fn make_template(&mut self, t: &Template) -> Result<()> {
+        let staging = t.staging()?;
+        let made = (|| {
+            self.start = Start::BootForTemplate {
+                memory: staging.join("memory"),
+            };
+            let started = self.spawn()?;
+            let booted = self.wait_for_agent(started)?;
+            self.save_state(&staging.join("state"))?;
+            // QEMU goes with the connection still open: restored guests find their agent
+            // reading it, and the host's new connection continues the stream.
+            self.kill();
+            drop(booted);
+            tracing::info!(template = ?t.dir(), elapsed = ?started.elapsed(), "vm template made");
+            t.commit(&staging)
+        })();
+        if made.is_err() {
+            self.kill();
+            let _ = std::fs::remove_dir_all(&staging);
         }
+        made
+    }
+
+    /// Pauses the guest and saves QEMU's device state (not the RAM: it is in the shared
+    /// memory file) to `path`.
+    fn save_state(&mut self, path: &Path) -> Result<()> {
+        self.qmp("stop", None)?;
+        self.qmp(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        )?;
+        let uri = format!("exec:cat > {}", template::shell_quote(path)?);
+        self.qmp("migrate", Some(serde_json::json!({ "uri": uri })))?;
+        self.await_migration("migrate", "saving the template")
+    }
+
+    /// Loads template `t`'s device state into the QEMU started with `-incoming defer`; the
+    /// guest runs as soon as it is loaded.
+    fn restore_state(&mut self, t: &Template) -> Result<()> {
+        self.qmp(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        )?;
+        let uri = format!("exec:cat {}", template::shell_quote(&t.state())?);
+        self.qmp("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
+        // The template was saved paused, so the restored guest stays paused until `cont`.
+        self.await_migration("migrate-incoming", "loading the template")?;
+        self.qmp("cont", None)?;
         Ok(())
     }
 
-    /// Kills QEMU now and records how it ended.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let status = c.kill_and_reap();
-            self.exit = self.exit.or(status);
+    /// Polls `query-migrate` until the migration completed; an error when it failed, was
+    /// cancelled or took over [`SAVE_TIMEOUT`].
+    fn await_migration(&mut self, command: &str, what: &str) -> Result<()> {
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        loop {
+            let v = self.qmp("query-migrate", None)?;
+            match v.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+                "completed" => return Ok(()),
+                st @ ("failed" | "cancelled") => {
+                    return Err(HypervisorError::Qmp {
+                        command: command.into(),
+                        message: format!(
+                            "{what} {st}: {}",
+                            v.get("error-desc").and_then(|e| e.as_str()).unwrap_or("")
+                        ),
+                    })
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(HypervisorError::Qmp {
+                        command: command.into(),
+                        message: format!("{what} took over {SAVE_TIMEOUT:?}"),
+                    })
+                }
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
         }
     }
 
-    fn boot_failure_reason(&self) -> String {
-        owned::boot_failure_reason(&self.qemu_log(), &self.console_log())
-    }
-
-    fn remove_sockets(&self) {
-        for p in [self.qmp_socket(), self.agent_socket()] {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// The host's TSC frequency in kHz, from /proc/cpuinfo (saves the guest its calibration).
-fn host_tsc_khz() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0) as u64)
-}
-
-impl Hypervisor for QemuHypervisor {
-    fn backend(&self) -> &'static str {
-        "qemu"
-    }
-
-    fn boot(&mut self) -> Result<BootedVm> {
-        if self.child.is_some() {
-            return Err(HypervisorError::Config("vm is already booted".into()));
-        }
-        self.validate()?;
+    /// Starts QEMU (as `self.start` says) with fresh sockets and logs; returns when it did.
+    fn spawn(&mut self) -> Result<Instant> {
         let dir = &self.config.state_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| HypervisorError::io(format!("create {dir:?}"), e))?;
@@ -280,7 +402,12 @@ impl Hypervisor for QemuHypervisor {
             accel = self.accel(),
             "qemu started; waiting for the guest agent"
         );
+        Ok(started)
+    }
 
+    /// Waits, within the boot timeout, for the agent's first answer; kills QEMU on a failure.
+    fn wait_for_agent(&mut self, started: Instant) -> Result<BootedVm> {
+        let pid = self.pid().unwrap_or_default();
         // The agent's first answer arrives over the virtio-serial socket; QEMU's exit or the
         // deadline end the wait. On a timeout QEMU is killed, which also ends the pending call.
         let (tx, rx) = mpsc::channel();
@@ -373,6 +500,91 @@ impl Hypervisor for QemuHypervisor {
         }
     }
 
+    fn validate(&self) -> Result<()> {
+        let cfg = &self.config;
+        for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
+            if !p.is_file() {
+                return Err(HypervisorError::Config(format!(
+                    "{what} {p:?} is not a file (build it with guest-kernel/build.sh / initrd.sh)"
+                )));
+            }
+        }
+        for share in &cfg.shares {
+            if !share.host_dir.is_dir() {
+                return Err(HypervisorError::Config(format!(
+                    "share {:?}: {:?} is not a directory",
+                    share.tag, share.host_dir
+                )));
+            }
+            if share.tag.is_empty() || share.tag.contains([',', ' ', '=']) {
+                return Err(HypervisorError::Config(format!(
+                    "bad share tag {:?}",
+                    share.tag
+                )));
+            }
+        }
+        if cfg.memory_mib < 64 || cfg.vcpus == 0 {
+            return Err(HypervisorError::Config(format!(
+                "need at least 64 MiB and 1 vCPU (got {} MiB, {} vCPUs)",
+                cfg.memory_mib, cfg.vcpus
+            )));
+        }
+        Ok(())
+    }
+
+    /// Kills QEMU now and records how it ended.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = c.kill_and_reap();
+            self.exit = self.exit.or(status);
+        }
+    }
+
+    fn boot_failure_reason(&self) -> String {
+        owned::boot_failure_reason(&self.qemu_log(), &self.console_log())
+    }
+
+    fn remove_sockets(&self) {
+        for p in [self.qmp_socket(), self.agent_socket()] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo (saves the guest its calibration).
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+impl Hypervisor for QemuHypervisor {
+    fn backend(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn boot(&mut self) -> Result<BootedVm> {
+        if self.child.is_some() {
+            return Err(HypervisorError::Config("vm is already booted".into()));
+        }
+        self.validate()?;
+        match self.config.template_dir.clone() {
+            Some(root) => self.boot_from_template(&root),
+            None => {
+                self.start = Start::Boot;
+                let started = self.spawn()?;
+                self.wait_for_agent(started)
+            }
+        }
+    }
+
     fn stop(&mut self) -> Result<()> {
         if self.child.is_some() && self.check_running().is_ok() {
             if let Err(e) = qmp::execute(&self.qmp_socket(), "quit", None, QMP_TIMEOUT) {
@@ -389,7 +601,6 @@ impl Hypervisor for QemuHypervisor {
     fn pause(&mut self) -> Result<()> {
         self.qmp("stop", None).map(|_| ())
     }
-
     fn resume(&mut self) -> Result<()> {
         self.qmp("cont", None).map(|_| ())
     }
@@ -479,6 +690,63 @@ mod tests {
         assert!(a.contains("-fsdev local,id=fs0,path=/srv/rootfs,security_model=none"));
         assert!(a.contains("virtio-9p-device,fsdev=fs0,mount_tag=rootfs"));
         assert!(a.contains("-serial file:/run/hull/vm1/console.log"));
+    }
+
+    #[test]
+    fn template_modes_put_the_ram_in_the_template_file() {
+        let mut q = QemuHypervisor::new(cfg());
+        q.start = Start::BootForTemplate {
+            memory: "/t/k.tmp-1/memory".into(),
+        };
+        let a = q.command_args().join(" ");
+        assert!(a.contains("-M microvm,acpi=off,memory-backend=mem "), "{a}");
+        assert!(
+            a.contains("memory-backend-file,id=mem,size=256M,mem-path=/t/k.tmp-1/memory,share=on"),
+            "the booting template writes its RAM to the file: {a}"
+        );
+        assert!(!a.contains("-incoming"), "{a}");
+        q.start = Start::Restore {
+            memory: "/t/k/memory".into(),
+            state: "/t/k/state".into(),
+        };
+        let a = q.command_args().join(" ");
+        assert!(
+            a.contains("mem-path=/t/k/memory,share=off"),
+            "clones map the template copy-on-write: {a}"
+        );
+        assert!(a.ends_with("-incoming defer"), "{a}");
+    }
+
+    #[test]
+    fn the_template_key_follows_memory_and_devices() {
+        let d = tempfile::tempdir().unwrap();
+        let (k, i) = (d.path().join("vmlinux"), d.path().join("initrd"));
+        std::fs::write(&k, b"k").unwrap();
+        std::fs::write(&i, b"i").unwrap();
+        let mut c = VmConfig::new(&k, &i, d.path().join("vm"));
+        c.accel = Accel::Tcg;
+        let key = |c: &VmConfig| QemuHypervisor::new(c.clone()).template_key();
+        let Ok(base) = key(&c) else {
+            eprintln!("skipped: no {QEMU_BINARY} on PATH");
+            return;
+        };
+        assert_eq!(base, key(&c).unwrap());
+        let mut more = c.clone();
+        more.memory_mib = 512;
+        assert_ne!(base, key(&more).unwrap(), "pod limits change the guest");
+        let mut shared = c.clone();
+        shared.shares.push(super::super::Share {
+            host_dir: "/srv".into(),
+            tag: "hullshare".into(),
+        });
+        assert_ne!(base, key(&shared).unwrap(), "devices change the guest");
+        let mut elsewhere = c.clone();
+        elsewhere.state_dir = d.path().join("another-sandbox");
+        assert_eq!(
+            base,
+            key(&elsewhere).unwrap(),
+            "sandboxes of one config share a template"
+        );
     }
 
     #[test]
