@@ -309,13 +309,7 @@ impl BuiltinHypervisor {
 
     fn validate(&self) -> Result<()> {
         let cfg = &self.config;
-        for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
-            if !p.is_file() {
-                return Err(HypervisorError::Config(format!(
-                    "{what} {p:?} is not a file (build it with guest-kernel/build.sh / initrd.sh)"
-                )));
-            }
-        }
+        cfg.check_guest_files()?;
         if !cfg.shares.is_empty() {
             return Err(HypervisorError::Config(format!(
                 "the builtin backend cannot share host directories ({} asked): hull-vmm has no \
@@ -334,10 +328,7 @@ impl BuiltinHypervisor {
 
     /// Kills hull-vmm now and records how it ended.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let status = c.kill_and_reap();
-            self.exit = self.exit.or(status);
-        }
+        owned::kill(&mut self.child, &mut self.exit);
     }
 
     fn boot_failure_reason(&self) -> String {
@@ -352,11 +343,7 @@ impl BuiltinHypervisor {
 
     /// Waits up to `bound` for hull-vmm to exit on its own; records the status.
     fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let s = self.child.as_mut()?.wait_exit_for(bound);
-        if s.is_some() {
-            self.exit = s;
-        }
-        s
+        owned::wait_exit(&mut self.child, &mut self.exit, bound)
     }
 
     /// Asks the guest agent, on a connection of its own, to power the guest off.

@@ -96,6 +96,20 @@ impl VmConfig {
     }
 }
 
+impl VmConfig {
+    /// Errors unless the kernel and the initrd are files.
+    pub(crate) fn check_guest_files(&self) -> Result<()> {
+        for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
+            if !p.is_file() {
+                return Err(HypervisorError::Config(format!(
+                    "{what} {p:?} is not a file (build it with guest-kernel/build.sh / initrd.sh)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How the host reaches the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentChannel {

@@ -130,6 +130,29 @@ pub(crate) fn running_status(
     }
 }
 
+/// Kills and reaps a backend's hypervisor process now; records how it ended (a status already
+/// recorded stays).
+pub(crate) fn kill(child: &mut Option<OwnedChild>, exit: &mut Option<ExitStatus>) {
+    if let Some(mut c) = child.take() {
+        let status = c.kill_and_reap();
+        *exit = exit.or(status);
+    }
+}
+
+/// Waits up to `bound` for a backend's hypervisor process to exit on its own; records the
+/// status.
+pub(crate) fn wait_exit(
+    child: &mut Option<OwnedChild>,
+    exit: &mut Option<ExitStatus>,
+    bound: Duration,
+) -> Option<ExitStatus> {
+    let s = child.as_mut()?.wait_exit_for(bound);
+    if s.is_some() {
+        *exit = s;
+    }
+    s
+}
+
 /// Why a boot failed: the last line the hypervisor printed to `own_log`, else the guest's
 /// last console line.
 pub(crate) fn boot_failure_reason(own_log: &Path, console_log: &Path) -> String {

@@ -502,13 +502,7 @@ impl QemuHypervisor {
 
     fn validate(&self) -> Result<()> {
         let cfg = &self.config;
-        for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
-            if !p.is_file() {
-                return Err(HypervisorError::Config(format!(
-                    "{what} {p:?} is not a file (build it with guest-kernel/build.sh / initrd.sh)"
-                )));
-            }
-        }
+        cfg.check_guest_files()?;
         for share in &cfg.shares {
             if !share.host_dir.is_dir() {
                 return Err(HypervisorError::Config(format!(
@@ -534,10 +528,7 @@ impl QemuHypervisor {
 
     /// Kills QEMU now and records how it ended.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let status = c.kill_and_reap();
-            self.exit = self.exit.or(status);
-        }
+        owned::kill(&mut self.child, &mut self.exit);
     }
 
     fn boot_failure_reason(&self) -> String {
@@ -644,11 +635,7 @@ impl Hypervisor for QemuHypervisor {
 impl QemuHypervisor {
     /// Waits up to `bound` for QEMU to exit on its own; records the status.
     fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let s = self.child.as_mut()?.wait_exit_for(bound);
-        if s.is_some() {
-            self.exit = s;
-        }
-        s
+        owned::wait_exit(&mut self.child, &mut self.exit, bound)
     }
 }
 
