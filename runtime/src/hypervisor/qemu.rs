@@ -15,6 +15,17 @@ use crate::agent_client::{AgentClient, AgentClientError};
 
 /// The QEMU binary (overridable with `HULL_QEMU`).
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// The QEMU binary to run: `HULL_QEMU`, else [`QEMU_BINARY`] on PATH.
+fn qemu_binary() -> String {
+    std::env::var("HULL_QEMU").unwrap_or_else(|_| QEMU_BINARY.to_string())
+}
+
+/// QMP arguments that make migration skip RAM in shared, file-backed memory: a template's RAM
+/// stays in its file; the migration stream holds only device state.
+fn ignore_shared_ram() -> serde_json::Value {
+    serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})
+}
+
 /// How long `stop` waits for QEMU to quit before killing it.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 /// Timeout of one QMP command.
@@ -219,7 +230,7 @@ impl QemuHypervisor {
     /// template.
     fn template_key(&self) -> Result<String> {
         let cfg = &self.config;
-        let binary = std::env::var("HULL_QEMU").unwrap_or_else(|_| QEMU_BINARY.to_string());
+        let binary = qemu_binary();
         let qemu = if binary.contains('/') {
             Some(PathBuf::from(&binary))
         } else {
@@ -245,6 +256,13 @@ impl QemuHypervisor {
             ],
             &facts,
         )
+    }
+
+    /// Boots the kernel (no template).
+    fn cold_boot(&mut self) -> Result<BootedVm> {
+        self.start = Start::Boot;
+        let started = self.spawn()?;
+        self.wait_for_agent(started)
     }
 
     /// Boots through a template under `root`: restores it, after making it first when this
@@ -282,9 +300,7 @@ impl QemuHypervisor {
                     let _l = t.lock(true)?;
                     t.remove();
                 }
-                self.start = Start::Boot;
-                let started = self.spawn()?;
-                self.wait_for_agent(started)
+                self.cold_boot()
             }
             Err(e) => Err(e),
         }
@@ -319,10 +335,7 @@ impl QemuHypervisor {
     /// memory file) to `path`.
     fn save_state(&mut self, path: &Path) -> Result<()> {
         self.qmp("stop", None)?;
-        self.qmp(
-            "migrate-set-capabilities",
-            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )?;
+        self.qmp("migrate-set-capabilities", Some(ignore_shared_ram()))?;
         let uri = format!("exec:cat > {}", template::shell_quote(path)?);
         self.qmp("migrate", Some(serde_json::json!({ "uri": uri })))?;
         self.await_migration("migrate", "saving the template")
@@ -331,10 +344,7 @@ impl QemuHypervisor {
     /// Loads template `t`'s device state into the QEMU started with `-incoming defer`; the
     /// guest runs as soon as it is loaded.
     fn restore_state(&mut self, t: &Template) -> Result<()> {
-        self.qmp(
-            "migrate-set-capabilities",
-            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )?;
+        self.qmp("migrate-set-capabilities", Some(ignore_shared_ram()))?;
         let uri = format!("exec:cat {}", template::shell_quote(&t.state())?);
         self.qmp("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
         // The template was saved paused, so the restored guest stays paused until `cont`.
@@ -381,7 +391,7 @@ impl QemuHypervisor {
             .map_err(|e| HypervisorError::io(format!("create {:?}", self.qemu_log()), e))?;
         let _ = std::fs::remove_file(self.console_log());
 
-        let binary = std::env::var("HULL_QEMU").unwrap_or_else(|_| QEMU_BINARY.to_string());
+        let binary = qemu_binary();
         let mut cmd = Command::new(&binary);
         cmd.args(self.command_args())
             .stdin(Stdio::null())
@@ -568,11 +578,7 @@ impl Hypervisor for QemuHypervisor {
         self.validate()?;
         match self.config.template_dir.clone() {
             Some(root) => self.boot_from_template(&root),
-            None => {
-                self.start = Start::Boot;
-                let started = self.spawn()?;
-                self.wait_for_agent(started)
-            }
+            None => self.cold_boot(),
         }
     }
 

@@ -93,6 +93,11 @@ impl Template {
         self.dir().join("state")
     }
 
+    /// `<root>/<key>.lock`.
+    fn lock_path(&self) -> PathBuf {
+        self.root.join(format!("{}.lock", self.key))
+    }
+
     /// Whether the template was made completely (it appears by rename only when it was).
     pub fn ready(&self) -> bool {
         self.memory().is_file() && self.state().is_file()
@@ -102,13 +107,9 @@ impl Template {
     pub fn lock(&self, exclusive: bool) -> Result<TemplateLock> {
         std::fs::create_dir_all(&self.root)
             .map_err(|e| HypervisorError::io(format!("create {:?}", self.root), e))?;
-        let path = self.root.join(format!("{}.lock", self.key));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| HypervisorError::io(format!("open {path:?}"), e))?;
+        let path = self.lock_path();
+        let file =
+            open_lock_file(&path).map_err(|e| HypervisorError::io(format!("open {path:?}"), e))?;
         let op = if exclusive {
             libc::LOCK_EX
         } else {
@@ -186,23 +187,26 @@ impl Template {
             if let Some(_lock) = old.try_lock_exclusive() {
                 tracing::info!(template = ?old.dir(), "removing a least recently used vm template");
                 old.remove();
-                let _ = std::fs::remove_file(self.root.join(format!("{}.lock", old.key)));
+                let _ = std::fs::remove_file(old.lock_path());
             }
         }
     }
 
     fn try_lock_exclusive(&self) -> Option<TemplateLock> {
-        let path = self.root.join(format!("{}.lock", self.key));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ok()?;
+        let file = open_lock_file(&self.lock_path()).ok()?;
         // SAFETY: flock(2) on a descriptor this function owns.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         (rc == 0).then_some(TemplateLock { _file: file })
     }
+}
+
+/// Opens (creating) a template's lock file.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
 }
 
 /// Quotes a path for QEMU's `exec:` migration URI (run by /bin/sh).
