@@ -91,6 +91,17 @@ EOF
     log "patched arch/x86/kernel/apic/apic.c: hull.apic_khz= skips the APIC timer calibration"
 fi
 
+# With `tsc_early_khz=` given (hull passes the host's), the kernel still measures the CPU's
+# frequency against the PIT (quick_pit_calibrate, up to 50 ms of PIT polling; ~13 ms of boot
+# under TCG, and it often fails there anyway) only to compare it with the TSC frequency it was
+# told. Take the given frequency for both, as the kernel already does when they disagree.
+if ! grep -q 'hull: cpu_khz from tsc_early_khz' arch/x86/kernel/tsc.c; then
+    n=$(grep -cP '^\t\tcpu_khz = x86_platform.calibrate_cpu\(\);$' arch/x86/kernel/tsc.c || true)
+    [ "$n" = 1 ] || die "TSC patch: expected 1 match in arch/x86/kernel/tsc.c, found $n"
+    sed -i 's|^\t\tcpu_khz = x86_platform.calibrate_cpu();$|\t\t/* hull: cpu_khz from tsc_early_khz */\n\t\tcpu_khz = tsc_early_khz ? tsc_early_khz : x86_platform.calibrate_cpu();|' arch/x86/kernel/tsc.c
+    log "patched arch/x86/kernel/tsc.c: tsc_early_khz= also skips the CPU frequency calibration"
+fi
+
 log "configuring: tinyconfig + hull.config + olddefconfig"
 make -s tinyconfig >/dev/null
 scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null
