@@ -16,9 +16,11 @@ release: setup
 	$(CARGO) build --release --locked -p hull-runtime
 
 # The guest kernel (cached build) and an initrd of the release hull-agent, installed as
-# /var/lib/hull/vmlinux and /var/lib/hull/initrd.img (vm isolation's defaults).
+# /var/lib/hull/vmlinux and /var/lib/hull/initrd.img (vm isolation's defaults). The agent is
+# linked fully static (glibc and libseccomp in the binary): the initrd is 8.8 MB instead of
+# 11 MB (libc, libm, ld.so, libgcc_s, libseccomp), and /init starts without the dynamic loader.
 guest: setup
-	$(CARGO) build --release --locked -p hull-agent
+	$(CARGO) rustc --release --locked -p hull-agent --bin hull-agent -- -C target-feature=+crt-static
 	@scripts/install-guest
 
 demo: release guest
