@@ -13,6 +13,7 @@ use ttrpc::TtrpcContext;
 
 use crate::container::{self, Container, StateDirs};
 use crate::error::{AgentError, Result};
+use crate::netns::SpareNetns;
 use crate::paths::AllowedRoots;
 use crate::reaper::Reaper;
 use crate::{mounts, network, sysinfo};
@@ -37,6 +38,7 @@ pub struct Agent {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
     oom_seen: Mutex<HashMap<String, u64>>,
+    spare_netns: SpareNetns,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,12 +69,19 @@ fn reply<T>(r: Result<T>) -> ttrpc::Result<T> {
 impl Agent {
     /// A new agent; `reaper` must already be reaping.
     pub fn new(cfg: AgentConfig, reaper: Arc<Reaper>) -> Arc<Self> {
+        Self::with_spare_netns(cfg, reaper, SpareNetns::none())
+    }
+
+    /// A new agent that gives `spare` to the first container asking for a new network
+    /// namespace (see [`crate::netns`]).
+    pub fn with_spare_netns(cfg: AgentConfig, reaper: Arc<Reaper>, spare: SpareNetns) -> Arc<Self> {
         Arc::new(Agent {
             cfg,
             reaper,
             containers: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             oom_seen: Mutex::new(HashMap::new()),
+            spare_netns: spare,
         })
     }
 
@@ -114,7 +123,9 @@ impl Agent {
                     req.rootfs
                 )));
             }
-            let spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
+            let mut spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
+            // Unmounted (the container holds the namespace) once create has returned.
+            let _spare = self.spare_netns.give(&mut spec);
             Container::create(id, spec, &self.cfg.dirs, &self.reaper)
         })();
         lock(&self.creating).remove(id);

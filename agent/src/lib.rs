@@ -9,6 +9,7 @@ pub mod error;
 pub mod helper;
 pub mod init;
 pub mod mounts;
+pub mod netns;
 pub mod network;
 pub mod paths;
 pub mod process;

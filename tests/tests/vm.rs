@@ -187,6 +187,28 @@ fn vm_run_prints_the_guest_kernel_and_returns_the_exit_status() {
 }
 
 #[test]
+fn a_vm_container_gets_a_new_network_namespace_like_runc_gives() {
+    // The agent hands the pod's first container a spare namespace made before the VM was
+    // saved as a template; it must be what unshare would give: only `lo`, and down.
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "ls /sys/class/net; cat /sys/class/net/lo/operstate; cat /sys/class/net/lo/flags",
+    ]);
+    for id in ["netns-a", "netns-b"] {
+        let out = run(&h, &c.vm, &b, &unique_id(id));
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        // lo's flags 0x8 = IFF_LOOPBACK only: not up.
+        assert_eq!(lines, ["lo", "down", "0x8"], "{text}");
+    }
+    nothing_left(&h);
+}
+
+#[test]
 fn the_annotation_overrides_the_config() {
     let Some(c) = Configs::new() else { return };
     let (h, _cleanup) = hull();
