@@ -13,7 +13,7 @@ use ttrpc::TtrpcContext;
 
 use crate::container::{self, Container, StateDirs};
 use crate::error::{AgentError, Result};
-use crate::netns::SpareNetns;
+use crate::netns::{SpareNetns, Taken};
 use crate::paths::AllowedRoots;
 use crate::reaper::Reaper;
 use crate::{mounts, network, sysinfo};
@@ -39,6 +39,9 @@ pub struct Agent {
     creating: Mutex<HashSet<String>>,
     oom_seen: Mutex<HashMap<String, u64>>,
     spare_netns: SpareNetns,
+    /// The spare network namespace's bind mount, held while the container that got it
+    /// exists: its saved spec names that path, and libcontainer checks it on every exec.
+    netns_held: Mutex<HashMap<String, Taken>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,6 +85,7 @@ impl Agent {
             creating: Mutex::new(HashSet::new()),
             oom_seen: Mutex::new(HashMap::new()),
             spare_netns: spare,
+            netns_held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -124,9 +128,12 @@ impl Agent {
                 )));
             }
             let mut spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
-            // Unmounted (the container holds the namespace) once create has returned.
-            let _spare = self.spare_netns.give(&mut spec);
-            Container::create(id, spec, &self.cfg.dirs, &self.reaper)
+            let spare = self.spare_netns.give(&mut spec);
+            let c = Container::create(id, spec, &self.cfg.dirs, &self.reaper)?;
+            if let Some(t) = spare {
+                lock(&self.netns_held).insert(id.to_string(), t);
+            }
+            Ok(c)
         })();
         lock(&self.creating).remove(id);
         let c = result?;
@@ -146,6 +153,7 @@ impl Agent {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         lock(&self.oom_seen).remove(id);
+        lock(&self.netns_held).remove(id);
         Ok(())
     }
 

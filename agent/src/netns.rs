@@ -7,7 +7,9 @@
 //! one spare before it serves, so a VM template holds it ready; the first container that asks
 //! for a new network namespace (the pod's first, under CRI: the others join it by path) gets
 //! the spare instead, which is what it would have got: a namespace nobody used, with only a
-//! `lo` that is down. Later containers make their own, as before.
+//! `lo` that is down. Later containers make their own, as before. The spare's bind mount stays
+//! until that container is removed: its saved spec names the path, which libcontainer checks
+//! again on every exec.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,8 +25,8 @@ pub struct SpareNetns {
     path: Mutex<Option<PathBuf>>,
 }
 
-/// A taken spare: its path is in a container's spec until the container has joined it; the
-/// bind mount that kept it alive goes when this is dropped.
+/// A taken spare: its path is in a container's spec; the bind mount that keeps it alive goes
+/// when this is dropped.
 #[derive(Debug)]
 pub struct Taken {
     path: PathBuf,
@@ -74,7 +76,7 @@ impl SpareNetns {
     }
 
     /// Gives the spare to `spec` when it asks for a new network namespace (one without a
-    /// path). The returned guard must live until the container's init has joined it.
+    /// path). The returned guard must live as long as the container.
     pub fn give(&self, spec: &mut Spec) -> Option<Taken> {
         let mut linux = spec.linux().clone()?;
         let mut nss = linux.namespaces().clone()?;
