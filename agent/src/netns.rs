@@ -149,15 +149,30 @@ mod tests {
             .clone()
     }
 
-    #[test]
-    fn the_spare_is_a_new_namespace_given_once_and_unmounted_after() {
+    /// A spare made in a temporary dir; `None` (test skipped) without root.
+    fn made() -> Option<(tempfile::TempDir, PathBuf, SpareNetns)> {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("skipped: making a network namespace needs root");
-            return;
+            return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spare-netns");
         let spare = SpareNetns::make(&path).unwrap();
+        Some((dir, path, spare))
+    }
+
+    /// The bind mount and its file are gone.
+    fn assert_unmounted(path: &Path) {
+        assert!(!path.exists(), "{path:?} is still there");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(path.to_str().unwrap()), "{mounts}");
+    }
+
+    #[test]
+    fn the_spare_is_a_new_namespace_given_once_and_unmounted_after() {
+        let Some((_dir, path, spare)) = made() else {
+            return;
+        };
         let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
         let theirs = std::fs::metadata(&path).unwrap().ino();
         assert_ne!(
@@ -185,22 +200,15 @@ mod tests {
         assert_eq!(net_path(&second), None);
 
         drop(taken);
-        assert!(!path.exists(), "the bind mount and its file are gone");
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(path.to_str().unwrap()), "{mounts}");
+        assert_unmounted(&path);
     }
 
     #[test]
     fn a_spare_not_given_is_unmounted_with_the_agent() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: making a network namespace needs root");
+        let Some((_dir, path, spare)) = made() else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spare-netns");
-        drop(SpareNetns::make(&path).unwrap());
-        assert!(!path.exists());
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(path.to_str().unwrap()));
+        };
+        drop(spare);
+        assert_unmounted(&path);
     }
 }
