@@ -55,13 +55,22 @@ if [ ! -f "$build/.extracted" ]; then
 fi
 cd "$build"
 
+# Whether FILE still needs the source patch that leaves MARKER in it. Dies unless the line the
+# patch rewrites or inserts after (ANCHOR, a grep -P regex) is in FILE exactly once, so that a
+# new linux-source fails loudly instead of building unpatched.
+needs_patch() { # FILE MARKER ANCHOR WHAT
+    grep -qF "$2" "$1" && return 1
+    local n
+    n=$(grep -cP "$3" "$1" || true)
+    [ "$n" = 1 ] || die "$4 patch: expected 1 match in $1, found $n"
+}
+
 # Skip poisoning freed init memory (and the freed initrd) with 0xcc: ~0.2 s of boot under
 # TCG. Poisoning is a debugging aid that makes use-after-free of __init memory fault loudly;
 # the pages are returned to the allocator either way, and the allocator never relies on
 # their contents (__GFP_ZERO / init_on_alloc clear pages themselves).
-if ! grep -q 'hull: no init-memory poisoning' arch/x86/mm/init.c; then
-    n=$(grep -c 'POISON_FREE_INITMEM, what);' arch/x86/mm/init.c || true)
-    [ "$n" = 1 ] || die "init-memory poisoning patch: expected 1 match in arch/x86/mm/init.c, found $n"
+if needs_patch arch/x86/mm/init.c 'hull: no init-memory poisoning' \
+    'POISON_FREE_INITMEM, what\);' "init-memory poisoning"; then
     sed -i 's|POISON_FREE_INITMEM, what);|-1 /* hull: no init-memory poisoning */, what);|' arch/x86/mm/init.c
     log "patched arch/x86/mm/init.c: freed init memory is not poisoned"
 fi
@@ -71,9 +80,8 @@ fi
 # under TCG (no TSC-deadline timer there, so the kernel always calibrates). Linux has no such
 # switch (lapic_timer_period is only ever set by platform code); QEMU's and KVM's APIC timer
 # run at 1 GHz. Without the switch the kernel calibrates as before.
-if ! grep -q 'hull: APIC timer frequency' arch/x86/kernel/apic/apic.c; then
-    n=$(grep -c '^early_param("nolapic_timer", parse_nolapic_timer);$' arch/x86/kernel/apic/apic.c || true)
-    [ "$n" = 1 ] || die "APIC timer patch: expected 1 match in arch/x86/kernel/apic/apic.c, found $n"
+if needs_patch arch/x86/kernel/apic/apic.c 'hull: APIC timer frequency' \
+    '^early_param\("nolapic_timer", parse_nolapic_timer\);$' "APIC timer"; then
     sed -i '/^early_param("nolapic_timer", parse_nolapic_timer);$/r /dev/stdin' arch/x86/kernel/apic/apic.c <<'EOF'
 
 /* hull: APIC timer frequency from the command line, which skips its calibration */
@@ -95,9 +103,8 @@ fi
 # frequency against the PIT (quick_pit_calibrate, up to 50 ms of PIT polling; ~13 ms of boot
 # under TCG, and it often fails there anyway) only to compare it with the TSC frequency it was
 # told. Take the given frequency for both, as the kernel already does when they disagree.
-if ! grep -q 'hull: cpu_khz from tsc_early_khz' arch/x86/kernel/tsc.c; then
-    n=$(grep -cP '^\t\tcpu_khz = x86_platform.calibrate_cpu\(\);$' arch/x86/kernel/tsc.c || true)
-    [ "$n" = 1 ] || die "TSC patch: expected 1 match in arch/x86/kernel/tsc.c, found $n"
+if needs_patch arch/x86/kernel/tsc.c 'hull: cpu_khz from tsc_early_khz' \
+    '^\t\tcpu_khz = x86_platform.calibrate_cpu\(\);$' "TSC"; then
     sed -i 's|^\t\tcpu_khz = x86_platform.calibrate_cpu();$|\t\t/* hull: cpu_khz from tsc_early_khz */\n\t\tcpu_khz = tsc_early_khz ? tsc_early_khz : x86_platform.calibrate_cpu();|' arch/x86/kernel/tsc.c
     log "patched arch/x86/kernel/tsc.c: tsc_early_khz= also skips the CPU frequency calibration"
 fi
