@@ -100,13 +100,6 @@ impl SpareNetns {
     }
 }
 
-impl Taken {
-    /// Where the namespace is bind-mounted until this is dropped.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for Taken {
     fn drop(&mut self) {
         // The container's processes keep the namespace; the agent lets go of it.
