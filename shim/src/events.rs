@@ -7,15 +7,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use containerd_shim::protos::events::task as ev;
-use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::shim::event::Envelope;
 use containerd_shim::protos::shim::events::ForwardRequest;
 use containerd_shim::protos::ttrpc::context;
 use containerd_shim::protos::ttrpc::Client;
 use containerd_shim::protos::EventsClient;
 use containerd_shim::protos::{protobuf::well_known_types::any::Any, topics};
-use containerd_shim::util::{connect, convert_to_any, timestamp};
+use containerd_shim::util::{connect, timestamp};
 use tracing::{debug, warn};
+
+use crate::any::{pack, Named};
 
 /// How long one event is retried while containerd is unreachable.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
@@ -37,8 +38,8 @@ impl Publisher {
         Self { tx: Mutex::new(tx) }
     }
 
-    fn send(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
-        match convert_to_any(event) {
+    fn send<E: Named>(&self, topic: &'static str, event: E) {
+        match pack(&event) {
             Ok(any) => {
                 if let Ok(tx) = self.tx.lock() {
                     let _ = tx.send((topic, any));
@@ -56,7 +57,7 @@ impl Publisher {
             pid,
             ..Default::default()
         };
-        self.send(topics::TASK_CREATE_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_CREATE_EVENT_TOPIC, e);
     }
 
     /// `/tasks/start`.
@@ -66,7 +67,7 @@ impl Publisher {
             pid,
             ..Default::default()
         };
-        self.send(topics::TASK_START_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_START_EVENT_TOPIC, e);
     }
 
     /// `/tasks/exit`; `exec_id` is the container id for the init process.
@@ -79,7 +80,7 @@ impl Publisher {
             exited_at: Some(at.clone()).into(),
             ..Default::default()
         };
-        self.send(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_EXIT_EVENT_TOPIC, e);
     }
 
     /// `/tasks/delete`.
@@ -92,7 +93,7 @@ impl Publisher {
             exited_at: Some(at.clone()).into(),
             ..Default::default()
         };
-        self.send(topics::TASK_DELETE_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_DELETE_EVENT_TOPIC, e);
     }
 
     /// `/tasks/exec-added`.
@@ -102,7 +103,7 @@ impl Publisher {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.send(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_EXEC_ADDED_EVENT_TOPIC, e);
     }
 
     /// `/tasks/exec-started`.
@@ -113,7 +114,7 @@ impl Publisher {
             pid,
             ..Default::default()
         };
-        self.send(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_EXEC_STARTED_EVENT_TOPIC, e);
     }
 
     /// `/tasks/paused`.
@@ -122,7 +123,7 @@ impl Publisher {
             container_id: id.into(),
             ..Default::default()
         };
-        self.send(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_PAUSED_EVENT_TOPIC, e);
     }
 
     /// `/tasks/oom`: the kernel's OOM killer ended a process of the container.
@@ -131,7 +132,7 @@ impl Publisher {
             container_id: id.into(),
             ..Default::default()
         };
-        self.send(topics::TASK_OOM_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_OOM_EVENT_TOPIC, e);
     }
 
     /// `/tasks/resumed`.
@@ -140,7 +141,7 @@ impl Publisher {
             container_id: id.into(),
             ..Default::default()
         };
-        self.send(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e));
+        self.send(topics::TASK_RESUMED_EVENT_TOPIC, e);
     }
 }
 

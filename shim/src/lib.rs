@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod any;
 pub mod config;
 pub mod error;
 pub mod events;

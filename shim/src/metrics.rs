@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::MessageDyn;
-use containerd_shim::util::convert_to_any;
 use hull_runtime::sandbox::Stats;
 
+use crate::any::pack;
 use crate::error::{Error, Result};
 
 /// Which cgroup metrics type this host's containers report.
@@ -32,11 +31,11 @@ pub fn cgroup_mode() -> CgroupMode {
 
 /// Encode `stats` as containerd's metrics `Any` for `mode`.
 pub fn to_any(stats: &Stats, mode: CgroupMode) -> Result<Any> {
-    let msg: Box<dyn MessageDyn> = match mode {
-        CgroupMode::V1 => Box::new(to_v1(stats)),
-        CgroupMode::V2 => Box::new(to_v2(stats)),
-    };
-    convert_to_any(msg).map_err(|e| Error::InvalidArgument(format!("encode metrics: {e}")))
+    match mode {
+        CgroupMode::V1 => pack(&to_v1(stats)),
+        CgroupMode::V2 => pack(&to_v2(stats)),
+    }
+    .map_err(|e| Error::InvalidArgument(format!("encode metrics: {e}")))
 }
 
 /// cgroup v1 metrics.

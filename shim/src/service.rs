@@ -16,7 +16,6 @@ use containerd_shim::protos::protobuf::EnumOrUnknown;
 use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
-use containerd_shim::util::convert_to_any;
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 use hull_runtime::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Status, VmSandbox};
 use nix::sys::signal::Signal;
@@ -778,7 +777,7 @@ impl Task for Service {
                             exec_id: exec_id.clone(),
                             ..Default::default()
                         };
-                        Some(convert_to_any(Box::new(details)).map_err(|e| {
+                        Some(crate::any::pack(&details).map_err(|e| {
                             Error::InvalidArgument(format!("encode process details: {e}"))
                         })?)
                     }
