@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export HULL_BIN_DIR := $(CURDIR)/target/debug
 
-.PHONY: setup build release guest demo test bench fmt clippy
+.PHONY: setup build release shim guest demo test bench fmt clippy
 
 setup:
 	@scripts/setup-host
@@ -14,6 +14,11 @@ build: setup
 
 release: setup
 	$(CARGO) build --release --locked -p hull-runtime
+
+# The containerd shim as it ships: static, non-PIE, its code laid out by a profile of a
+# running shim (scripts/build-shim; the profile is cached outside the clone).
+shim: setup
+	@scripts/build-shim
 
 # The guest kernel (cached build) and an initrd of the release hull-agent, installed as
 # /var/lib/hull/vmlinux and /var/lib/hull/initrd.img (vm isolation's defaults). The agent is

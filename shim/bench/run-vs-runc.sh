@@ -4,46 +4,14 @@
 # 1.6; prints both means and the ratio. Then the resident memory of one shim per pod
 # (1 container, then 2 in the same pod), hull's and runc's.
 #
-# SHIM: the shim binary (default: the workspace release build).
+# SHIM: the shim binary (default: the one `make shim` builds, as it ships).
 set -euo pipefail
 n=${1:-30}
 here=$(cd "$(dirname "$0")" && pwd)
-shim=${SHIM:-${CARGO_TARGET_DIR:-$here/../../target}/release/containerd-shim-hull-v2}
-[ -x "$shim" ] || { echo "build it first: cargo build --release -p hull-shim" >&2; exit 1; }
-dir=$(mktemp -d /tmp/hull-shim-bench.XXXXXX)
-ns=bench
-img=docker.io/hull/busybox:latest
-mkdir -p "$dir/bin"
-ln -s "$shim" "$dir/bin/containerd-shim-hull-v2"
-cat > "$dir/config.toml" <<CFG
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$dir/c.sock"
-CFG
-PATH="$dir/bin:$PATH" containerd --config "$dir/config.toml" > "$dir/containerd.log" 2>&1 &
-cpid=$!
-cleanup() {
-  for id in $(ctr -a "$dir/c.sock" -n $ns task ls -q 2>/dev/null); do
-    ctr -a "$dir/c.sock" -n $ns task kill -s KILL "$id" >/dev/null 2>&1 || true
-  done
-  sleep 0.5
-  for id in $(ctr -a "$dir/c.sock" -n $ns container ls -q 2>/dev/null); do
-    ctr -a "$dir/c.sock" -n $ns task delete "$id" >/dev/null 2>&1 || true
-    ctr -a "$dir/c.sock" -n $ns container rm "$id" >/dev/null 2>&1 || true
-  done
-  kill "$cpid" 2>/dev/null || true
-  wait "$cpid" 2>/dev/null || true
-  grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  rm -rf "$dir" "/run/hull/containerd/$ns"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do [ -S "$dir/c.sock" ] && break; sleep 0.05; done
-"$here/../tests/support/mkimage.sh" "$dir/img.tar" $img
-C="ctr -a $dir/c.sock -n $ns"
-$C images import "$dir/img.tar" >/dev/null
+shim=${SHIM:-${CARGO_TARGET_DIR:-$here/../../target}/x86_64-unknown-linux-gnu/release/containerd-shim-hull-v2}
+[ -x "$shim" ] || { echo "build it first: make shim (scripts/build-shim)" >&2; exit 1; }
+. "$here/lib.sh"
+start_containerd "$shim"
 
 ms() { date +%s%N; }
 one() { # runtime id -> elapsed ns
