@@ -15,12 +15,18 @@ out=$(readlink -f "$2")
 export LLVM_PROFILE_FILE="$out/%p.profraw"
 . "$here/lib.sh"
 start_containerd "$shim"
+# The pids of the shim's running processes.
+shim_pids() {
+  for exe in /proc/[0-9]*/exe; do
+    [ "$(readlink "$exe" 2>/dev/null)" = "$shim" ] || continue
+    p=${exe#/proc/}
+    echo "${p%/exe}"
+  done
+}
 # Note each server as it appears: the shim's processes without a verb in their arguments.
 (
   while :; do
-    for exe in /proc/[0-9]*/exe; do
-      [ "$(readlink "$exe" 2>/dev/null)" = "$shim" ] || continue
-      p=${exe#/proc/}; p=${p%/exe}
+    for p in $(shim_pids); do
       tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qE ' (start|delete|sandbox-spawn)( |$)' ||
         echo "$p" >> "$out/servers.all"
     done
@@ -51,11 +57,7 @@ sleep 0.3
 remove_all
 # The shims exit after their last task is deleted; a profile is written at exit.
 for _ in $(seq 100); do
-  left=0
-  for exe in /proc/[0-9]*/exe; do
-    [ "$(readlink "$exe" 2>/dev/null)" = "$shim" ] && left=1 && break
-  done
-  if [ $left = 0 ]; then
+  if [ -z "$(shim_pids)" ]; then
     kill $watcher
     sort -u "$out/servers.all" > "$out/servers"
     exit 0
