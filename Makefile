@@ -13,7 +13,7 @@ build: setup
 	$(CARGO) build --workspace --locked
 
 release: setup
-	$(CARGO) build --release --locked -p hull-runtime
+	$(CARGO) build --release --locked -p hull-cli
 
 # The containerd shim as it ships: static, non-PIE, its code laid out by a profile of a
 # running shim (scripts/build-shim; the profile is cached outside the clone).

@@ -8,11 +8,11 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::TestAgent;
+use hull_agent_client::{AgentClient, AgentClientError, Storage};
 use hull_protocols::ttrpc::proto::{
     Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH,
 };
 use hull_protocols::ttrpc::Code;
-use hull_runtime::agent_client::{AgentClient, AgentClientError, Storage};
 
 fn raw(agent: &TestAgent) -> UnixStream {
     let s = UnixStream::connect(&agent.socket).unwrap();

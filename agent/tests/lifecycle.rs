@@ -5,8 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cap_mask, process_json, TestAgent};
+use hull_agent_client::{AgentClient, AgentClientError};
 use hull_protocols::ttrpc::Code;
-use hull_runtime::agent_client::{AgentClient, AgentClientError};
 
 const CAPS: &[&str] = &[
     "CAP_CHOWN",

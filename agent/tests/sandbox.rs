@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestAgent;
-use hull_runtime::agent_client::{Interface, IpAddress, Route, Storage};
+use hull_agent_client::{Interface, IpAddress, Route, Storage};
 
 fn nsenter(agent_pid: u32, args: &[&str]) -> String {
     let out = std::process::Command::new("nsenter")

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::TestAgent;
-use hull_runtime::agent_client::AgentClient;
+use hull_agent_client::AgentClient;
 
 /// Opens a pty pair in raw mode; returns the master and the slave's path (kept open).
 fn raw_pty() -> (File, File, String) {

@@ -1,135 +1,62 @@
-//! The runtime's error type: one enum, each variant names the object that failed.
+//! The runtime library's error type: a container's (from the driver), the config's, or the
+//! pod's VM's; each reaches the user as one line naming what failed.
 
-use std::path::PathBuf;
+pub use hull_container::{chain, ErrorKind};
 
-/// Result alias for the runtime crate.
+/// Result alias for the runtime library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in the runtime library.
+/// Everything that can go wrong running a pod and its containers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The bundle directory does not exist or is not a directory.
-    #[error("bundle {0}: no such directory")]
-    BundleMissing(PathBuf),
-    /// config.json could not be read or parsed.
-    #[error("bundle {bundle}: invalid config.json: {reason}")]
-    InvalidConfig {
-        /// Bundle whose config is wrong.
-        bundle: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No container with this id exists under the state root.
-    #[error("container {0} does not exist")]
-    NotFound(String),
-    /// A container with this id exists already.
-    #[error("container {0} already exists")]
-    AlreadyExists(String),
-    /// The id is not acceptable as a container id.
-    #[error("invalid container id {0:?}: use letters, digits, '_', '+', '-' and '.' only")]
-    InvalidId(String),
-    /// The operation is not allowed in the container's current status.
-    #[error("container {id} is {status}: cannot {op}")]
-    WrongStatus {
-        /// Container id.
-        id: String,
-        /// Its status now.
-        status: String,
-        /// What was asked.
-        op: &'static str,
-    },
-    /// A signal name or number that does not exist.
-    #[error("unknown signal {0:?}")]
-    UnknownSignal(String),
-    /// The host cannot do what was asked (and why).
-    #[error("{0}")]
-    Unsupported(String),
+    /// A container operation failed (bad bundle, unknown id, wrong status, libcontainer...).
+    #[error(transparent)]
+    Container(#[from] hull_container::Error),
+    /// The config file is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The pod's VM or its agent failed (the message names what was being done).
     #[error("{0}")]
     Vm(String),
-    /// Bad input from the caller that is not covered above.
-    #[error("{0}")]
-    InvalidInput(String),
-    /// libcontainer failed; the message carries its whole cause chain.
-    #[error("{op} container {id}: {message}")]
-    Container {
-        /// What was being done.
-        op: &'static str,
-        /// Container id.
-        id: String,
-        /// libcontainer's error chain, one line.
-        message: String,
-    },
-    /// A cgroup operation failed.
-    #[error("cgroup of container {id}: {message}")]
-    Cgroup {
-        /// Container id.
-        id: String,
-        /// The cause, one line.
-        message: String,
-    },
-    /// An I/O error on a named path.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A system call failed.
-    #[error("{what}: {source}")]
-    Sys {
-        /// What was being done.
-        what: String,
-        /// errno.
-        #[source]
-        source: nix::Error,
-    },
 }
 
 impl Error {
-    /// Wrap an I/O error with the path it happened on.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
+    /// What kind of failure this is (for status codes).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Container(e) => e.kind(),
+            Error::Config(_) => ErrorKind::Invalid,
+            Error::Vm(_) => ErrorKind::Other,
         }
     }
 
-    /// Wrap an errno with what was being done.
+    /// The container id is unknown.
+    pub fn not_found(id: &str) -> Self {
+        hull_container::Error::NotFound(id.to_string()).into()
+    }
+
+    /// Bad input from the caller.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        hull_container::Error::InvalidInput(message.into()).into()
+    }
+
+    /// An I/O error on a named path.
+    pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        hull_container::Error::io(path, source).into()
+    }
+
+    /// A system call failed.
     pub fn sys(what: impl Into<String>, source: nix::Error) -> Self {
-        Error::Sys {
-            what: what.into(),
-            source,
-        }
+        hull_container::Error::sys(what, source).into()
     }
-}
 
-/// Render an error and all its sources as one line: `outer: inner: innermost`,
-/// skipping a source whose text the previous level already contains.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
+    /// The operation is not allowed in the container's current status.
+    pub fn wrong_status(id: &str, status: impl std::fmt::Display, op: &'static str) -> Self {
+        hull_container::Error::WrongStatus {
+            id: id.to_string(),
+            status: status.to_string(),
+            op,
         }
-        cur = e.source();
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_joins_sources_once() {
-        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
-        let e = Error::io("/x/config.json", inner);
-        assert_eq!(chain(&e), "/x/config.json: gone");
+        .into()
     }
 }

@@ -1,15 +1,12 @@
-//! hull runtime library: the `Sandbox` seam, its host backend on libcontainer,
-//! and the runc-compatible command line.
+//! hull-runtime: the runtime library every front of hull drives. Its one job is pods: a pod's
+//! isolation (the host kernel, or a VM of its own through `hull-hypervisor` and the guest
+//! agent), the containers in it ([`pod::Pod`], [`pod::Containers`]), and the typed config
+//! that chooses between them ([`config`]).
 
-pub mod agent_client;
-pub mod cli;
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
-pub mod hypervisor;
-pub mod sandbox;
-pub mod server;
-pub mod signal;
-pub mod spec;
+pub mod pod;
 
 pub use error::{Error, Result};
-pub use sandbox::{HostSandbox, Sandbox};

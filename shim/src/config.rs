@@ -1,78 +1,29 @@
 //! Which hull config a container runs with: containerd's runtime options
-//! (`ConfigPath`, as Kata reads it), else `/etc/hull/config.toml`, else defaults.
+//! (`ConfigPath`, as Kata reads it), else `/etc/hull/config.toml`, else defaults. The file is
+//! hull's one typed config (`hull_runtime::config`), whose `[shim]` table is the shim's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use serde::Deserialize;
+use hull_runtime::config::{Config, ConfigError};
 
 use crate::error::{Error, Result};
 
-pub use hull_runtime::config::{DEFAULT_CONFIG, ISOLATION_ANNOTATION};
+pub use hull_runtime::config::{DEFAULT_SHIM_ROOT, ISOLATION_ANNOTATION};
 
-/// The state root when the config names none (the namespace is appended).
-pub const DEFAULT_ROOT: &str = "/run/hull/containerd";
-
-/// The parts of hull's config file the shim uses: the runtime's (isolation, `[vm]`) and
-/// its own `[shim]` table; other keys are left to other readers.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct HullConfig {
-    /// `isolation` and `[vm]`, as the runtime library reads them.
-    #[serde(flatten)]
-    pub runtime: hull_runtime::config::HullConfig,
-    /// Shim settings.
-    pub shim: ShimSection,
-}
-
-/// `[shim]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ShimSection {
-    /// Container state root; the containerd namespace is appended.
-    pub root: Option<PathBuf>,
-    /// Let systemd manage the containers' cgroups.
-    pub systemd_cgroup: bool,
-}
-
-impl HullConfig {
-    /// Read a config file; a missing or malformed file is an error naming it.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            reason: if e.kind() == std::io::ErrorKind::NotFound {
-                "no such file (named by the runtime option ConfigPath)".to_string()
-            } else {
-                e.to_string()
-            },
-        })?;
-        toml::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string().lines().next().unwrap_or_default().to_string(),
-        })
-    }
-
-    /// The config for a task: `ConfigPath` from the runtime options when given
-    /// (it must exist), else the default file when it exists, else built-in defaults.
-    pub fn for_task(options: Option<&Any>) -> Result<(Self, Option<PathBuf>)> {
-        if let Some(path) = options.and_then(config_path) {
-            return Ok((Self::load(&path)?, Some(path)));
+/// The config for a task: `ConfigPath` from the runtime options when given (it must exist),
+/// else the default file when it exists, else built-in defaults.
+pub fn for_task(options: Option<&Any>) -> Result<(Config, Option<PathBuf>)> {
+    let named = options.and_then(config_path);
+    Config::load_or_default(named.as_deref()).map_err(|e| match e {
+        ConfigError::Read { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Config {
+                path,
+                reason: "no such file (named by the runtime option ConfigPath)".into(),
+            }
         }
-        let default = Path::new(DEFAULT_CONFIG);
-        if default.exists() {
-            return Ok((Self::load(default)?, Some(default.to_path_buf())));
-        }
-        Ok((Self::default(), None))
-    }
-
-    /// The state root for containers of `namespace`.
-    pub fn root(&self, namespace: &str) -> PathBuf {
-        self.shim
-            .root
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
-            .join(namespace)
-    }
+        other => Error::Pod(other.into()),
+    })
 }
 
 /// `ConfigPath` out of containerd's runtime options: `runtimeoptions.v1.Options`
@@ -171,19 +122,11 @@ mod tests {
 
     #[test]
     fn missing_config_is_named() {
-        let e = HullConfig::for_task(Some(&options("/nonexistent/hull.toml"))).unwrap_err();
+        let e = for_task(Some(&options("/nonexistent/hull.toml"))).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("/nonexistent/hull.toml") && msg.contains("ConfigPath"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn parses_sections() {
-        let c: HullConfig =
-            toml::from_str("isolation = \"host\"\nother = 1\n[shim]\nroot = \"/r\"\n").unwrap();
-        assert_eq!(c.runtime.isolation.as_deref(), Some("host"));
-        assert_eq!(c.root("ns"), PathBuf::from("/r/ns"));
     }
 }

@@ -49,23 +49,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The sandbox (hull runtime) refused or failed.
+    /// The pod (hull runtime) refused or failed.
     #[error(transparent)]
-    Sandbox(#[from] hull_runtime::Error),
+    Pod(#[from] hull_runtime::Error),
     /// Mounting or unmounting the container's rootfs failed.
     #[error("rootfs of container {id}: {message}")]
     Mount {
         /// Container id.
         id: String,
         /// The cause, one line.
-        message: String,
-    },
-    /// The sandbox helper (see `spawn`) failed.
-    #[error("{message}")]
-    Helper {
-        /// How.
-        kind: crate::spawn::FailKind,
-        /// Its one-line cause.
         message: String,
     },
     /// I/O on a named path failed.
@@ -89,7 +81,7 @@ impl Error {
     }
 
     fn code(&self) -> Code {
-        use hull_runtime::Error as R;
+        use hull_container::ErrorKind as K;
         match self {
             Error::ContainerNotFound(_) | Error::ExecNotFound { .. } | Error::Finished { .. } => {
                 Code::NOT_FOUND
@@ -98,38 +90,29 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
-            Error::Sandbox(e) => match e {
-                R::NotFound(_) => Code::NOT_FOUND,
-                R::AlreadyExists(_) => Code::ALREADY_EXISTS,
-                R::WrongStatus { .. } => Code::FAILED_PRECONDITION,
-                R::BundleMissing(_)
-                | R::InvalidConfig { .. }
-                | R::InvalidId(_)
-                | R::UnknownSignal(_)
-                | R::InvalidInput(_) => Code::INVALID_ARGUMENT,
-                R::Unsupported(_) => Code::UNIMPLEMENTED,
-                _ => Code::UNKNOWN,
+            Error::Pod(e) => match e.kind() {
+                K::NotFound => Code::NOT_FOUND,
+                K::AlreadyExists => Code::ALREADY_EXISTS,
+                K::Precondition => Code::FAILED_PRECONDITION,
+                K::Invalid => Code::INVALID_ARGUMENT,
+                K::Unsupported => Code::UNIMPLEMENTED,
+                K::Other => Code::UNKNOWN,
             },
-            Error::Helper { kind, .. } => {
-                use crate::spawn::FailKind as K;
-                match kind {
-                    K::NotFound => Code::NOT_FOUND,
-                    K::AlreadyExists => Code::ALREADY_EXISTS,
-                    K::Precondition => Code::FAILED_PRECONDITION,
-                    K::Invalid => Code::INVALID_ARGUMENT,
-                    K::Unsupported => Code::UNIMPLEMENTED,
-                    K::Other => Code::UNKNOWN,
-                }
-            }
             Error::Mount { .. } | Error::Io { .. } => Code::UNKNOWN,
         }
+    }
+}
+
+impl From<hull_container::Error> for Error {
+    fn from(e: hull_container::Error) -> Self {
+        Error::Pod(e.into())
     }
 }
 
 impl From<Error> for ttrpc::Error {
     fn from(e: Error) -> Self {
         let msg = match &e {
-            Error::Sandbox(inner) => hull_runtime::error::chain(inner),
+            Error::Pod(inner) => hull_runtime::error::chain(inner),
             other => other.to_string(),
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), msg))

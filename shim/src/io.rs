@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hull_runtime::cli::console::ConsoleReceiver;
-use hull_runtime::sandbox::Stdio;
+use hull_container::console::ConsoleReceiver;
+use hull_runtime::pod::Stdio;
 
 use crate::error::{Error, Result};
 

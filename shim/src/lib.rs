@@ -1,7 +1,8 @@
 //! `containerd-shim-hull-v2`: containerd's task API (shim v2) for hull.
 //!
-//! The shim is the pod's sandbox server: one shim process per pod serves the task API
-//! for every container of the pod through the `Sandbox` seam of `hull-runtime`.
+//! Its one job is translating: one shim process per pod serves containerd's task API for
+//! every container of the pod through the pod seam of `hull-runtime` (`Pod`, `Containers`),
+//! host and vm isolation alike.
 
 #![warn(missing_docs)]
 
@@ -16,7 +17,6 @@ pub mod reaper;
 pub mod rootfs;
 pub mod service;
 pub mod shim;
-pub mod spawn;
 
 /// The runtime name containerd knows the shim by.
 pub const RUNTIME_ID: &str = "io.containerd.hull.v2";

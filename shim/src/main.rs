@@ -6,8 +6,9 @@ fn main() {
     // shim, each with pages resident for its few small allocations.
     // SAFETY: mallopt only sets a glibc tunable; no other thread exists yet.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    if std::env::args().nth(1).as_deref() == Some(hull_shim::spawn::HELPER_VERB) {
-        hull_shim::spawn::helper_main();
+    if std::env::args().nth(1).as_deref() == Some(hull_container::spawn::HELPER_VERB) {
+        hull_shim::logging::init(false);
+        hull_container::spawn::helper_main();
     }
     let config = containerd_shim::Config {
         // hull reaps by pid (see reaper.rs); the crate's waitpid(-1) would steal exits.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use hull_runtime::sandbox::Stats;
+use hull_runtime::pod::Stats;
 
 use crate::any::pack;
 use crate::error::{Error, Result};
@@ -42,14 +42,14 @@ pub fn to_any(stats: &Stats, mode: CgroupMode) -> Result<Any> {
 pub fn to_v1(s: &Stats) -> v1::Metrics {
     let m = &s.memory.stats;
     let g = |k: &str| m.get(k).copied().unwrap_or(0);
-    let entry = |d: &libcgroups::stats::MemoryData| v1::MemoryEntry {
+    let entry = |d: &hull_container::stats::MemoryData| v1::MemoryEntry {
         limit: d.limit,
         usage: d.usage,
         max: d.max_usage,
         failcnt: d.fail_count,
         ..Default::default()
     };
-    let blk = |list: &[libcgroups::stats::BlkioDeviceStat]| -> Vec<v1::BlkIOEntry> {
+    let blk = |list: &[hull_container::stats::BlkioDeviceStat]| -> Vec<v1::BlkIOEntry> {
         list.iter()
             .map(|e| v1::BlkIOEntry {
                 op: e.op_type.clone().unwrap_or_default(),

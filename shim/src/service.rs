@@ -1,4 +1,6 @@
-//! The containerd task API (shim v2) over the `Sandbox` seam: the pod's sandbox server.
+//! The containerd task API (shim v2) translated onto the pod seam of `hull-runtime`: one shim
+//! serves one pod. The first container's create chooses the pod's isolation and starts the
+//! pod; the last container's delete stops it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,23 +19,23 @@ use containerd_shim::protos::shim::oci::ProcessDetails;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
-use hull_runtime::sandbox::{CreateOptions, ExecOptions, HostSandbox, Sandbox, Status, VmSandbox};
+use hull_runtime::config::{Config, Isolation};
+use hull_runtime::pod::host::Spawner;
+use hull_runtime::pod::{CreateOptions, ExecOptions, HostPod, Pod, Status, VmPod};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use tracing::{info, warn};
 
-use crate::config::{HullConfig, ISOLATION_ANNOTATION};
+use crate::config::ISOLATION_ANNOTATION;
 use crate::error::{Error, Result};
 use crate::events::{now, Publisher, Timestamp};
 use crate::io::{self, IoPaths, IoState};
 use crate::metrics::{self, CgroupMode};
 use crate::reaper::Reaper;
 use crate::rootfs;
-use crate::spawn::{self, HostTarget, Request};
-use hull_runtime::config::Isolation;
 
-/// The sandbox every container of this shim's pod runs in.
-type DynSandbox = Arc<dyn Sandbox + Send + Sync>;
+/// The pod every container of this shim runs in.
+type DynPod = Arc<dyn Pod>;
 
 /// How long a process' pty output may keep draining after it exited.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
@@ -91,22 +93,11 @@ struct Container {
     execs: Mutex<HashMap<String, Arc<Proc>>>,
 }
 
-struct Pod {
-    sandbox: DynSandbox,
-    root: PathBuf,
-    /// Where the sandbox helper creates and execs (see `spawn`); `None` in vm mode, where
-    /// the agent in the pod's VM creates and execs.
-    target: Option<HostTarget>,
-    /// The VM's directory (vm mode), recorded for the `delete` verb.
-    vm_dir: Option<PathBuf>,
-}
-
-/// What `pod_for` hands a create.
-struct PodRef {
-    sandbox: DynSandbox,
-    root: PathBuf,
-    target: Option<HostTarget>,
-    vm_dir: Option<PathBuf>,
+/// The shim's pod, once its first container chose it.
+struct PodSlot {
+    pod: DynPod,
+    /// What the `delete` verb needs after a dead shim.
+    record: BundleState,
 }
 
 /// The task service of one shim (one pod).
@@ -120,7 +111,7 @@ struct Inner {
     events: Publisher,
     reaper: Arc<Reaper>,
     exit: Arc<ExitSignal>,
-    pod: Mutex<Option<Pod>>,
+    pod: Mutex<Option<PodSlot>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     cgroups: CgroupMode,
     /// Held around `Sandbox::start`: libcontainer chdirs (process-wide) into the
@@ -135,7 +126,7 @@ struct Inner {
 pub const BUNDLE_STATE_FILE: &str = "hull-shim.json";
 
 /// What the `delete` verb needs to find a container after its shim died.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BundleState {
     /// The sandbox state root.
     pub root: PathBuf,
@@ -149,7 +140,7 @@ pub struct BundleState {
 impl Service {
     /// A service publishing events to containerd's ttrpc `events_address`.
     pub fn new(namespace: &str, events_address: String, exit: Arc<ExitSignal>) -> Self {
-        spawn::remember_cwd();
+        hull_container::spawn::remember_cwd();
         Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
@@ -172,10 +163,10 @@ impl Service {
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
     }
 
-    fn sandbox(&self) -> Result<DynSandbox> {
+    fn sandbox(&self) -> Result<DynPod> {
         lock(&self.inner.pod)
             .as_ref()
-            .map(|p| Arc::clone(&p.sandbox))
+            .map(|p| Arc::clone(&p.pod))
             .ok_or_else(|| {
                 Error::FailedPrecondition("no container was created in this shim".into())
             })
@@ -195,62 +186,69 @@ impl Service {
             })
     }
 
-    /// The pod's sandbox: the first container (the pod's sandbox container under CRI)
-    /// chooses it from its config; later containers join it.
-    fn pod_for(&self, id: &str, bundle: &Path, config: &HullConfig) -> Result<PodRef> {
+    /// The shim's pod: the first container (the pod's sandbox container under CRI) chooses
+    /// its isolation from its annotation and config, and starts it; later containers join it.
+    fn pod_for(&self, id: &str, bundle: &Path, config: &Config) -> Result<(DynPod, BundleState)> {
+        let mut slot = lock(&self.inner.pod);
+        if let Some(p) = slot.as_ref() {
+            return Ok((Arc::clone(&p.pod), p.record.clone()));
+        }
+        let spec = hull_container::load_bundle_spec(bundle).map_err(hull_runtime::Error::from)?;
+        let annotation = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ISOLATION_ANNOTATION).cloned());
         let isolation = config
-            .runtime
-            .isolation_for(annotation(bundle, ISOLATION_ANNOTATION).as_deref())?;
-        let mut pod = lock(&self.inner.pod);
-        if let Some(p) = pod.as_ref() {
-            return Ok(PodRef {
-                sandbox: Arc::clone(&p.sandbox),
-                root: p.root.clone(),
-                target: p.target.clone(),
-                vm_dir: p.vm_dir.clone(),
-            });
-        }
-        let root = config.root(&self.inner.namespace);
-        if isolation == Isolation::Vm {
-            let vm = VmSandbox::new(&root, id, config.runtime.vm.clone());
-            let vm_dir = vm.vm_dir().to_path_buf();
-            info!(container = %id, dir = %vm_dir.display(), "pod sandbox: vm");
-            let sandbox: DynSandbox = Arc::new(vm);
-            *pod = Some(Pod {
-                sandbox: Arc::clone(&sandbox),
-                root: root.clone(),
-                target: None,
-                vm_dir: Some(vm_dir.clone()),
-            });
-            return Ok(PodRef {
-                sandbox,
-                root,
-                target: None,
-                vm_dir: Some(vm_dir),
-            });
-        }
-        let sandbox: DynSandbox = Arc::new(HostSandbox::new(&root, config.shim.systemd_cgroup));
-        info!(container = %id, root = %root.display(), "pod sandbox: host");
-        let target = HostTarget {
-            root: root.clone(),
-            systemd_cgroup: config.shim.systemd_cgroup,
+            .isolation_for(annotation.as_deref())
+            .map_err(hull_runtime::Error::from)?;
+        let root = config.shim_root(&self.inner.namespace);
+        let (pod, vm_dir): (DynPod, _) = match isolation {
+            Isolation::Vm => {
+                let vm = VmPod::new(&root, id, config.vm.clone());
+                let dir = vm.vm_dir().to_path_buf();
+                (Arc::new(vm), Some(dir))
+            }
+            // libcontainer's clones must not run in this many-threaded process.
+            Isolation::Host => (
+                Arc::new(
+                    HostPod::new(&root, config.shim.systemd_cgroup).with_spawner(Spawner::Helper),
+                ),
+                None,
+            ),
         };
-        *pod = Some(Pod {
-            sandbox: Arc::clone(&sandbox),
-            root: root.clone(),
-            target: Some(target.clone()),
-            vm_dir: None,
-        });
-        Ok(PodRef {
-            sandbox,
+        info!(pod = %id, ?isolation, root = %root.display(), "starting the pod");
+        {
+            let _gate = self.inner.reaper.spawning();
+            let started = pod.start_pod(&spec);
+            for h in pod.helper_pids() {
+                self.inner.reaper.claim(h);
+            }
+            started?;
+        }
+        let record = BundleState {
             root,
-            target: Some(target),
-            vm_dir: None,
-        })
+            systemd_cgroup: config.shim.systemd_cgroup,
+            vm_dir,
+        };
+        *slot = Some(PodSlot {
+            pod: Arc::clone(&pod),
+            record: record.clone(),
+        });
+        Ok((pod, record))
+    }
+
+    /// Stops the pod (its last container is gone, or its first did not come up).
+    fn stop_pod(&self) -> Result<()> {
+        let slot = lock(&self.inner.pod).take();
+        if let Some(p) = slot {
+            let _gate = self.inner.reaper.spawning();
+            p.pod.stop_pod()?;
+        }
+        Ok(())
     }
 
     /// Wait for `pid` in its own thread; record and publish its exit.
-    fn spawn_waiter(&self, sandbox: DynSandbox, cid: String, p: Arc<Proc>, pid: i32) {
+    fn spawn_waiter(&self, sandbox: DynPod, cid: String, p: Arc<Proc>, pid: i32) {
         let inner = Arc::clone(&self.inner);
         let spawned = std::thread::Builder::new()
             .name(format!("wait-{pid}"))
@@ -302,21 +300,28 @@ impl Service {
                 "container {id}: restore from a checkpoint is not supported by hull"
             )));
         }
-        let (config, _) = HullConfig::for_task(req.options.as_ref())?;
+        let (config, _) = crate::config::for_task(req.options.as_ref())?;
         let bundle = PathBuf::from(&req.bundle);
-        let PodRef {
-            sandbox,
-            root,
-            target,
-            vm_dir,
-        } = self.pod_for(&id, &bundle, &config)?;
-        let record = BundleState {
-            root,
-            systemd_cgroup: config.shim.systemd_cgroup,
-            vm_dir,
-        };
+        let first = lock(&self.inner.containers).is_empty();
+        let (sandbox, record) = self.pod_for(&id, &bundle, &config)?;
+        let created = self.create_in(&sandbox, &record, id.clone(), bundle, &req);
+        if created.is_err() && first && lock(&self.inner.containers).is_empty() {
+            // Nothing of a pod whose first container did not come up stays (its VM).
+            let _ = self.stop_pod();
+        }
+        created
+    }
+
+    fn create_in(
+        &self,
+        sandbox: &DynPod,
+        record: &BundleState,
+        id: String,
+        bundle: PathBuf,
+        req: &CreateTaskRequest,
+    ) -> Result<CreateTaskResponse> {
         let state_file = bundle.join(BUNDLE_STATE_FILE);
-        std::fs::write(&state_file, serde_json::to_vec(&record).unwrap_or_default())
+        std::fs::write(&state_file, serde_json::to_vec(record).unwrap_or_default())
             .map_err(|e| Error::io(state_file.display(), e))?;
 
         let mounted_rootfs = if req.rootfs.is_empty() {
@@ -340,34 +345,24 @@ impl Service {
         };
         let prepared = io::prepare(&paths).map_err(undo)?;
         let console_socket = prepared.console.as_ref().map(|c| c.path().to_path_buf());
-        let pid = match &target {
-            Some(target) => {
-                let request = Request::Create {
-                    id: id.clone(),
-                    bundle: bundle.clone(),
-                    console_socket,
-                };
-                let _gate = self.inner.reaper.spawning();
-                let pid = spawn::run(target, request, prepared.stdio).map_err(undo)?;
-                self.inner.reaper.claim(pid);
-                pid
+        let pid = {
+            // A host pod's pid is a child of this shim (the helper exits), a vm pod's is the
+            // guest's: both are claimed so that only their waiter reaps them.
+            let _gate = self.inner.reaper.spawning();
+            let created = sandbox.create(CreateOptions {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                console_socket,
+                detach: true,
+                stdio: prepared.stdio,
+                ..Default::default()
+            });
+            for h in sandbox.helper_pids() {
+                self.inner.reaper.claim(h);
             }
-            None => {
-                // vm mode: the pid is the guest's; the VM process is ours to leave alone.
-                let _gate = self.inner.reaper.spawning();
-                let created = sandbox.create(CreateOptions {
-                    id: id.clone(),
-                    bundle: bundle.clone(),
-                    console_socket,
-                    detach: true,
-                    stdio: prepared.stdio,
-                    ..Default::default()
-                });
-                for h in sandbox.helper_pids() {
-                    self.inner.reaper.claim(h);
-                }
-                created.map_err(|e| undo(e.into()))?
-            }
+            let pid = created.map_err(|e| undo(e.into()))?;
+            self.inner.reaper.claim(pid);
+            pid
         };
         let init = Proc::new(String::new(), paths.clone(), None);
         lock(&init.st).pid = pid;
@@ -377,7 +372,7 @@ impl Service {
                 let _gate = self.inner.reaper.spawning();
                 let _ = sandbox.delete(&id, true);
                 drop(_gate);
-                self.spawn_waiter(Arc::clone(&sandbox), id.clone(), Arc::clone(&init), pid);
+                self.spawn_waiter(Arc::clone(sandbox), id.clone(), Arc::clone(&init), pid);
                 return Err(undo(e));
             }
         }
@@ -390,7 +385,7 @@ impl Service {
             execs: Mutex::new(HashMap::new()),
         });
         lock(&self.inner.containers).insert(id.clone(), c);
-        self.spawn_waiter(sandbox, id.clone(), init, pid);
+        self.spawn_waiter(Arc::clone(sandbox), id.clone(), init, pid);
         self.inner.events.create(&id, &req.bundle, pid as u32);
         Ok(CreateTaskResponse {
             pid: pid as u32,
@@ -442,25 +437,9 @@ impl Service {
         }
         let prepared = io::prepare(&p.paths)?;
         let console_socket = prepared.console.as_ref().map(|c| c.path().to_path_buf());
-        let target = lock(&self.inner.pod)
-            .as_ref()
-            .map(|p| p.target.clone())
-            .ok_or_else(|| {
-                Error::FailedPrecondition("no container was created in this shim".into())
-            })?;
-        let pid = match &target {
-            Some(target) => {
-                let request = Request::Exec {
-                    id: c.id.clone(),
-                    process: Box::new(p.spec.clone().unwrap_or_default()),
-                    console_socket,
-                };
-                let _gate = self.inner.reaper.spawning();
-                let pid = spawn::run(target, request, prepared.stdio)?;
-                self.inner.reaper.claim(pid);
-                pid
-            }
-            None => sandbox.exec(
+        let pid = {
+            let _gate = self.inner.reaper.spawning();
+            let pid = sandbox.exec(
                 &c.id,
                 ExecOptions {
                     process: p.spec.clone().unwrap_or_default(),
@@ -469,7 +448,9 @@ impl Service {
                     stdio: prepared.stdio,
                     ..Default::default()
                 },
-            )?,
+            )?;
+            self.inner.reaper.claim(pid);
+            pid
         };
         let mut state = prepared.state;
         let attached = match &prepared.console {
@@ -571,10 +552,15 @@ impl Service {
             )));
         }
         let sandbox = self.sandbox()?;
-        {
+        let last = lock(&self.inner.containers).len() == 1;
+        if last {
+            // The pod's last container: stopping the pod removes it (and a vm pod's VM).
+            self.stop_pod()?;
+        } else {
             let _gate = self.inner.reaper.spawning();
             match sandbox.delete(&c.id, true) {
-                Ok(()) | Err(hull_runtime::Error::NotFound(_)) => {}
+                Ok(()) => {}
+                Err(e) if e.kind() == hull_container::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -718,7 +704,8 @@ impl Service {
     }
 }
 
-/// A container annotation from its bundle's config.json.
+/// A container annotation from its bundle's config.json (read before any config: the shim's
+/// `start` verb groups a pod's containers by one).
 pub fn annotation(bundle: &Path, key: &str) -> Option<String> {
     let text = std::fs::read(bundle.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;

@@ -13,9 +13,9 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::write_address;
 use containerd_shim::Flags;
 use containerd_shim::{Config, Error as CrateError, ExitSignal, Shim, StartOpts};
-use hull_runtime::sandbox::{HostSandbox, Sandbox};
+use hull_container::ContainerRoot;
 
-use crate::config::DEFAULT_ROOT;
+use crate::config::DEFAULT_SHIM_ROOT;
 use crate::events::now;
 use crate::service::{annotation, BundleState, Service, BUNDLE_STATE_FILE};
 use crate::{logging, rootfs};
@@ -121,20 +121,24 @@ impl Shim for HullShim {
             .and_then(|t| serde_json::from_slice(&t).ok());
         let (root, systemd, vm_dir) = match record {
             Some(r) => (r.root, r.systemd_cgroup, r.vm_dir),
-            None => (Path::new(DEFAULT_ROOT).join(&self.namespace), false, None),
+            None => (
+                Path::new(DEFAULT_SHIM_ROOT).join(&self.namespace),
+                false,
+                None,
+            ),
         };
         if let Some(dir) = &vm_dir {
             // The VM died with its shim (PDEATHSIG); its shared dir's mounts did not.
             rootfs::unmount(&self.id, dir);
             let _ = std::fs::remove_dir_all(dir);
         }
-        let sandbox = HostSandbox::new(&root, systemd);
-        match sandbox.delete(&self.id, true) {
-            Ok(()) | Err(hull_runtime::Error::NotFound(_)) => {}
+        // A host container's state outlives its shim; a vm container's went with the VM.
+        match ContainerRoot::new(&root, systemd).delete(&self.id, true) {
+            Ok(()) | Err(hull_container::Error::NotFound(_)) => {}
             Err(e) => eprintln!(
                 "containerd-shim-hull-v2: delete container {}: {}",
                 self.id,
-                hull_runtime::error::chain(&e)
+                hull_container::chain(&e)
             ),
         }
         rootfs::unmount(&self.id, &bundle.join("rootfs"));

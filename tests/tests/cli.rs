@@ -77,7 +77,10 @@ fn create_start_state_kill_delete_lifecycle() {
     let st = h.state(&id);
     assert_eq!(st["status"], "created");
     assert_eq!(st["id"], id.as_str());
-    assert_eq!(st["ociVersion"], "1.0.2");
+    // The spec version hull implements: the one `features` names as its newest.
+    let features: serde_json::Value = serde_json::from_str(&h.ok(&["features"])).unwrap();
+    assert_eq!(st["ociVersion"], features["ociVersionMax"]);
+    assert_eq!(st["ociVersion"], "1.2.0");
     assert_eq!(
         st["bundle"],
         b.path().canonicalize().unwrap().to_str().unwrap()

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use hull_runtime::agent_client::AgentClient;
+use hull_agent_client::AgentClient;
 
 /// A running agent in its own namespaces; killed (with everything in its pid namespace) on drop.
 pub struct TestAgent {

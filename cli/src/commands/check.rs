@@ -1,0 +1,99 @@
+//! `hull check`: what this host can run (cgroups, KVM and whether it is hardware-backed,
+//! vhost-vsock, IOMMU, qemu, the guest kernel), and which hypervisor `auto` picks.
+
+use std::path::Path;
+
+use hull_runtime::config::Config;
+
+use super::Globals;
+use crate::error::{chain, Result};
+
+/// `hull check`.
+pub fn run(g: &Globals) -> Result<i32> {
+    print!("{}", check_report(g.config.as_deref()));
+    Ok(0)
+}
+
+/// The cgroup layout of this host, as `hull check` reports it.
+fn cgroup_layout() -> (bool, String) {
+    use libcgroups::common::CgroupSetup;
+    match libcgroups::common::get_cgroup_setup() {
+        Ok(CgroupSetup::Unified) => (true, "v2 (unified)".into()),
+        Ok(CgroupSetup::Hybrid) => (
+            true,
+            "hybrid: v1 controllers plus a v2 mount (hull manages v1)".into(),
+        ),
+        Ok(CgroupSetup::Legacy) => (true, "v1 (legacy)".into()),
+        Err(e) => (false, format!("cannot tell: {}", chain(&e))),
+    }
+}
+
+/// `hull check`: one line per capability, yes/no and why, then what `auto` picks.
+fn check_report(config: Option<&Path>) -> String {
+    use hull_hypervisor::detect::{Backend, HostReport, Probe};
+    use std::fmt::Write as _;
+    let r = HostReport::probe();
+    let mut out = String::from("hull check: what this host can run\n");
+    let mut line = |name: &str, p: &Probe| {
+        let _ = writeln!(
+            out,
+            "  {name:<22} {:<4} {}",
+            if p.ok { "yes" } else { "no" },
+            p.reason
+        );
+    };
+    let (cg_ok, cg) = cgroup_layout();
+    line(
+        "host isolation",
+        &Probe {
+            ok: cg_ok,
+            reason: format!("cgroups {cg}"),
+        },
+    );
+    line("/dev/kvm", &r.kvm);
+    line("KVM hardware-backed", &r.kvm_hardware);
+    line("vhost-vsock", &r.vhost_vsock);
+    line("VFIO / IOMMU", &r.iommu);
+    line("qemu", &r.qemu);
+    line("virtiofsd", &r.virtiofsd);
+    // What a vm pod would boot, from the config this command was given (or the default).
+    let guest = Config::load_or_default(config)
+        .map_err(|e| e.to_string())
+        .and_then(|(cfg, path)| {
+            let from = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+            cfg.vm
+                .guest()
+                .map(|(k, i, debian)| (k, i, debian, from))
+                .map_err(|e| e.to_string())
+        });
+    match guest {
+        Ok((k, i, debian, from)) => {
+            let what = if debian {
+                "Debian's kernel as the fallback, ACPI on; "
+            } else {
+                ""
+            };
+            line(
+                "guest kernel",
+                &Probe::yes(format!("{} ({what}config: {from})", k.display())),
+            );
+            line("guest initrd", &Probe::yes(i.display().to_string()));
+        }
+        Err(e) => {
+            line("guest kernel", &Probe::no(e));
+            line("guest kernel (cache)", &r.guest_kernel);
+            line("guest initrd (cache)", &r.guest_initrd);
+        }
+    }
+    let picked = match r.auto.backend {
+        Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
+        Some(Backend::Qemu(accel)) => format!("qemu ({accel:?})").to_lowercase(),
+        None => "none: vm isolation cannot run here".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "  {:<22} {picked}: {}",
+        "vm hypervisor (auto)", r.auto.reason
+    );
+    out
+}

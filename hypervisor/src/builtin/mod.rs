@@ -1,0 +1,919 @@
+//! The `builtin` backend: hull's own VMM (`hull-vmm`, the `vmm` crate) on hardware KVM. The
+//! agent is reached over hull-vmm's hybrid vsock socket (`CONNECT <port>\n` / `OK <n>\n`), the VM
+//! is controlled over hull-vmm's JSON-lines API socket.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::error::{HypervisorError, Result};
+use crate::vmm_process::{self, OwnedChild};
+use crate::{detect, BootedVm, DeviceConfig, Hypervisor, VmConfig};
+use hull_agent_client::{vsock_connect, AgentChannel, AgentClient, HandshakeError};
+
+/// The VMM binary (found through `HULL_VMM`, next to the running executable, then on PATH).
+pub const VMM_BINARY: &str = "hull-vmm";
+/// The guest vsock port hull-agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// How long one API socket request may take.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `stop` waits for the guest to power off before killing hull-vmm.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+/// How long `stop` gives the agent to take the power-off request.
+const POWER_OFF_CALL: Duration = Duration::from_secs(1);
+/// Bound of one vsock handshake while the guest boots (its vsock driver may not be up yet).
+const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(2);
+/// Pause between agent connection attempts during boot.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// The one error of choosing this backend where it cannot run.
+fn no_hardware_kvm() -> HypervisorError {
+    HypervisorError::Config(
+        "the builtin backend needs hardware virtualization: /dev/kvm here is missing or emulated \
+         (see `hull check`); use hypervisor = \"qemu\""
+            .into(),
+    )
+}
+
+/// A `hull-vmm` process owned by this handle: it never outlives the handle (killed on drop, and
+/// `PR_SET_PDEATHSIG` kills it if this process dies first).
+#[derive(Debug)]
+pub struct BuiltinHypervisor {
+    config: VmConfig,
+    child: Option<OwnedChild>,
+    exit: Option<ExitStatus>,
+    stopped: bool,
+    /// Tests only: the hull-vmm to run instead of the one found.
+    vmm_binary: Option<PathBuf>,
+    /// Tests only: `false` skips the hardware KVM check so that boot runs a stand-in hull-vmm.
+    require_hardware_kvm: bool,
+}
+
+/// Why the agent did not answer during boot.
+#[derive(Debug)]
+enum AgentWaitError {
+    /// The handshake failed for a reason a booting guest does not explain.
+    Handshake(HandshakeError),
+    /// The agent answered `Check` with NOT_SERVING.
+    NotServing,
+    /// The last failure when the deadline passed.
+    Deadline(String),
+}
+
+/// Reaches the agent on guest vsock `port` through `path` and waits for its `Check`, retrying
+/// while the guest comes up, until `deadline`. The client keeps `call_timeout` per call.
+fn wait_for_agent(
+    path: &Path,
+    port: u32,
+    deadline: Instant,
+    call_timeout: Duration,
+) -> std::result::Result<AgentClient, AgentWaitError> {
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match vsock_connect(path, port, left.min(HANDSHAKE_ATTEMPT)) {
+            Ok(stream) => {
+                let attempt = AgentClient::from_stream_fd(OwnedFd::from(stream), call_timeout)
+                    .and_then(|c| c.check().map(|serving| (c, serving)));
+                match attempt {
+                    Ok((c, true)) => return Ok(c),
+                    Ok((_, false)) => return Err(AgentWaitError::NotServing),
+                    // A fresh connection is tried while time is left.
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) if e.is_transient() => last = e.to_string(),
+            Err(e) => return Err(AgentWaitError::Handshake(e)),
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    }
+    Err(AgentWaitError::Deadline(last))
+}
+
+impl BuiltinHypervisor {
+    /// A handle for the VM described by `config`; nothing runs until [`Hypervisor::boot`].
+    pub fn new(config: VmConfig) -> Self {
+        BuiltinHypervisor {
+            config,
+            child: None,
+            exit: None,
+            stopped: false,
+            vmm_binary: None,
+            require_hardware_kvm: true,
+        }
+    }
+
+    /// hull-vmm's hybrid vsock socket (the agent channel).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.config.state_dir.join("vsock.sock")
+    }
+
+    /// hull-vmm's control API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.config.state_dir.join("api.sock")
+    }
+
+    /// hull-vmm's own stderr (why it refused to start).
+    pub fn vmm_log(&self) -> PathBuf {
+        self.config.state_dir.join("vmm.log")
+    }
+
+    /// The VM's name on hull-vmm's log lines: the state dir's name.
+    fn vm_id(&self) -> String {
+        self.config
+            .state_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "hull-vm".into())
+    }
+
+    /// The kernel command line (hull-vmm appends `virtio_mmio.device=...` for its devices).
+    pub fn kernel_cmdline(&self) -> String {
+        crate::guest_cmdline(
+            "k",
+            &format!("vsock://{AGENT_VSOCK_PORT}"),
+            None,
+            &self.config.extra_cmdline,
+        )
+    }
+
+    /// The full hull-vmm command line (without the binary).
+    pub fn command_args(&self) -> Vec<String> {
+        let cfg = &self.config;
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            "--kernel".into(),
+            s(&cfg.kernel),
+            "--initrd".into(),
+            s(&cfg.initrd),
+            "--cmdline".into(),
+            self.kernel_cmdline(),
+            "--memory".into(),
+            cfg.memory_mib.to_string(),
+            "--vcpus".into(),
+            cfg.vcpus.to_string(),
+            "--vsock-uds".into(),
+            s(&self.vsock_socket()),
+            "--api-sock".into(),
+            s(&self.api_socket()),
+            "--id".into(),
+            self.vm_id(),
+        ]
+    }
+
+    /// The hull-vmm to run: `HULL_VMM`, else next to the running executable, else on PATH.
+    fn find_binary(&self) -> Result<PathBuf> {
+        if let Some(b) = &self.vmm_binary {
+            return Ok(b.clone());
+        }
+        if let Some(b) = std::env::var_os("HULL_VMM").filter(|b| !b.is_empty()) {
+            return Ok(b.into());
+        }
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join(VMM_BINARY)))
+            .filter(|p| p.is_file());
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        beside
+            .or_else(|| detect::find_in_path(VMM_BINARY, &path_var))
+            .ok_or_else(|| HypervisorError::Spawn {
+                binary: VMM_BINARY.into(),
+                source: std::io::Error::new(
+                    ErrorKind::NotFound,
+                    "not in $HULL_VMM, next to this executable, or on PATH",
+                ),
+            })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let cfg = &self.config;
+        cfg.check_guest_files()?;
+        if !cfg.shares.is_empty() {
+            return Err(HypervisorError::Config(format!(
+                "the builtin backend cannot share host directories ({} asked): hull-vmm has no \
+                 virtio-fs or 9p device; use hypervisor = \"qemu\"",
+                cfg.shares.len()
+            )));
+        }
+        if cfg.memory_mib < 64 || cfg.vcpus == 0 || cfg.vcpus > u32::from(u8::MAX) {
+            return Err(HypervisorError::Config(format!(
+                "need at least 64 MiB and 1 to 255 vCPUs (got {} MiB, {} vCPUs)",
+                cfg.memory_mib, cfg.vcpus
+            )));
+        }
+        Ok(())
+    }
+
+    /// Kills hull-vmm now and records how it ended.
+    fn kill(&mut self) {
+        vmm_process::kill(&mut self.child, &mut self.exit);
+    }
+
+    fn boot_failure_reason(&self) -> String {
+        vmm_process::boot_failure_reason(&self.vmm_log(), &self.console_log())
+    }
+
+    fn remove_sockets(&self) {
+        for p in [self.vsock_socket(), self.api_socket()] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Waits up to `bound` for hull-vmm to exit on its own; records the status.
+    fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
+        vmm_process::wait_exit(&mut self.child, &mut self.exit, bound)
+    }
+
+    /// Asks the guest agent, on a connection of its own, to power the guest off.
+    fn request_power_off(&self) -> std::result::Result<(), String> {
+        let stream = vsock_connect(&self.vsock_socket(), AGENT_VSOCK_PORT, POWER_OFF_CALL)
+            .map_err(|e| e.to_string())?;
+        let agent = AgentClient::from_stream_fd(OwnedFd::from(stream), POWER_OFF_CALL)
+            .map_err(|e| e.to_string())?;
+        agent
+            .destroy_sandbox(&self.vm_id(), true)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends one request to hull-vmm's API socket; returns the VM state it reports.
+    fn api(&mut self, request: serde_json::Value) -> Result<String> {
+        self.check_running()?;
+        let cmd = request
+            .get("cmd")
+            .and_then(|c| c.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let path = self.api_socket();
+        let what = || format!("hull-vmm api {cmd} ({})", path.display());
+        let io = |e| HypervisorError::io(what(), e);
+        let mut stream = UnixStream::connect(&path).map_err(io)?;
+        stream.set_read_timeout(Some(API_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(API_TIMEOUT)).map_err(io)?;
+        let mut line = request.to_string();
+        line.push('\n');
+        stream.write_all(line.as_bytes()).map_err(io)?;
+        let mut answer = String::new();
+        BufReader::new(stream.take(4096))
+            .read_line(&mut answer)
+            .map_err(io)?;
+        let v: serde_json::Value = serde_json::from_str(answer.trim()).map_err(|e| {
+            io(std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("bad answer {:?}: {e}", answer.trim()),
+            ))
+        })?;
+        if v.get("ok").and_then(|o| o.as_bool()) == Some(true) {
+            let state = v
+                .get("state")
+                .and_then(|s| s.as_str())
+                .unwrap_or("unknown")
+                .to_string();
+            tracing::debug!(vm = %self.vm_id(), %cmd, %state, "hull-vmm api");
+            Ok(state)
+        } else {
+            let msg = v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("refused without a reason");
+            Err(io(std::io::Error::other(msg.to_string())))
+        }
+    }
+}
+
+impl Hypervisor for BuiltinHypervisor {
+    fn backend(&self) -> &'static str {
+        "builtin"
+    }
+
+    fn boot(&mut self) -> Result<BootedVm> {
+        if self.child.is_some() {
+            return Err(HypervisorError::Config("vm is already booted".into()));
+        }
+        // First: without hardware KVM a Linux guest never comes up; say so instead of waiting.
+        if self.require_hardware_kvm && !detect::kvm_hardware_backed_cached() {
+            tracing::warn!(vm = %self.vm_id(), "builtin backend chosen without hardware KVM");
+            return Err(no_hardware_kvm());
+        }
+        self.validate()?;
+        let dir = &self.config.state_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HypervisorError::io(format!("create {dir:?}"), e))?;
+        self.remove_sockets();
+        let log = File::create(self.vmm_log())
+            .map_err(|e| HypervisorError::io(format!("create {:?}", self.vmm_log()), e))?;
+        let console = File::create(self.console_log())
+            .map_err(|e| HypervisorError::io(format!("create {:?}", self.console_log()), e))?;
+
+        let binary = self.find_binary()?;
+        let mut cmd = Command::new(&binary);
+        cmd.args(self.command_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(console))
+            .stderr(Stdio::from(log));
+        tracing::debug!(vm = %self.vm_id(), ?cmd, "starting hull-vmm");
+        let started = Instant::now();
+        let child =
+            OwnedChild::spawn(cmd, "hull-vmm").map_err(|source| HypervisorError::Spawn {
+                binary: binary.display().to_string(),
+                source,
+            })?;
+        let pid = child.child.id();
+        self.child = Some(child);
+        self.exit = None;
+        self.stopped = false;
+        tracing::info!(vm = %self.vm_id(), pid, "hull-vmm started; waiting for the guest agent");
+
+        // The agent's first answer arrives over hybrid vsock; hull-vmm's exit or the deadline
+        // end the wait. On a timeout hull-vmm is killed, which also ends a pending call.
+        let boot_timeout = self.config.boot_timeout;
+        let deadline = started + boot_timeout;
+        let (tx, rx) = mpsc::channel();
+        let socket = self.vsock_socket();
+        let call_timeout = self.config.agent_call_timeout;
+        std::thread::Builder::new()
+            .name("agent-boot-check".into())
+            .spawn(move || {
+                let _ = tx.send(wait_for_agent(
+                    &socket,
+                    AGENT_VSOCK_PORT,
+                    deadline,
+                    call_timeout,
+                ));
+            })
+            .map_err(|e| {
+                self.kill();
+                HypervisorError::io("spawn agent-boot-check thread", e)
+            })?;
+        loop {
+            let failed =
+                |status: &str, reason: String, this: &Self| HypervisorError::ExitedDuringBoot {
+                    status: status.into(),
+                    reason,
+                    console_log: this.console_log(),
+                };
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(Ok(agent)) => {
+                    let boot_time = started.elapsed();
+                    tracing::info!(vm = %self.vm_id(), pid, ?boot_time, "guest agent is serving");
+                    return Ok(BootedVm { agent, boot_time });
+                }
+                Ok(Err(AgentWaitError::NotServing)) => {
+                    self.kill();
+                    self.remove_sockets();
+                    let reason = "guest agent answered Check with NOT_SERVING".into();
+                    return Err(failed("killed", reason, self));
+                }
+                Ok(Err(AgentWaitError::Handshake(e))) => {
+                    self.kill();
+                    self.remove_sockets();
+                    return Err(failed("killed", format!("agent channel: {e}"), self));
+                }
+                // The deadline passed in the thread: reported below as a boot timeout.
+                Ok(Err(AgentWaitError::Deadline(last))) => {
+                    tracing::debug!(vm = %self.vm_id(), %last, "agent wait reached the deadline");
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) if Instant::now() < deadline => {
+                    self.kill();
+                    self.remove_sockets();
+                    let reason = "the agent check thread died".into();
+                    return Err(failed("killed", reason, self));
+                }
+                Err(_) => {}
+            }
+            if self.check_running().is_err() {
+                self.child = None;
+                self.remove_sockets();
+                let status = self.exit.map(|s| s.to_string()).unwrap_or_default();
+                return Err(failed(&status, self.boot_failure_reason(), self));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                self.remove_sockets();
+                tracing::warn!(vm = %self.vm_id(), pid, ?boot_timeout, "guest agent did not answer; hull-vmm killed");
+                return Err(HypervisorError::BootTimeout {
+                    timeout: boot_timeout,
+                    console_log: self.console_log(),
+                });
+            }
+        }
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if self.child.is_some() && self.check_running().is_ok() {
+            match self.request_power_off() {
+                Ok(()) => {
+                    if self.wait_exit_for(POWER_OFF_GRACE).is_none() {
+                        tracing::debug!(vm = %self.vm_id(), "guest did not power off in time; killing hull-vmm");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(vm = %self.vm_id(), error = %e, "cannot ask the guest to power off; killing hull-vmm");
+                }
+            }
+        }
+        self.kill();
+        self.stopped = true;
+        self.remove_sockets();
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        self.api(serde_json::json!({"cmd": "pause"})).map(|_| ())
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        self.api(serde_json::json!({"cmd": "resume"})).map(|_| ())
+    }
+
+    /// hull-vmm snapshots a paused VM only: a running one is paused for it and resumed after.
+    fn snapshot(&mut self, dir: &Path) -> Result<()> {
+        self.check_running()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HypervisorError::io(format!("create {dir:?}"), e))?;
+        // hull-vmm's working directory is not ours to rely on.
+        let dir = std::path::absolute(dir)
+            .map_err(|e| HypervisorError::io(format!("resolve {dir:?}"), e))?;
+        let was_running = self.api(serde_json::json!({"cmd": "status"}))? == "running";
+        if was_running {
+            self.api(serde_json::json!({"cmd": "pause"}))?;
+        }
+        let saved = self.api(serde_json::json!({"cmd": "snapshot", "dir": dir}));
+        if was_running {
+            self.api(serde_json::json!({"cmd": "resume"}))?;
+        }
+        saved.map(|_| ())
+    }
+
+    fn add_device(&mut self, _device: &DeviceConfig) -> Result<()> {
+        Err(HypervisorError::NotSupported {
+            operation: "hot-adding a device (hull-vmm fixes its virtio-mmio devices at boot, \
+                        listed on the kernel command line)",
+            backend: "builtin",
+        })
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        vmm_process::running_status(&mut self.child, &mut self.exit, self.stopped, "hull-vmm")
+            .map_err(|status| HypervisorError::NotRunning {
+                status,
+                console_log: self.console_log(),
+            })
+    }
+
+    fn agent_channel(&self) -> AgentChannel {
+        AgentChannel::VsockUds {
+            path: self.vsock_socket(),
+            port: AGENT_VSOCK_PORT,
+        }
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.config.state_dir.join("console.log")
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.child.id())
+    }
+}
+
+impl Drop for BuiltinHypervisor {
+    fn drop(&mut self) {
+        self.kill();
+        self.remove_sockets();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+    use std::sync::{Arc, Mutex};
+
+    use hull_protocols::health as hpb;
+    use hull_protocols::health_ttrpc::{create_health, Health};
+    use hull_protocols::ttrpc;
+
+    use super::*;
+    use crate::{select, BackendChoice, Share};
+
+    fn cfg(state_dir: impl Into<PathBuf>) -> VmConfig {
+        let mut c = VmConfig::new("/k", "/i", state_dir);
+        c.memory_mib = 512;
+        c.vcpus = 2;
+        c
+    }
+
+    /// A scratch directory removed on drop.
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("hull-builtin-")
+            .tempdir_in("/tmp")
+            .unwrap()
+    }
+
+    /// A config whose kernel and initrd exist (empty files), state in `dir/vm1`.
+    fn bootable_cfg(dir: &Path) -> VmConfig {
+        for f in ["vmlinux", "initrd.cpio"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        let mut c = VmConfig::new(
+            dir.join("vmlinux"),
+            dir.join("initrd.cpio"),
+            dir.join("vm1"),
+        );
+        c.boot_timeout = Duration::from_secs(20);
+        c
+    }
+
+    /// A stand-in hull-vmm: a shell script that records its pid in `dir/vmm.pid`, then `body`.
+    fn stand_in(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("fake-hull-vmm");
+        let pidfile = dir.join("vmm.pid");
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho $$ > {}.tmp\nmv {0}.tmp {0}\n{body}\n",
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn wait_for_file(p: &Path) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(s) = std::fs::read_to_string(p) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("{p:?} never appeared");
+    }
+
+    fn process_gone(pid: &str) -> bool {
+        !Path::new("/proc").join(pid.trim()).exists()
+    }
+
+    fn hypervisor_for_test(config: VmConfig, vmm: PathBuf) -> BuiltinHypervisor {
+        let mut h = BuiltinHypervisor::new(config);
+        h.vmm_binary = Some(vmm);
+        h.require_hardware_kvm = false;
+        h
+    }
+
+    #[test]
+    fn command_line_names_the_kernel_the_sizes_and_both_sockets() {
+        let mut c = cfg("/run/hull/vm1");
+        c.extra_cmdline = "loglevel=7".into();
+        let h = BuiltinHypervisor::new(c);
+        let args = h.command_args();
+        let a = args.join(" ");
+        assert!(a.starts_with("--kernel /k --initrd /i --cmdline "), "{a}");
+        assert!(
+            a.ends_with(
+                "--memory 512 --vcpus 2 --vsock-uds /run/hull/vm1/vsock.sock \
+                 --api-sock /run/hull/vm1/api.sock --id vm1"
+            ),
+            "{a}"
+        );
+        // The command line is one argument.
+        let i = args.iter().position(|x| x == "--cmdline").unwrap();
+        assert_eq!(args[i + 1], h.kernel_cmdline());
+    }
+
+    #[test]
+    fn cmdline_tells_the_agent_to_listen_on_vsock_and_leaves_devices_to_hull_vmm() {
+        let mut c = cfg("/run/hull/vm1");
+        c.extra_cmdline = "loglevel=7".into();
+        let line = BuiltinHypervisor::new(c).kernel_cmdline();
+        assert!(line.contains("HULL_AGENT_LISTEN=vsock://1024"), "{line}");
+        for w in [
+            "console=ttyS0",
+            "pci=off",
+            "panic=-1",
+            "reboot=k",
+            "rdinit=/init",
+        ] {
+            assert!(line.split(' ').any(|x| x == w), "{w} missing: {line}");
+        }
+        assert!(line.ends_with(" loglevel=7"), "{line}");
+        assert!(
+            !line.contains("virtio_mmio"),
+            "hull-vmm appends its devices: {line}"
+        );
+        assert!(
+            !line.contains(" -- "),
+            "hull-vmm appends after the cmdline: {line}"
+        );
+    }
+
+    #[test]
+    fn agent_channel_is_the_hybrid_vsock_socket_on_the_agent_port() {
+        let h = BuiltinHypervisor::new(cfg("/run/hull/vm1"));
+        assert_eq!(
+            h.agent_channel(),
+            AgentChannel::VsockUds {
+                path: "/run/hull/vm1/vsock.sock".into(),
+                port: 1024
+            }
+        );
+        assert_eq!(h.console_log(), Path::new("/run/hull/vm1/console.log"));
+        assert_eq!(h.backend(), "builtin");
+    }
+
+    #[test]
+    fn select_builtin_gives_this_backend() {
+        let h = select(BackendChoice::Builtin, cfg("/run/hull/vm1")).unwrap();
+        assert_eq!(h.backend(), "builtin");
+        assert!(h.pid().is_none());
+    }
+
+    #[test]
+    fn without_hardware_kvm_boot_is_one_clear_error_and_leaves_nothing() {
+        if detect::kvm_hardware_backed_cached() {
+            eprintln!("skipped: this host has hardware KVM");
+            return;
+        }
+        let dir = tempdir();
+        let config = bootable_cfg(dir.path());
+        let state = config.state_dir.clone();
+        let mut h = select(BackendChoice::Builtin, config).unwrap();
+        let t = Instant::now();
+        let e = h.boot().unwrap_err().to_string();
+        assert!(
+            t.elapsed() < detect::KVM_PROBE_TIMEOUT * 3,
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+        for w in [
+            "builtin backend",
+            "hardware virtualization",
+            "hull check",
+            "\"qemu\"",
+        ] {
+            assert!(e.contains(w), "{w:?} missing: {e}");
+        }
+        assert!(h.pid().is_none());
+        assert!(h.check_running().is_err());
+        // Nothing was started or created: no state dir, so no socket, log or process.
+        assert!(!state.exists(), "{state:?} was created");
+        // And again, as fast (the probe is cached).
+        let t = Instant::now();
+        assert_eq!(h.boot().unwrap_err().to_string(), e);
+        assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn auto_resolves_as_hull_check_reports() {
+        let report = detect::HostReport::probe();
+        let check_says_builtin = matches!(report.auto.backend, Some(detect::Backend::Builtin));
+        assert_eq!(
+            BackendChoice::Auto.resolve() == BackendChoice::Builtin,
+            check_says_builtin,
+            "hull check picks {:?} ({}) but auto resolves to {:?}",
+            report.auto.backend,
+            report.auto.reason,
+            BackendChoice::Auto.resolve()
+        );
+        if !report.kvm_hardware.ok {
+            assert_eq!(BackendChoice::Auto.resolve(), BackendChoice::Qemu);
+            let h = select(BackendChoice::Auto, cfg("/run/hull/vm1")).unwrap();
+            assert_eq!(h.backend(), "qemu");
+        }
+    }
+
+    #[test]
+    fn shares_add_device_and_bad_sizes_are_refused_with_the_reason() {
+        let dir = tempdir();
+        let mut c = bootable_cfg(dir.path());
+        c.shares.push(Share {
+            host_dir: dir.path().into(),
+            tag: "rootfs".into(),
+        });
+        let vmm = stand_in(dir.path(), "exit 1");
+        let mut h = hypervisor_for_test(c.clone(), vmm.clone());
+        let e = h.boot().unwrap_err().to_string();
+        assert!(e.contains("virtio-fs or 9p"), "{e}");
+        c.shares.clear();
+        c.vcpus = 300;
+        let e = hypervisor_for_test(c, vmm).boot().unwrap_err().to_string();
+        assert!(e.contains("1 to 255 vCPUs"), "{e}");
+        let e = h
+            .add_device(&DeviceConfig::Block("/dev/null".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fixes its virtio-mmio devices at boot"), "{e}");
+        assert!(e.contains("builtin backend"), "{e}");
+        assert!(!dir.path().join("vmm.pid").exists(), "hull-vmm ran");
+    }
+
+    #[test]
+    fn a_vmm_that_exits_fails_boot_at_once_with_its_last_stderr_line() {
+        let dir = tempdir();
+        let vmm = stand_in(
+            dir.path(),
+            "echo 'starting' >&2\necho 'hull-vmm: cannot open /dev/kvm: Permission denied' >&2\nexit 1",
+        );
+        let mut h = hypervisor_for_test(bootable_cfg(dir.path()), vmm);
+        let t = Instant::now();
+        let e = h.boot().unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(matches!(e, HypervisorError::ExitedDuringBoot { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("exit status: 1"), "{e}");
+        assert!(
+            e.contains("hull-vmm: cannot open /dev/kvm: Permission denied; console log"),
+            "{e}"
+        );
+        assert!(h.pid().is_none());
+        assert!(!h.vsock_socket().exists() && !h.api_socket().exists());
+    }
+
+    #[test]
+    fn a_guest_that_never_answers_times_out_and_hull_vmm_is_killed() {
+        let dir = tempdir();
+        // Listens like hull-vmm would, but no guest ever answers the handshake.
+        let vmm = stand_in(dir.path(), "exec sleep 1000");
+        let mut config = bootable_cfg(dir.path());
+        config.boot_timeout = Duration::from_millis(600);
+        let mut h = hypervisor_for_test(config, vmm);
+        let vsock = h.vsock_socket();
+        let pidfile = dir.path().join("vmm.pid");
+        let holder = std::thread::spawn(move || {
+            wait_for_file(&pidfile);
+            let listener = UnixListener::bind(&vsock).unwrap();
+            // Accept and hold every connection without answering.
+            listener.set_nonblocking(true).unwrap();
+            let mut held = Vec::new();
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                if let Ok((s, _)) = listener.accept() {
+                    held.push(s);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let t = Instant::now();
+        let e = h.boot().unwrap_err();
+        assert!(matches!(e, HypervisorError::BootTimeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let pid = std::fs::read_to_string(dir.path().join("vmm.pid")).unwrap();
+        assert!(process_gone(&pid), "hull-vmm {pid} still runs");
+        assert!(h.pid().is_none());
+        assert!(!h.vsock_socket().exists() && !h.api_socket().exists());
+        holder.join().unwrap();
+    }
+
+    struct Serving;
+    impl Health for Serving {
+        fn check(
+            &self,
+            _ctx: &ttrpc::TtrpcContext,
+            _req: hpb::CheckRequest,
+        ) -> ttrpc::Result<hpb::HealthCheckResponse> {
+            let mut r = hpb::HealthCheckResponse::new();
+            r.status = hpb::health_check_response::ServingStatus::SERVING.into();
+            Ok(r)
+        }
+    }
+
+    /// Plays hull-vmm's sockets: the hybrid vsock socket, whose streams to port 1024 are
+    /// proxied to a ttrpc server with the Health service, and the API socket, whose requests
+    /// it records and answers like hull-vmm.
+    fn play_hull_vmm(
+        dir: &Path,
+        vsock: PathBuf,
+        api: PathBuf,
+        requests: Arc<Mutex<VecDeque<String>>>,
+    ) -> ttrpc::Server {
+        let agent_sock = dir.join("agent.sock");
+        let mut server = ttrpc::Server::new()
+            .bind(&format!("unix://{}", agent_sock.display()))
+            .unwrap()
+            .register_service(create_health(Arc::new(Serving)));
+        server.start().unwrap();
+        let pidfile = dir.join("vmm.pid");
+        std::thread::spawn(move || {
+            // boot() clears stale sockets before it starts hull-vmm: bind once it runs.
+            wait_for_file(&pidfile);
+            let vsock = UnixListener::bind(&vsock).unwrap();
+            let api = UnixListener::bind(&api).unwrap();
+            std::thread::spawn(move || {
+                let mut paused = false;
+                for s in api.incoming() {
+                    let Ok(s) = s else { return };
+                    let mut line = String::new();
+                    BufReader::new(&s).read_line(&mut line).unwrap();
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    let cmd = v["cmd"].as_str().unwrap().to_string();
+                    let answer = match cmd.as_str() {
+                        "pause" => {
+                            paused = true;
+                            r#"{"ok":true,"state":"paused"}"#
+                        }
+                        "resume" => {
+                            paused = false;
+                            r#"{"ok":true,"state":"running"}"#
+                        }
+                        "status" if paused => r#"{"ok":true,"state":"paused"}"#,
+                        "status" => r#"{"ok":true,"state":"running"}"#,
+                        "snapshot" if paused => r#"{"ok":true,"state":"paused"}"#,
+                        _ => r#"{"ok":false,"error":"snapshot needs a paused VM"}"#,
+                    };
+                    requests.lock().unwrap().push_back(line.trim().to_string());
+                    (&s).write_all(format!("{answer}\n").as_bytes()).unwrap();
+                }
+            });
+            for s in vsock.incoming() {
+                let Ok(s) = s else { return };
+                let agent_sock = agent_sock.clone();
+                std::thread::spawn(move || {
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while (&s).read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                        line.push(b[0]);
+                    }
+                    if line != b"CONNECT 1024" {
+                        return;
+                    }
+                    let agent = UnixStream::connect(&agent_sock).unwrap();
+                    (&s).write_all(b"OK 1073741824\n").unwrap();
+                    let (s2, agent2) = (s.try_clone().unwrap(), agent.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut &s2, &mut &agent2);
+                        let _ = agent2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut &agent, &mut &s);
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        server
+    }
+
+    #[test]
+    fn boot_reaches_the_agent_over_the_handshake_then_pause_snapshot_stop() {
+        let dir = tempdir();
+        let vmm = stand_in(dir.path(), "exec sleep 1000");
+        let mut h = hypervisor_for_test(bootable_cfg(dir.path()), vmm);
+        let requests = Arc::new(Mutex::new(VecDeque::new()));
+        let server = play_hull_vmm(
+            dir.path(),
+            h.vsock_socket(),
+            h.api_socket(),
+            requests.clone(),
+        );
+
+        let booted = h.boot().unwrap();
+        assert!(booted.agent.check().unwrap(), "the returned client works");
+        assert!(booted.boot_time < Duration::from_secs(10));
+        let pid = h.pid().expect("hull-vmm runs");
+        assert_eq!(
+            wait_for_file(&dir.path().join("vmm.pid")).trim(),
+            pid.to_string()
+        );
+        h.check_running().unwrap();
+
+        h.pause().unwrap();
+        h.resume().unwrap();
+        let snap = dir.path().join("snap");
+        h.snapshot(&snap).unwrap();
+        assert!(snap.is_dir());
+        let seen: Vec<String> = requests.lock().unwrap().drain(..).collect();
+        assert_eq!(
+            seen,
+            vec![
+                r#"{"cmd":"pause"}"#.to_string(),
+                r#"{"cmd":"resume"}"#.into(),
+                r#"{"cmd":"status"}"#.into(),
+                r#"{"cmd":"pause"}"#.into(),
+                format!(r#"{{"cmd":"snapshot","dir":"{}"}}"#, snap.display()),
+                r#"{"cmd":"resume"}"#.into(),
+            ]
+        );
+
+        // The stand-in agent has no DestroySandbox: stop kills hull-vmm at once.
+        let t = Instant::now();
+        h.stop().unwrap();
+        assert!(t.elapsed() < POWER_OFF_GRACE, "{:?}", t.elapsed());
+        assert!(process_gone(&pid.to_string()));
+        assert!(h.pid().is_none());
+        let e = h.check_running().unwrap_err().to_string();
+        assert!(e.contains("stopped"), "{e}");
+        assert!(!h.vsock_socket().exists() && !h.api_socket().exists());
+        assert!(h.pause().is_err());
+        h.stop().unwrap();
+        server.shutdown();
+    }
+}

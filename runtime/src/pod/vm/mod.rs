@@ -1,0 +1,558 @@
+//! [`VmPod`]: a pod in its own VM. Starting the pod boots the VM through a `hull-hypervisor`
+//! backend (`boot.rs`); the agent in the guest (`hull-agent`) creates every container there.
+//! Root filesystems reach the guest through one shared directory (`shares.rs`), standard
+//! streams through relays over the agent's stream calls (`relay.rs`), OOM kills through the
+//! agent's OOM events (`oom.rs`). Pids are the guest's. Stopping the pod stops the VM.
+
+use std::collections::HashMap;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hull_agent_client::AgentClient;
+use hull_container::{load_bundle_spec, validate_id};
+use hull_hypervisor::Hypervisor;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use super::{
+    ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Stats, Status,
+};
+use crate::config::{Isolation, VmSection};
+use crate::error::{Error, Result};
+
+mod boot;
+mod oom;
+mod relay;
+mod shares;
+
+/// The 9p tag of the shared directory.
+const SHARE_TAG: &str = "hullshare";
+/// Where the agent mounts the shared directory (its allowed root).
+const GUEST_SHARED: &str = "/run/hull/shared";
+/// How long output may keep draining after its process exited.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Bound of one WaitProcess call (the wait loops; a dead VM is noticed between calls).
+const WAIT_SLICE: Duration = Duration::from_secs(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn vm_err(what: impl std::fmt::Display, e: impl std::error::Error + 'static) -> Error {
+    Error::Vm(format!("{what}: {}", hull_container::chain(&e)))
+}
+
+/// One process of a container: the init ("" exec id) or an exec.
+struct VmProc {
+    exec_id: String,
+    /// Output relays, joined (bounded) before the exit is reported.
+    relays: Mutex<Vec<JoinHandle<()>>>,
+    exit: Mutex<Option<i32>>,
+    exited: Condvar,
+    /// Tells the stdin/winsize relay to stop.
+    done: Arc<AtomicBool>,
+}
+
+struct VmContainer {
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    created: String,
+    annotations: HashMap<String, String>,
+    status: Status,
+    init_pid: i32,
+    /// Host mounts under the shared dir, innermost last.
+    mounts: Vec<PathBuf>,
+    procs: HashMap<i32, Arc<VmProc>>,
+}
+
+struct Vm {
+    hv: Box<dyn Hypervisor>,
+    agent: AgentClient,
+}
+
+#[derive(Default)]
+struct Inner {
+    vm: Option<Vm>,
+    containers: HashMap<String, VmContainer>,
+    ooms: HashMap<String, u64>,
+}
+
+/// The containers of one pod in the pod's VM.
+pub struct VmPod {
+    /// The pod's id (its first container's, as containerd and CRI name a sandbox).
+    id: String,
+    root: PathBuf,
+    dir: PathBuf,
+    config: VmSection,
+    inner: Arc<Mutex<Inner>>,
+    exec_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for VmPod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmPod")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmPod {
+    /// A pod named `sandbox_id` whose state lives under `root`; nothing runs until
+    /// [`Pod::start_pod`].
+    pub fn new(root: impl Into<PathBuf>, sandbox_id: &str, config: VmSection) -> Self {
+        let root = root.into();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&root, sandbox_id).hash(&mut h);
+        let short = format!("{:012x}", h.finish() & 0xffff_ffff_ffff);
+        // Unix socket paths are at most 108 bytes: keep the VM dir short.
+        let mut dir = root.join(format!("vm-{short}"));
+        if dir.as_os_str().len() > 70 {
+            dir = PathBuf::from("/run/hull/vm").join(short);
+        }
+        VmPod {
+            id: sandbox_id.to_string(),
+            root,
+            dir,
+            config,
+            inner: Arc::new(Mutex::new(Inner::default())),
+            exec_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The directory holding the VM's sockets, console log and shared directory.
+    pub fn vm_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The host pid of the VM process while it runs.
+    pub fn vm_pid(&self) -> Option<u32> {
+        lock(&self.inner).vm.as_ref().and_then(|v| v.hv.pid())
+    }
+
+    fn shared(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+
+    fn agent(&self) -> Result<AgentClient> {
+        let mut g = lock(&self.inner);
+        let vm =
+            g.vm.as_mut()
+                .ok_or_else(|| Error::Vm(format!("pod {}: its vm is not running", self.id)))?;
+        vm.hv
+            .check_running()
+            .map_err(|e| vm_err("the pod's vm", e))?;
+        Ok(vm.agent.clone())
+    }
+
+    fn container_guard<'a>(
+        g: &'a mut MutexGuard<'_, Inner>,
+        id: &str,
+    ) -> Result<&'a mut VmContainer> {
+        g.containers.get_mut(id).ok_or_else(|| Error::not_found(id))
+    }
+
+    fn proc_of(&self, id: &str, pid: i32) -> Result<Arc<VmProc>> {
+        let mut g = lock(&self.inner);
+        let c = Self::container_guard(&mut g, id)?;
+        c.procs
+            .get(&pid)
+            .cloned()
+            .ok_or_else(|| Error::invalid(format!("container {id} has no process with pid {pid}")))
+    }
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    fs::write(path, pid.to_string()).map_err(|e| Error::io(path, e))
+}
+
+impl Containers for VmPod {
+    fn create(&self, opts: CreateOptions) -> Result<i32> {
+        let id = opts.id.clone();
+        validate_id(&id)?;
+        let spec = load_bundle_spec(&opts.bundle)?;
+        if lock(&self.inner).containers.contains_key(&id) {
+            return Err(hull_container::Error::AlreadyExists(id).into());
+        }
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let mut mounts = Vec::new();
+        let result = (|| -> Result<(i32, Arc<VmProc>)> {
+            let (gspec, guest_rootfs) =
+                self.guest_spec(&id, &opts.bundle, spec.clone(), &mut mounts)?;
+            let json = serde_json::to_vec(&gspec)
+                .map_err(|e| Error::invalid(format!("container {id}: spec: {e}")))?;
+            let agent = self.agent()?;
+            let pid = agent
+                .create_container(&id, &json, &guest_rootfs, Vec::new())
+                .map_err(|e| vm_err(format!("create container {id} in the vm"), e))?
+                as i32;
+            let relayed = self.relay(
+                &agent,
+                &id,
+                "",
+                terminal,
+                opts.console_socket.as_deref(),
+                opts.stdio,
+            );
+            match relayed {
+                Ok(p) => Ok((pid, p)),
+                Err(e) => {
+                    let _ = agent.remove_container(&id);
+                    Err(e)
+                }
+            }
+        })();
+        let (pid, proc_) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                Self::unmount_all(&mounts);
+                let _ = fs::remove_dir_all(self.shared().join(&id));
+                return Err(e);
+            }
+        };
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        let mut procs = HashMap::new();
+        procs.insert(pid, proc_);
+        lock(&self.inner).containers.insert(
+            id.clone(),
+            VmContainer {
+                bundle: opts.bundle.clone(),
+                rootfs: opts.bundle.join("rootfs"),
+                created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                annotations,
+                status: Status::Created,
+                init_pid: pid,
+                mounts,
+                procs,
+            },
+        );
+        tracing::info!(pod = %self.id, container = %id, pid, "created in the vm");
+        Ok(pid)
+    }
+
+    fn start(&self, id: &str) -> Result<()> {
+        {
+            let mut g = lock(&self.inner);
+            let c = Self::container_guard(&mut g, id)?;
+            if c.status != Status::Created {
+                return Err(Error::wrong_status(id, c.status, "start"));
+            }
+        }
+        self.agent()?
+            .start_container(id)
+            .map_err(|e| vm_err(format!("start container {id} in the vm"), e))?;
+        let mut g = lock(&self.inner);
+        if let Some(c) = g.containers.get_mut(id) {
+            if c.status == Status::Created {
+                c.status = Status::Running;
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self, id: &str) -> Result<ContainerState> {
+        let vm_dead = {
+            let mut g = lock(&self.inner);
+            g.vm.as_mut().is_none_or(|v| v.hv.check_running().is_err())
+        };
+        let mut g = lock(&self.inner);
+        let c = Self::container_guard(&mut g, id)?;
+        if vm_dead {
+            c.status = Status::Stopped;
+        }
+        Ok(ContainerState {
+            oci_version: hull_container::OCI_VERSION.into(),
+            id: id.to_string(),
+            pid: if c.status == Status::Stopped {
+                0
+            } else {
+                c.init_pid
+            },
+            status: c.status,
+            bundle: c.bundle.clone(),
+            rootfs: c.rootfs.clone(),
+            created: c.created.clone(),
+            owner: String::new(),
+            annotations: c.annotations.clone(),
+        })
+    }
+
+    fn list(&self) -> Result<Vec<ContainerState>> {
+        let ids: Vec<String> = lock(&self.inner).containers.keys().cloned().collect();
+        ids.iter().map(|id| self.state(id)).collect()
+    }
+
+    fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32> {
+        let status = self.state(id)?.status;
+        if status != Status::Running {
+            return Err(Error::wrong_status(id, status, "exec"));
+        }
+        let agent = self.agent()?;
+        let exec_id = format!("exec-{}", self.exec_seq.fetch_add(1, Ordering::SeqCst) + 1);
+        let json = serde_json::to_vec(&opts.process)
+            .map_err(|e| Error::invalid(format!("exec in {id}: process: {e}")))?;
+        let pid = agent
+            .exec_process(id, &exec_id, &json)
+            .map_err(|e| vm_err(format!("exec in container {id}"), e))? as i32;
+        let terminal = opts.process.terminal().unwrap_or(false);
+        let proc_ = match self.relay(
+            &agent,
+            id,
+            &exec_id,
+            terminal,
+            opts.console_socket.as_deref(),
+            opts.stdio,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = agent.signal_process(id, &exec_id, libc::SIGKILL as u32, false);
+                return Err(e);
+            }
+        };
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        let mut g = lock(&self.inner);
+        Self::container_guard(&mut g, id)?.procs.insert(pid, proc_);
+        Ok(pid)
+    }
+
+    fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let status = self.state(id)?.status;
+        if status == Status::Stopped && !all {
+            return Err(Error::wrong_status(id, status, "kill"));
+        }
+        self.agent()?
+            .signal_process(id, "", signal as u32, all)
+            .map_err(|e| vm_err(format!("signal {signal} to container {id}"), e))
+    }
+
+    fn signal(&self, id: &str, pid: i32, signal: Signal) -> Result<()> {
+        let p = self.proc_of(id, pid)?;
+        self.agent()?
+            .signal_process(id, &p.exec_id, signal as u32, false)
+            .map_err(|e| vm_err(format!("signal {signal} to pid {pid} of container {id}"), e))
+    }
+
+    fn wait(&self, id: &str, pid: i32) -> Result<ExitStatus> {
+        let p = self.proc_of(id, pid)?;
+        let code = loop {
+            if let Some(code) = *lock(&p.exit) {
+                break code;
+            }
+            let agent = match self.agent() {
+                Ok(a) => a,
+                // The VM is gone: so is every process in it.
+                Err(_) => break 255,
+            };
+            match agent.wait_process(id, &p.exec_id, WAIT_SLICE) {
+                Ok(code) => break code,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => {
+                    // Another waiter may have collected it; the VM may have died.
+                    if let Some(code) = *lock(&p.exit) {
+                        break code;
+                    }
+                    if self.agent().is_err() {
+                        break 255;
+                    }
+                    return Err(vm_err(format!("wait for pid {pid} of container {id}"), e));
+                }
+            }
+        };
+        // Output first, then the exit: a caller that prints and exits loses nothing.
+        let relays = std::mem::take(&mut *lock(&p.relays));
+        let deadline = Instant::now() + DRAIN;
+        for r in relays {
+            while !r.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+        p.done.store(true, Ordering::SeqCst);
+        *lock(&p.exit) = Some(code);
+        p.exited.notify_all();
+        {
+            let mut g = lock(&self.inner);
+            if let Some(c) = g.containers.get_mut(id) {
+                if pid == c.init_pid {
+                    c.status = Status::Stopped;
+                }
+            }
+        }
+        Ok(if code > 128 && code < 128 + 65 {
+            match Signal::try_from(code - 128) {
+                Ok(s) => ExitStatus::Signaled(s),
+                Err(_) => ExitStatus::Code(code),
+            }
+        } else {
+            ExitStatus::Code(code)
+        })
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        self.state(id)?;
+        let pids = self
+            .agent()?
+            .list_processes(id)
+            .map_err(|e| vm_err(format!("processes of container {id}"), e))?;
+        Ok(pids.into_iter().map(|p| p as i32).collect())
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats> {
+        self.state(id)?;
+        let r = self
+            .agent()?
+            .stats_container(id)
+            .map_err(|e| vm_err(format!("stats of container {id}"), e))?;
+        let mut s = Stats::default();
+        if let Some(cpu) = r.cpu.as_ref() {
+            s.cpu.usage.usage_total = cpu.usage_total_ns;
+            s.cpu.usage.usage_user = cpu.usage_user_ns;
+            s.cpu.usage.usage_kernel = cpu.usage_kernel_ns;
+            s.cpu.throttling.throttled_periods = cpu.throttled_periods;
+            s.cpu.throttling.throttled_time = cpu.throttled_time_ns;
+        }
+        if let Some(m) = r.memory.as_ref() {
+            s.memory.memory.usage = m.usage_bytes;
+            s.memory.memory.max_usage = m.max_usage_bytes;
+            s.memory.memory.limit = m.limit_bytes;
+            s.memory.memory.fail_count = m.fail_count;
+            s.memory.cache = m.cache_bytes;
+        }
+        if let Some(p) = r.pids.as_ref() {
+            s.pids.current = p.current;
+            s.pids.limit = p.limit;
+        }
+        Ok(s)
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        let status = self.state(id)?.status;
+        if status != Status::Running {
+            return Err(Error::wrong_status(id, status, "pause"));
+        }
+        self.agent()?
+            .pause_container(id)
+            .map_err(|e| vm_err(format!("pause container {id}"), e))?;
+        let mut g = lock(&self.inner);
+        Self::container_guard(&mut g, id)?.status = Status::Paused;
+        Ok(())
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        let status = self.state(id)?.status;
+        if status != Status::Paused {
+            return Err(Error::wrong_status(id, status, "resume"));
+        }
+        self.agent()?
+            .resume_container(id)
+            .map_err(|e| vm_err(format!("resume container {id}"), e))?;
+        let mut g = lock(&self.inner);
+        Self::container_guard(&mut g, id)?.status = Status::Running;
+        Ok(())
+    }
+
+    fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        self.state(id)?;
+        let json = serde_json::to_vec(resources)
+            .map_err(|e| Error::invalid(format!("update {id}: {e}")))?;
+        self.agent()?
+            .update_container(id, &json)
+            .map_err(|e| vm_err(format!("update container {id}"), e))
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let status = self.state(id)?.status;
+        if !force && !status.deletable() {
+            return Err(Error::wrong_status(id, status, "delete"));
+        }
+        let c = lock(&self.inner).containers.remove(id);
+        if let Ok(agent) = self.agent() {
+            if let Err(e) = agent.remove_container(id) {
+                tracing::debug!(pod = %self.id, container = %id, "remove in the vm: {e}");
+            }
+        }
+        if let Some(c) = c {
+            Self::forget(&c);
+        }
+        let _ = fs::remove_dir_all(self.shared().join(id));
+        Ok(())
+    }
+
+    fn oom_kills(&self, id: &str) -> Result<u64> {
+        Ok(lock(&self.inner).ooms.get(id).copied().unwrap_or(0))
+    }
+}
+
+impl Pod for VmPod {
+    fn isolation(&self) -> Isolation {
+        Isolation::Vm
+    }
+
+    fn start_pod(&self, first: &Spec) -> Result<()> {
+        if lock(&self.inner).vm.is_some() {
+            return Ok(());
+        }
+        if let Err(e) = self.boot(first) {
+            // Nothing of a VM that did not come up stays: its dir, shares, sockets, logs.
+            self.shut_down();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn stop_pod(&self) -> Result<()> {
+        // The containers go with the VM: removing each in the guest first (its mounts, cgroup
+        // and state, ~50 ms under TCG) would be undone by the power-off.
+        let containers: Vec<VmContainer> = lock(&self.inner)
+            .containers
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for c in &containers {
+            Self::forget(c);
+        }
+        self.shut_down();
+        Ok(())
+    }
+
+    fn helper_pids(&self) -> Vec<i32> {
+        self.vm_pid().map(|p| p as i32).into_iter().collect()
+    }
+}
+
+impl VmPod {
+    /// Lets a removed container's relays end and undoes its host mounts.
+    fn forget(c: &VmContainer) {
+        for p in c.procs.values() {
+            p.done.store(true, Ordering::SeqCst);
+        }
+        Self::unmount_all(&c.mounts);
+    }
+}
+
+impl Drop for VmPod {
+    fn drop(&mut self) {
+        let _ = self.stop_pod();
+    }
+}
