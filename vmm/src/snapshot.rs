@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::cpuid;
 use crate::builder::{BuildError, VmConfig, Vmm};
+pub use crate::devices::legacy::serial::SerialSnapshot;
 use crate::devices::virtio::mmio::MmioState;
 use crate::vstate::memory;
 use crate::vstate::vcpu::VcpuState;
@@ -50,15 +51,6 @@ pub enum SnapshotError {
     /// A vCPU could not be restored.
     #[error(transparent)]
     Vcpu(#[from] crate::vstate::vcpu::VcpuError),
-}
-
-/// The 8250's registers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SerialSnapshot {
-    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
-    pub regs: [u8; 9],
-    /// Bytes waiting for the guest.
-    pub in_buffer: Vec<u8>,
 }
 
 /// Everything but memory.
@@ -114,21 +106,7 @@ pub fn save(vmm: &mut Vmm, vcpus: Vec<VcpuState>, dir: &Path) -> Result<(), Snap
     let mut clock = vm.fd().get_clock().map_err(kvm_err("read kvmclock"))?;
     // Only the clock value is restorable; flags describe the host's clock source.
     clock.flags = 0;
-    let s = serial.lock().expect("serial lock").state();
-    let serial = SerialSnapshot {
-        regs: [
-            s.baud_divisor_low,
-            s.baud_divisor_high,
-            s.interrupt_enable,
-            s.interrupt_identification,
-            s.line_control,
-            s.line_status,
-            s.modem_control,
-            s.modem_status,
-            s.scratch,
-        ],
-        in_buffer: s.in_buffer,
-    };
+    let serial = serial.lock().expect("serial lock").save();
     let virtio = virtio
         .iter()
         .map(|v| v.transport.lock().expect("transport lock").state())
