@@ -16,6 +16,7 @@ pub use crate::devices::legacy::serial::SerialSnapshot;
 use crate::devices::virtio::mmio::MmioState;
 use crate::vstate::memory;
 use crate::vstate::vcpu::VcpuState;
+use crate::vstate::vm::{KvmVmState, VmError};
 
 /// Errors while saving or restoring.
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +32,9 @@ pub enum SnapshotError {
     /// The state file is not valid.
     #[error("snapshot state file is invalid: {0}")]
     Format(serde_json::Error),
-    /// A KVM state ioctl failed.
-    #[error("cannot {what}: {source}")]
-    Kvm {
-        /// What was attempted.
-        what: &'static str,
-        /// The KVM error.
-        source: kvm_ioctls::Error,
-    },
+    /// Reading or loading the irqchip, PIT or clock failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
     /// Memory dump or load failed.
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
@@ -82,30 +78,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
-    move |source| SnapshotError::Kvm { what, source }
-}
-
 /// Writes the state of a paused `vmm` (with its vCPU states) into `dir`.
 pub fn save(vmm: &mut Vmm, vcpus: Vec<VcpuState>, dir: &Path) -> Result<(), SnapshotError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mem_mib = vmm.config().mem_mib;
     let (vm, mem, _, serial, virtio) = vmm.parts_mut();
-    let mut irqchips = Vec::new();
-    for chip_id in 0..3 {
-        let mut chip = kvm_irqchip {
-            chip_id,
-            ..Default::default()
-        };
-        vm.fd()
-            .get_irqchip(&mut chip)
-            .map_err(kvm_err("read irqchip state"))?;
-        irqchips.push(chip);
-    }
-    let pit = vm.fd().get_pit2().map_err(kvm_err("read PIT state"))?;
-    let mut clock = vm.fd().get_clock().map_err(kvm_err("read kvmclock"))?;
-    // Only the clock value is restorable; flags describe the host's clock source.
-    clock.flags = 0;
+    let KvmVmState {
+        irqchips,
+        pit,
+        clock,
+    } = vm.save_state()?;
     let serial = serial.lock().expect("serial lock").save();
     let virtio = virtio
         .iter()
@@ -169,17 +151,11 @@ pub fn restore(
     memory::load(mem, &mut f)?;
 
     // The irqchip before the LAPICs, as KVM routes through it.
-    for chip in &state.irqchips {
-        vm.fd()
-            .set_irqchip(chip)
-            .map_err(kvm_err("restore irqchip state"))?;
-    }
-    vm.fd()
-        .set_pit2(&state.pit)
-        .map_err(kvm_err("restore PIT state"))?;
-    vm.fd()
-        .set_clock(&state.clock)
-        .map_err(kvm_err("restore kvmclock"))?;
+    vm.restore_state(&KvmVmState {
+        irqchips: state.irqchips,
+        pit: state.pit,
+        clock: state.clock,
+    })?;
     for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
         cpuid::setup_cpuid(vcpu.fd(), &kvm_cpuid, vcpu.id(), count)
             .map_err(|e| SnapshotError::Vcpu(e.into()))?;
