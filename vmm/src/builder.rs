@@ -21,9 +21,10 @@ use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::{self, VirtioDevice};
 use crate::devices::{Bus, BusError};
+use crate::snapshot::{self, SnapshotError, VmParts};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{
-    Buses, ExitNotifier, SnapshotCaps, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuResponse, VmExit,
+    Buses, ExitNotifier, SnapshotCaps, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VmExit,
 };
 use crate::vstate::vm::{Vm, VmError};
 
@@ -74,7 +75,10 @@ pub enum BuildError {
     },
     /// Saving or restoring a snapshot failed.
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] SnapshotError),
+    /// Building the VM a snapshot is restored into failed.
+    #[error("cannot rebuild VM for restore: {0}")]
+    Rebuild(Box<BuildError>),
     /// The API socket failed.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
@@ -264,7 +268,7 @@ impl Vmm {
     }
 
     /// Everything but the kernel: KVM VM, memory, legacy and virtio devices, vCPUs.
-    pub(crate) fn build_machine(
+    fn build_machine(
         config: VmConfig,
         serial_out: Box<dyn Write + Send>,
     ) -> Result<Vmm, BuildError> {
@@ -430,7 +434,7 @@ impl Vmm {
         Ok(cmdline)
     }
 
-    pub(crate) fn create_vcpus(&mut self) -> Result<(), BuildError> {
+    fn create_vcpus(&mut self) -> Result<(), BuildError> {
         let caps = Arc::new(SnapshotCaps::detect(self.vm.kvm()));
         for id in 0..self.config.vcpus {
             self.vcpus.push(Vcpu::new(
@@ -551,47 +555,41 @@ impl Vmm {
                 "pause the VM before taking a snapshot".into(),
             ));
         }
-        let mut vcpus = Vec::new();
-        for h in &self.handles {
-            match h.request(VcpuEvent::SaveState)? {
-                VcpuResponse::State(s) => vcpus.push(*s),
-                _ => {
-                    return Err(BuildError::Config(
-                        "vCPU answered a state request oddly".into(),
-                    ))
-                }
-            }
-        }
-        crate::snapshot::save(self, vcpus, dir)?;
+        let vcpus = self
+            .handles
+            .iter()
+            .map(VcpuHandle::save_state)
+            .collect::<Result<Vec<_>, _>>()?;
+        snapshot::save(dir, &self.snapshot_parts(), vcpus)?;
         Ok(())
     }
 
-    /// Rebuilds a VM from a snapshot directory written by [`Vmm::snapshot`]; it starts paused
-    /// only in the sense that its vCPUs are not started until [`Vmm::start`].
+    /// Rebuilds a VM from a snapshot directory written by [`Vmm::snapshot`]: the devices
+    /// `config` describes, the memory size and vCPU count of the snapshot. Its vCPUs do not
+    /// run until [`Vmm::start`].
     pub fn restore(
         dir: &std::path::Path,
-        config: VmConfig,
+        mut config: VmConfig,
         serial_out: Box<dyn Write + Send>,
     ) -> Result<Vmm, BuildError> {
-        Ok(crate::snapshot::restore(dir, config, serial_out)?)
+        let state = snapshot::load(dir)?;
+        config.mem_mib = state.mem_mib;
+        config.vcpus = state.vcpu_count()?;
+        let rebuild = |e| BuildError::Rebuild(Box::new(e));
+        let mut vmm = Vmm::build_machine(config, serial_out).map_err(rebuild)?;
+        vmm.create_vcpus().map_err(rebuild)?;
+        state.restore(dir, &vmm.snapshot_parts(), &vmm.vcpus)?;
+        Ok(vmm)
     }
 
-    pub(crate) fn parts_mut(
-        &mut self,
-    ) -> (
-        &Vm,
-        &GuestMemoryMmap,
-        &mut Vec<Vcpu>,
-        &Arc<Mutex<SerialDevice>>,
-        &[VirtioSlot],
-    ) {
-        (
-            &self.vm,
-            &self.mem,
-            &mut self.vcpus,
-            &self.serial,
-            &self.virtio,
-        )
+    /// The parts whose state a snapshot holds.
+    fn snapshot_parts(&self) -> VmParts<'_> {
+        VmParts {
+            vm: &self.vm,
+            mem: &self.mem,
+            serial: &self.serial,
+            virtio: self.virtio.iter().map(|s| &*s.transport).collect(),
+        }
     }
 
     /// Stops the vCPU threads.

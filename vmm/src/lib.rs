@@ -2,7 +2,8 @@
 //!
 //! Cut by concern like Firecracker: [`arch`] (boot layout, page tables, CPUID, MSRs, boot
 //! protocols), [`vstate`] (memory, VM, vCPUs), [`devices`] (legacy and virtio), and
-//! [`builder`] which wires them into a running [`builder::Vmm`].
+//! [`builder`] which wires them into a running [`builder::Vmm`]. Each part keeps the state it
+//! must save beside its code; [`snapshot`] only composes those states into the snapshot files.
 
 #![warn(missing_docs)]
 

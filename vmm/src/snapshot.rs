@@ -1,20 +1,30 @@
 //! Snapshots: vCPU registers/LAPIC/MSRs, the in-kernel irqchip (PIC master, PIC slave,
 //! IOAPIC), PIT and clock, the serial UART, virtio-mmio transports, and guest memory, written
-//! to `vm.json` and `memory.bin` in a directory; restore rebuilds an identical VM that continues
-//! where the snapshot was taken.
+//! to `vm.json` and `memory.bin` in a directory; restore loads them into a freshly built VM
+//! that continues where the snapshot was taken.
+//!
+//! Each part saves and restores its own state beside its code ([`Vcpu::save_state`],
+//! [`Vm::save_state`], [`SerialDevice::save`], [`MmioTransport::state`], [`memory::dump`]);
+//! this module only composes those states into the [`VmState`] file format and back. It sees
+//! the parts of a VM ([`VmParts`]), never the builder: the builder's `Vmm::snapshot` and
+//! `Vmm::restore` call into it, in that one direction.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Mutex;
 
 use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
+use vm_memory::GuestMemoryMmap;
 
 use crate::arch::cpuid;
-use crate::builder::{BuildError, VmConfig, Vmm};
-use crate::devices::virtio::mmio::MmioState;
+use crate::devices::legacy::serial::SerialDevice;
+pub use crate::devices::legacy::serial::SerialSnapshot;
+use crate::devices::virtio::mmio::{MmioState, MmioTransport};
 use crate::vstate::memory;
-use crate::vstate::vcpu::VcpuState;
+use crate::vstate::vcpu::{Vcpu, VcpuState};
+use crate::vstate::vm::{KvmVmState, Vm, VmError};
 
 /// Errors while saving or restoring.
 #[derive(Debug, thiserror::Error)]
@@ -30,35 +40,18 @@ pub enum SnapshotError {
     /// The state file is not valid.
     #[error("snapshot state file is invalid: {0}")]
     Format(serde_json::Error),
-    /// A KVM state ioctl failed.
-    #[error("cannot {what}: {source}")]
-    Kvm {
-        /// What was attempted.
-        what: &'static str,
-        /// The KVM error.
-        source: kvm_ioctls::Error,
-    },
+    /// Reading or loading the irqchip, PIT or clock failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
     /// Memory dump or load failed.
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     /// The snapshot does not fit the VM being restored.
     #[error("snapshot does not match: {0}")]
     Mismatch(String),
-    /// Building the VM for restore failed.
-    #[error("cannot rebuild VM for restore: {0}")]
-    Build(Box<BuildError>),
     /// A vCPU could not be restored.
     #[error(transparent)]
     Vcpu(#[from] crate::vstate::vcpu::VcpuError),
-}
-
-/// The 8250's registers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SerialSnapshot {
-    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
-    pub regs: [u8; 9],
-    /// Bytes waiting for the guest.
-    pub in_buffer: Vec<u8>,
 }
 
 /// Everything but memory.
@@ -90,62 +83,103 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
-    move |source| SnapshotError::Kvm { what, source }
+/// The parts of a built VM whose state a snapshot holds (its vCPUs come separately: running
+/// ones answer through their threads, restored ones are not started yet).
+pub struct VmParts<'a> {
+    /// The KVM VM (irqchip, PIT, kvmclock).
+    pub vm: &'a Vm,
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// COM1.
+    pub serial: &'a Mutex<SerialDevice>,
+    /// virtio-mmio transports, by slot.
+    pub virtio: Vec<&'a Mutex<MmioTransport>>,
 }
 
-/// Writes the state of a paused `vmm` (with its vCPU states) into `dir`.
-pub fn save(vmm: &mut Vmm, vcpus: Vec<VcpuState>, dir: &Path) -> Result<(), SnapshotError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mem_mib = vmm.config().mem_mib;
-    let (vm, mem, _, serial, virtio) = vmm.parts_mut();
-    let mut irqchips = Vec::new();
-    for chip_id in 0..3 {
-        let mut chip = kvm_irqchip {
-            chip_id,
-            ..Default::default()
-        };
-        vm.fd()
-            .get_irqchip(&mut chip)
-            .map_err(kvm_err("read irqchip state"))?;
-        irqchips.push(chip);
+impl VmState {
+    /// Gathers the state of paused `parts`, with their vCPUs' states, by index.
+    pub fn save(parts: &VmParts, vcpus: Vec<VcpuState>) -> Result<VmState, SnapshotError> {
+        let KvmVmState {
+            irqchips,
+            pit,
+            clock,
+        } = parts.vm.save_state()?;
+        Ok(VmState {
+            mem_mib: memory::total_size(parts.mem) >> 20,
+            vcpus,
+            irqchips,
+            pit,
+            clock,
+            serial: parts.serial.lock().expect("serial lock").save(),
+            virtio: parts
+                .virtio
+                .iter()
+                .map(|t| t.lock().expect("transport lock").state())
+                .collect(),
+        })
     }
-    let pit = vm.fd().get_pit2().map_err(kvm_err("read PIT state"))?;
-    let mut clock = vm.fd().get_clock().map_err(kvm_err("read kvmclock"))?;
-    // Only the clock value is restorable; flags describe the host's clock source.
-    clock.flags = 0;
-    let s = serial.lock().expect("serial lock").state();
-    let serial = SerialSnapshot {
-        regs: [
-            s.baud_divisor_low,
-            s.baud_divisor_high,
-            s.interrupt_enable,
-            s.interrupt_identification,
-            s.line_control,
-            s.line_status,
-            s.modem_control,
-            s.modem_status,
-            s.scratch,
-        ],
-        in_buffer: s.in_buffer,
-    };
-    let virtio = virtio
-        .iter()
-        .map(|v| v.transport.lock().expect("transport lock").state())
-        .collect();
-    let state = VmState {
-        mem_mib,
-        vcpus,
-        irqchips,
-        pit,
-        clock,
-        serial,
-        virtio,
-    };
 
+    /// How many vCPUs the snapshot has.
+    pub fn vcpu_count(&self) -> Result<u8, SnapshotError> {
+        u8::try_from(self.vcpus.len())
+            .map_err(|_| SnapshotError::Mismatch(format!("{} vCPUs", self.vcpus.len())))
+    }
+
+    /// Loads the state into `parts` and `vcpus`, built for it (same memory size, vCPU count
+    /// and devices) but not started; guest memory comes from `dir`.
+    pub fn restore(self, dir: &Path, parts: &VmParts, vcpus: &[Vcpu]) -> Result<(), SnapshotError> {
+        if parts.virtio.len() != self.virtio.len() {
+            return Err(SnapshotError::Mismatch(format!(
+                "snapshot has {} virtio devices, configuration {}",
+                self.virtio.len(),
+                parts.virtio.len()
+            )));
+        }
+        if vcpus.len() != self.vcpus.len() {
+            return Err(SnapshotError::Mismatch(format!(
+                "snapshot has {} vCPUs, the VM {}",
+                self.vcpus.len(),
+                vcpus.len()
+            )));
+        }
+        let count = self.vcpu_count()?;
+        let kvm_cpuid =
+            cpuid::supported_cpuid(parts.vm.kvm()).map_err(|e| SnapshotError::Vcpu(e.into()))?;
+
+        let mem_path = dir.join(MEMORY_FILE);
+        let mut f = File::open(&mem_path).map_err(io_err(&mem_path))?;
+        memory::load(parts.mem, &mut f)?;
+
+        // The irqchip before the LAPICs, as KVM routes through it.
+        parts.vm.restore_state(&KvmVmState {
+            irqchips: self.irqchips,
+            pit: self.pit,
+            clock: self.clock,
+        })?;
+        for (vcpu, s) in vcpus.iter().zip(&self.vcpus) {
+            vcpu.restore(&kvm_cpuid, count, s)?;
+        }
+        parts
+            .serial
+            .lock()
+            .expect("serial lock")
+            .restore(&self.serial)
+            .map_err(|e| SnapshotError::Mismatch(format!("serial state: {e}")))?;
+        for (transport, s) in parts.virtio.iter().zip(&self.virtio) {
+            transport.lock().expect("transport lock").restore(s);
+        }
+        Ok(())
+    }
+}
+
+/// Writes the state of paused `parts` (with their vCPUs' states) into `dir`: guest memory to
+/// `memory.bin`, then the rest to `vm.json`, replaced whole.
+pub fn save(dir: &Path, parts: &VmParts, vcpus: Vec<VcpuState>) -> Result<(), SnapshotError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let state = VmState::save(parts, vcpus)?;
     let mem_path = dir.join(MEMORY_FILE);
     let mut f = File::create(&mem_path).map_err(io_err(&mem_path))?;
-    memory::dump(mem, &mut f)?;
+    memory::dump(parts.mem, &mut f)?;
     let state_path = dir.join(STATE_FILE);
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -155,65 +189,51 @@ pub fn save(vmm: &mut Vmm, vcpus: Vec<VcpuState>, dir: &Path) -> Result<(), Snap
     Ok(())
 }
 
-/// Rebuilds a VM from `dir`: same devices as `config` describes, memory and state from the
-/// snapshot. The vCPUs start with [`Vmm::start`] / [`Vmm::run`].
-pub fn restore(
-    dir: &Path,
-    mut config: VmConfig,
-    serial_out: Box<dyn Write + Send>,
-) -> Result<Vmm, SnapshotError> {
+/// Reads the state file (`vm.json`) of the snapshot in `dir`.
+pub fn load(dir: &Path) -> Result<VmState, SnapshotError> {
     let state_path = dir.join(STATE_FILE);
     let f = File::open(&state_path).map_err(io_err(&state_path))?;
-    let state: VmState =
-        serde_json::from_reader(std::io::BufReader::new(f)).map_err(SnapshotError::Format)?;
-    config.mem_mib = state.mem_mib;
-    config.vcpus = u8::try_from(state.vcpus.len())
-        .map_err(|_| SnapshotError::Mismatch(format!("{} vCPUs", state.vcpus.len())))?;
-    let mut vmm =
-        Vmm::build_machine(config, serial_out).map_err(|e| SnapshotError::Build(Box::new(e)))?;
-    vmm.create_vcpus()
-        .map_err(|e| SnapshotError::Build(Box::new(e)))?;
-    let kvm_cpuid =
-        cpuid::supported_cpuid(vmm.vm().kvm()).map_err(|e| SnapshotError::Vcpu(e.into()))?;
-    let count = vmm.config().vcpus;
-    let virtio_len = vmm.virtio_devices().len();
-    if virtio_len != state.virtio.len() {
-        return Err(SnapshotError::Mismatch(format!(
-            "snapshot has {} virtio devices, configuration {}",
-            state.virtio.len(),
-            virtio_len
-        )));
-    }
-    let (vm, mem, vcpus, serial, virtio) = vmm.parts_mut();
+    serde_json::from_reader(std::io::BufReader::new(f)).map_err(SnapshotError::Format)
+}
 
-    let mem_path = dir.join(MEMORY_FILE);
-    let mut f = File::open(&mem_path).map_err(io_err(&mem_path))?;
-    memory::load(mem, &mut f)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    // The irqchip before the LAPICs, as KVM routes through it.
-    for chip in &state.irqchips {
-        vm.fd()
-            .set_irqchip(chip)
-            .map_err(kvm_err("restore irqchip state"))?;
+    /// vm.json's fields are the snapshot format: existing snapshots must still load.
+    #[test]
+    fn state_file_keeps_its_fields() {
+        let state = VmState {
+            mem_mib: 16,
+            vcpus: Vec::new(),
+            irqchips: vec![kvm_irqchip::default(); 3],
+            pit: kvm_pit_state2::default(),
+            clock: kvm_clock_data::default(),
+            serial: SerialSnapshot {
+                regs: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+                in_buffer: b"in".to_vec(),
+            },
+            virtio: Vec::new(),
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["clock", "irqchips", "mem_mib", "pit", "serial", "vcpus", "virtio"]
+        );
+        assert_eq!(
+            json["serial"],
+            serde_json::json!({"regs": [1, 2, 3, 4, 5, 6, 7, 8, 9], "in_buffer": [105, 110]})
+        );
+        let back: VmState = serde_json::from_value(json).unwrap();
+        assert_eq!(back.mem_mib, 16);
+        assert_eq!(back.serial, state.serial);
+        assert_eq!(back.vcpu_count().unwrap(), 0);
     }
-    vm.fd()
-        .set_pit2(&state.pit)
-        .map_err(kvm_err("restore PIT state"))?;
-    vm.fd()
-        .set_clock(&state.clock)
-        .map_err(kvm_err("restore kvmclock"))?;
-    for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
-        cpuid::setup_cpuid(vcpu.fd(), &kvm_cpuid, vcpu.id(), count)
-            .map_err(|e| SnapshotError::Vcpu(e.into()))?;
-        vcpu.restore_state(s)?;
-    }
-    serial
-        .lock()
-        .expect("serial lock")
-        .restore(&state.serial)
-        .map_err(|e| SnapshotError::Mismatch(format!("serial state: {e}")))?;
-    for (slot, s) in virtio.iter().zip(&state.virtio) {
-        slot.transport.lock().expect("transport lock").restore(s);
-    }
-    Ok(vmm)
 }

@@ -438,6 +438,18 @@ impl Vcpu {
         })
     }
 
+    /// Loads a snapshot's state into a fresh vCPU: CPUID from `base_cpuid` for a VM of `count`
+    /// vCPUs (as [`Vcpu::configure`] sets it), then [`Vcpu::restore_state`].
+    pub fn restore(
+        &self,
+        base_cpuid: &kvm_bindings::CpuId,
+        count: u8,
+        s: &VcpuState,
+    ) -> Result<(), VcpuError> {
+        cpuid::setup_cpuid(&self.fd, base_cpuid, self.id, count)?;
+        self.restore_state(s)
+    }
+
     /// Loads a state written by [`Vcpu::save_state`] (CPUID must be set first).
     pub fn restore_state(&self, s: &VcpuState) -> Result<(), VcpuError> {
         msr::set_msrs(&self.fd, &s.msrs)?;
@@ -685,6 +697,17 @@ impl VcpuHandle {
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
                 Err(VcpuError::NoResponse(self.id))
             }
+        }
+    }
+
+    /// The state of the (paused) vCPU, read on its thread.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        match self.request(VcpuEvent::SaveState)? {
+            VcpuResponse::State(s) => Ok(*s),
+            _ => Err(VcpuError::Thread {
+                id: self.id,
+                msg: "answered a state request oddly".into(),
+            }),
         }
     }
 

@@ -105,6 +105,40 @@ impl Interrupt {
     }
 }
 
+/// What an activated device works with: guest memory, its queues and its interrupt line.
+pub type Activation = (GuestMemoryMmap, Vec<Queue>, Interrupt);
+
+/// For [`VirtioDevice::activate`]: the activation to keep, once the driver has given `device`
+/// as many queues as its [`VirtioDevice::queue_max_sizes`] lists.
+pub fn activation(
+    device: &dyn VirtioDevice,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    interrupt: Interrupt,
+) -> Result<Activation, VirtioError> {
+    let want = device.queue_max_sizes().len();
+    if queues.len() != want {
+        return Err(VirtioError::Activate {
+            device: device.name(),
+            reason: format!("needs {want} queue(s), got {}", queues.len()),
+        });
+    }
+    Ok((mem, queues, interrupt))
+}
+
+/// For [`VirtioDevice::read_config`]: reads a configuration space laid out as `cfg` at
+/// `offset`; bytes past its end read as zero.
+pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|at| cfg.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device model, independent of the transport.
 pub trait VirtioDevice: Send {
     /// Short name for logs and errors.
@@ -143,5 +177,38 @@ pub trait VirtioDevice: Send {
     /// The activated queues (for snapshots).
     fn queues(&self) -> &[Queue] {
         &[]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_past_the_end_are_zero() {
+        let cfg = [1, 2, 3, 4];
+        let mut data = [0xff; 4];
+        read_config_bytes(&cfg, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, u64::MAX, &mut data);
+        assert_eq!(data, [0; 4]);
+        read_config_bytes(&[], 0, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+
+    #[test]
+    fn activation_needs_every_queue() {
+        let dev = rng::Rng::new();
+        let mem = crate::vstate::memory::create_guest_memory(1 << 20).unwrap();
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let Err(e) = activation(&dev, mem.clone(), Vec::new(), irq.clone()) else {
+            panic!("activated without its queue");
+        };
+        assert_eq!(
+            e.to_string(),
+            "virtio-rng: cannot activate: needs 1 queue(s), got 0"
+        );
+        let q = <Queue as virtio_queue::QueueT>::new(256).unwrap();
+        assert_eq!(activation(&dev, mem, vec![q], irq).unwrap().1.len(), 1);
     }
 }

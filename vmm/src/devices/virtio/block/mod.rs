@@ -10,7 +10,10 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::descriptor::ParsedChain;
 use super::mmio::drain_queue;
-use super::{Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use super::{
+    activation, read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
+};
 
 const QUEUE_SIZES: [u16; 1] = [256];
 const SECTOR_SIZE: u64 = 512;
@@ -36,7 +39,7 @@ pub struct Block {
     read_only: bool,
     sectors: u64,
     id: [u8; ID_BYTES],
-    active: Option<(GuestMemoryMmap, Vec<Queue>, Interrupt)>,
+    active: Option<Activation>,
 }
 
 impl Block {
@@ -205,9 +208,7 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Config space: capacity (u64 sectors) first; the rest reads as zero.
         let cfg = self.sectors.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&cfg, offset, data);
     }
     fn activate(
         &mut self,
@@ -215,13 +216,7 @@ impl VirtioDevice for Block {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
-        if queues.len() != 1 {
-            return Err(VirtioError::Activate {
-                device: self.name(),
-                reason: "needs one queue".into(),
-            });
-        }
-        self.active = Some((mem, queues, interrupt));
+        self.active = Some(activation(self, mem, queues, interrupt)?);
         Ok(())
     }
     fn process_queue(&mut self, _index: u16) {

@@ -9,7 +9,10 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::drain_queue;
-use super::{Interrupt, VirtioDevice, VirtioError, TYPE_CONSOLE, VIRTIO_F_VERSION_1};
+use super::{
+    activation, read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, TYPE_CONSOLE,
+    VIRTIO_F_VERSION_1,
+};
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 const RX: usize = 0;
@@ -21,7 +24,7 @@ const MAX_PENDING_INPUT: usize = 64 * 1024;
 pub struct Console {
     out: Box<dyn Write + Send>,
     input: VecDeque<u8>,
-    active: Option<(GuestMemoryMmap, Vec<Queue>, Interrupt)>,
+    active: Option<Activation>,
 }
 
 impl Console {
@@ -95,8 +98,8 @@ impl VirtioDevice for Console {
         VIRTIO_F_VERSION_1
     }
     fn set_acked_features(&mut self, _features: u64) {}
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&[], offset, data);
     }
     fn activate(
         &mut self,
@@ -104,13 +107,7 @@ impl VirtioDevice for Console {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
-        if queues.len() != 2 {
-            return Err(VirtioError::Activate {
-                device: self.name(),
-                reason: "needs two queues".into(),
-            });
-        }
-        self.active = Some((mem, queues, interrupt));
+        self.active = Some(activation(self, mem, queues, interrupt)?);
         Ok(())
     }
     fn process_queue(&mut self, index: u16) {

@@ -11,7 +11,10 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::drain_queue;
-use super::{Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_F_VERSION_1};
+use super::{
+    activation, read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, TYPE_NET,
+    VIRTIO_F_VERSION_1,
+};
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 const RX: usize = 0;
@@ -76,7 +79,7 @@ pub struct Net {
     tap: File,
     mac: [u8; 6],
     pending: Option<Vec<u8>>,
-    active: Option<(GuestMemoryMmap, Vec<Queue>, Interrupt)>,
+    active: Option<Activation>,
 }
 
 impl Net {
@@ -208,9 +211,7 @@ impl VirtioDevice for Net {
         let mut cfg = [0u8; 10];
         cfg[..6].copy_from_slice(&self.mac);
         cfg[6] = 1; // VIRTIO_NET_S_LINK_UP
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&cfg, offset, data);
     }
     fn activate(
         &mut self,
@@ -218,13 +219,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
-        if queues.len() != 2 {
-            return Err(VirtioError::Activate {
-                device: self.name(),
-                reason: "needs two queues".into(),
-            });
-        }
-        self.active = Some((mem, queues, interrupt));
+        self.active = Some(activation(self, mem, queues, interrupt)?);
         Ok(())
     }
     fn process_queue(&mut self, index: u16) {

@@ -4,7 +4,10 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::drain_queue;
-use super::{Interrupt, VirtioDevice, VirtioError, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{
+    activation, read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, TYPE_RNG,
+    VIRTIO_F_VERSION_1,
+};
 
 const QUEUE_SIZES: [u16; 1] = [256];
 /// Most bytes handed out per request.
@@ -13,7 +16,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 /// The entropy device.
 #[derive(Default)]
 pub struct Rng {
-    active: Option<(GuestMemoryMmap, Vec<Queue>, Interrupt)>,
+    active: Option<Activation>,
 }
 
 impl Rng {
@@ -50,8 +53,8 @@ impl VirtioDevice for Rng {
         VIRTIO_F_VERSION_1
     }
     fn set_acked_features(&mut self, _features: u64) {}
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&[], offset, data);
     }
     fn activate(
         &mut self,
@@ -59,13 +62,7 @@ impl VirtioDevice for Rng {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
-        if queues.len() != 1 {
-            return Err(VirtioError::Activate {
-                device: self.name(),
-                reason: "needs one queue".into(),
-            });
-        }
-        self.active = Some((mem, queues, interrupt));
+        self.active = Some(activation(self, mem, queues, interrupt)?);
         Ok(())
     }
     fn process_queue(&mut self, _index: u16) {

@@ -20,7 +20,10 @@ use vm_memory::GuestMemoryMmap;
 
 use self::packet::*;
 use super::mmio::drain_queue;
-use super::{Interrupt, VirtioDevice, VirtioError, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use super::{
+    activation, read_config_bytes, Activation, Interrupt, VirtioDevice, VirtioError, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1,
+};
 
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 const RXQ: usize = 0;
@@ -93,7 +96,7 @@ pub struct Vsock {
     rx: VecDeque<(Header, Vec<u8>)>,
     next_local_port: u32,
     reset_pending: bool,
-    active: Option<(GuestMemoryMmap, Vec<Queue>, Interrupt)>,
+    active: Option<Activation>,
 }
 
 impl Vsock {
@@ -479,9 +482,7 @@ impl VirtioDevice for Vsock {
     fn set_acked_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let cfg = self.cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&cfg, offset, data);
     }
     fn activate(
         &mut self,
@@ -489,13 +490,7 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
-        if queues.len() != 3 {
-            return Err(VirtioError::Activate {
-                device: self.name(),
-                reason: "needs three queues".into(),
-            });
-        }
-        self.active = Some((mem, queues, interrupt));
+        self.active = Some(activation(self, mem, queues, interrupt)?);
         Ok(())
     }
     fn process_queue(&mut self, index: u16) {
