@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_shim::api::{
@@ -24,6 +24,7 @@ use hull_runtime::pod::host::Spawner;
 use hull_runtime::pod::{CreateOptions, ExecOptions, HostPod, Pod, Status, VmPod};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
+use parking_lot::{Condvar, Mutex};
 use tracing::{info, warn};
 
 use crate::config::ISOLATION_ANNOTATION;
@@ -39,11 +40,6 @@ type DynPod = Arc<dyn Pod>;
 
 /// How long a process' pty output may keep draining after it exited.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
-
-/// Lock, ignoring poisoning (a panicked holder left consistent data behind: plain fields).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Default)]
 struct ProcState {
@@ -80,7 +76,7 @@ impl Proc {
     }
 
     fn exited(&self) -> Option<(u32, Timestamp)> {
-        lock(&self.st).exit.clone()
+        self.st.lock().exit.clone()
     }
 }
 
@@ -157,14 +153,18 @@ impl Service {
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>> {
-        lock(&self.inner.containers)
+        self.inner
+            .containers
+            .lock()
             .get(id)
             .cloned()
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
     }
 
     fn sandbox(&self) -> Result<DynPod> {
-        lock(&self.inner.pod)
+        self.inner
+            .pod
+            .lock()
             .as_ref()
             .map(|p| Arc::clone(&p.pod))
             .ok_or_else(|| {
@@ -177,7 +177,8 @@ impl Service {
         if exec_id.is_empty() {
             return Ok(Arc::clone(&c.init));
         }
-        lock(&c.execs)
+        c.execs
+            .lock()
             .get(exec_id)
             .cloned()
             .ok_or_else(|| Error::ExecNotFound {
@@ -189,7 +190,7 @@ impl Service {
     /// The shim's pod: the first container (the pod's sandbox container under CRI) chooses
     /// its isolation from its annotation and config, and starts it; later containers join it.
     fn pod_for(&self, id: &str, bundle: &Path, config: &Config) -> Result<(DynPod, BundleState)> {
-        let mut slot = lock(&self.inner.pod);
+        let mut slot = self.inner.pod.lock();
         if let Some(p) = slot.as_ref() {
             return Ok((Arc::clone(&p.pod), p.record.clone()));
         }
@@ -239,7 +240,7 @@ impl Service {
 
     /// Stops the pod (its last container is gone, or its first did not come up).
     fn stop_pod(&self) -> Result<()> {
-        let slot = lock(&self.inner.pod).take();
+        let slot = self.inner.pod.lock().take();
         if let Some(p) = slot {
             let _gate = self.inner.reaper.spawning();
             p.pod.stop_pod()?;
@@ -263,7 +264,7 @@ impl Service {
                 };
                 // An OOM kill is published before the exit it caused, as runc's shim does.
                 if let Ok(now) = sandbox.oom_kills(&cid) {
-                    let mut seen = lock(&inner.ooms);
+                    let mut seen = inner.ooms.lock();
                     let before = seen.entry(cid.clone()).or_insert(0);
                     if now > *before {
                         info!(container = %cid, pid, kills = now - *before, "oom");
@@ -272,10 +273,10 @@ impl Service {
                     }
                 }
                 inner.reaper.release(pid);
-                lock(&p.io).finish(OUTPUT_DRAIN);
-                let _life = lock(&p.life);
+                p.io.lock().finish(OUTPUT_DRAIN);
+                let _life = p.life.lock();
                 let at = now();
-                lock(&p.st).exit = Some((status, at.clone()));
+                p.st.lock().exit = Some((status, at.clone()));
                 p.cv.notify_all();
                 let exec = if p.exec_id.is_empty() {
                     &cid
@@ -292,7 +293,7 @@ impl Service {
 
     fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         let id = req.id.clone();
-        if lock(&self.inner.containers).contains_key(&id) {
+        if self.inner.containers.lock().contains_key(&id) {
             return Err(Error::AlreadyExists(format!("container {id}")));
         }
         if !req.checkpoint.is_empty() {
@@ -302,10 +303,10 @@ impl Service {
         }
         let (config, _) = crate::config::for_task(req.options.as_ref())?;
         let bundle = PathBuf::from(&req.bundle);
-        let first = lock(&self.inner.containers).is_empty();
+        let first = self.inner.containers.lock().is_empty();
         let (sandbox, record) = self.pod_for(&id, &bundle, &config)?;
         let created = self.create_in(&sandbox, &record, id.clone(), bundle, &req);
-        if created.is_err() && first && lock(&self.inner.containers).is_empty() {
+        if created.is_err() && first && self.inner.containers.lock().is_empty() {
             // Nothing of a pod whose first container did not come up stays (its VM).
             let _ = self.stop_pod();
         }
@@ -365,7 +366,7 @@ impl Service {
             pid
         };
         let init = Proc::new(String::new(), paths.clone(), None);
-        lock(&init.st).pid = pid;
+        init.st.lock().pid = pid;
         let mut state = prepared.state;
         if let Some(receiver) = &prepared.console {
             if let Err(e) = state.attach_console(receiver, &paths) {
@@ -376,7 +377,7 @@ impl Service {
                 return Err(undo(e));
             }
         }
-        *lock(&init.io) = state;
+        *init.io.lock() = state;
         let c = Arc::new(Container {
             id: id.clone(),
             bundle,
@@ -384,7 +385,7 @@ impl Service {
             init: Arc::clone(&init),
             execs: Mutex::new(HashMap::new()),
         });
-        lock(&self.inner.containers).insert(id.clone(), c);
+        self.inner.containers.lock().insert(id.clone(), c);
         self.spawn_waiter(Arc::clone(sandbox), id.clone(), init, pid);
         self.inner.events.create(&id, &req.bundle, pid as u32);
         Ok(CreateTaskResponse {
@@ -397,9 +398,9 @@ impl Service {
         let c = self.container(&req.id)?;
         let sandbox = self.sandbox()?;
         let p = Self::process(&c, &req.exec_id)?;
-        let _life = lock(&p.life);
+        let _life = p.life.lock();
         {
-            let st = lock(&p.st);
+            let st = p.st.lock();
             if st.started || st.exit.is_some() {
                 return Err(Error::FailedPrecondition(format!(
                     "process {} of container {} was started already",
@@ -414,12 +415,12 @@ impl Service {
         }
         if p.exec_id.is_empty() {
             {
-                let _cwd = lock(&self.inner.cwd);
+                let _cwd = self.inner.cwd.lock();
                 let _gate = self.inner.reaper.spawning();
                 sandbox.start(&c.id)?;
             }
             let pid = {
-                let mut st = lock(&p.st);
+                let mut st = p.st.lock();
                 st.started = true;
                 st.pid
             };
@@ -457,9 +458,9 @@ impl Service {
             Some(receiver) => state.attach_console(receiver, &p.paths),
             None => Ok(()),
         };
-        *lock(&p.io) = state;
+        *p.io.lock() = state;
         {
-            let mut st = lock(&p.st);
+            let mut st = p.st.lock();
             st.pid = pid;
             st.started = true;
         }
@@ -482,7 +483,7 @@ impl Service {
         let c = self.container(&req.id)?;
         let p = Self::process(&c, &req.exec_id)?;
         let (pid, started, exit) = {
-            let st = lock(&p.st);
+            let st = p.st.lock();
             (st.pid, st.started, st.exit.clone())
         };
         let status = match (&exit, started) {
@@ -526,7 +527,7 @@ impl Service {
         let c = self.container(&req.id)?;
         let p = Self::process(&c, &req.exec_id)?;
         let (pid, started, exit) = {
-            let st = lock(&p.st);
+            let st = p.st.lock();
             (st.pid, st.started, st.exit.clone())
         };
         if !p.exec_id.is_empty() {
@@ -536,7 +537,7 @@ impl Service {
                     p.exec_id, c.id
                 )));
             }
-            lock(&c.execs).remove(&p.exec_id);
+            c.execs.lock().remove(&p.exec_id);
             let (status, at) = exit.unwrap_or((0, now()));
             return Ok(DeleteResponse {
                 pid: pid as u32,
@@ -552,7 +553,7 @@ impl Service {
             )));
         }
         let sandbox = self.sandbox()?;
-        let last = lock(&self.inner.containers).len() == 1;
+        let last = self.inner.containers.lock().len() == 1;
         if last {
             // The pod's last container: stopping the pod removes it (and a vm pod's VM).
             self.stop_pod()?;
@@ -566,13 +567,10 @@ impl Service {
         }
         // A created container's init was killed by the delete: let its waiter record it.
         let (status, at) = {
-            let mut st = lock(&p.st);
+            let mut st = p.st.lock();
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while st.exit.is_none() && std::time::Instant::now() < deadline {
-                st =
-                    p.cv.wait_timeout(st, Duration::from_millis(100))
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
+                p.cv.wait_for(&mut st, Duration::from_millis(100));
             }
             st.exit.clone().unwrap_or((137, now()))
         };
@@ -580,8 +578,8 @@ impl Service {
             rootfs::unmount(&c.id, t);
         }
         let _ = std::fs::remove_file(c.bundle.join(BUNDLE_STATE_FILE));
-        lock(&self.inner.containers).remove(&c.id);
-        lock(&self.inner.ooms).remove(&c.id);
+        self.inner.containers.lock().remove(&c.id);
+        self.inner.ooms.lock().remove(&c.id);
         info!(container = %c.id, status, "deleted");
         self.inner.events.delete(&c.id, pid as u32, status, &at);
         Ok(DeleteResponse {
@@ -599,7 +597,7 @@ impl Service {
         let p = Self::process(&c, &req.exec_id)?;
         let sandbox = self.sandbox()?;
         let (pid, started, exited) = {
-            let st = lock(&p.st);
+            let st = p.st.lock();
             (st.pid, st.started, st.exit.is_some())
         };
         let _gate = self.inner.reaper.spawning();
@@ -655,7 +653,7 @@ impl Service {
                 req.exec_id, c.id
             ))
         })?;
-        let mut execs = lock(&c.execs);
+        let mut execs = c.execs.lock();
         if execs.contains_key(&req.exec_id) {
             return Err(Error::AlreadyExists(format!(
                 "exec {} in container {}",
@@ -680,9 +678,9 @@ impl Service {
     fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse> {
         let c = self.container(&req.id)?;
         let p = Self::process(&c, &req.exec_id)?;
-        let mut st = lock(&p.st);
+        let mut st = p.st.lock();
         while st.exit.is_none() {
-            st = p.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            p.cv.wait(&mut st);
         }
         let (status, at) = st.exit.clone().unwrap_or((255, now()));
         Ok(WaitResponse {
@@ -748,10 +746,12 @@ impl Task for Service {
         let r = self.container(&req.id).and_then(|c| {
             let pids = self.sandbox()?.pids(&c.id)?;
             // Exec'd processes carry their exec id, as runc's shim reports them.
-            let execs: HashMap<u32, String> = lock(&c.execs)
+            let execs: HashMap<u32, String> = c
+                .execs
+                .lock()
                 .values()
                 .filter_map(|p| {
-                    let st = lock(&p.st);
+                    let st = p.st.lock();
                     (st.started && st.exit.is_none()).then(|| (st.pid as u32, p.exec_id.clone()))
                 })
                 .collect();
@@ -826,7 +826,7 @@ impl Task for Service {
     fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
         let r = self.container(&req.id).and_then(|c| {
             let p = Self::process(&c, &req.exec_id)?;
-            let io = lock(&p.io);
+            let io = p.io.lock();
             io.resize(req.width, req.height)?;
             Ok(Empty::new())
         });
@@ -837,7 +837,7 @@ impl Task for Service {
         let r = self.container(&req.id).and_then(|c| {
             let p = Self::process(&c, &req.exec_id)?;
             if req.stdin {
-                lock(&p.io).close_stdin();
+                p.io.lock().close_stdin();
             }
             Ok(Empty::new())
         });
@@ -868,7 +868,7 @@ impl Task for Service {
     fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         let r = self.container(&req.id).map(|c| ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: lock(&c.init.st).pid as u32,
+            task_pid: c.init.st.lock().pid as u32,
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         });
@@ -876,7 +876,7 @@ impl Task for Service {
     }
 
     fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<Empty> {
-        let left = lock(&self.inner.containers).len();
+        let left = self.inner.containers.lock().len();
         if left == 0 {
             info!(container = %req.id, "last container gone: shim exits");
             self.inner.exit.signal();

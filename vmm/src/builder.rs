@@ -1,4 +1,4 @@
-//! Wires memory, the KVM VM, vCPUs and devices into a [`Vmm`] from a [`VmConfig`], and runs
+//! Wires memory, the KVM VM, vCPUs and devices into a [`Vmm`] from a [`VmResources`], and runs
 //! the VMM's event loop (exit, serial input, virtio host-side I/O, API socket).
 
 use std::fs::File;
@@ -119,9 +119,10 @@ impl std::str::FromStr for BlockConfig {
     }
 }
 
-/// What to boot and with which devices.
+/// Everything a VM is made of (Firecracker calls it the same): what to boot, its size and its
+/// devices.
 #[derive(Debug, Clone)]
-pub struct VmConfig {
+pub struct VmResources {
     /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
     pub kernel: PathBuf,
     /// Optional initrd.
@@ -154,9 +155,9 @@ pub struct VmConfig {
     pub id: String,
 }
 
-impl Default for VmConfig {
+impl Default for VmResources {
     fn default() -> Self {
-        VmConfig {
+        VmResources {
             kernel: PathBuf::new(),
             initrd: None,
             cmdline: DEFAULT_CMDLINE.to_string(),
@@ -195,7 +196,7 @@ pub struct VirtioSlot {
 pub struct Vmm {
     vm: Vm,
     mem: GuestMemoryMmap,
-    config: VmConfig,
+    config: VmResources,
     io_bus: Bus,
     mmio_bus: Bus,
     vcpus: Vec<Vcpu>,
@@ -222,7 +223,10 @@ fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
 impl Vmm {
     /// Builds the VM from `config`; the serial console writes to `serial_out`. vCPUs are created
     /// and configured but do not run until [`Vmm::start`].
-    pub fn build(config: VmConfig, serial_out: Box<dyn Write + Send>) -> Result<Vmm, BuildError> {
+    pub fn build(
+        config: VmResources,
+        serial_out: Box<dyn Write + Send>,
+    ) -> Result<Vmm, BuildError> {
         let _span = tracing::info_span!("vm", id = %config.id).entered();
         let mut vmm = Vmm::build_machine(config, serial_out)?;
         let mut kernel = File::open(&vmm.config.kernel).map_err(|source| BuildError::Open {
@@ -269,7 +273,7 @@ impl Vmm {
 
     /// Everything but the kernel: KVM VM, memory, legacy and virtio devices, vCPUs.
     fn build_machine(
-        config: VmConfig,
+        config: VmResources,
         serial_out: Box<dyn Write + Send>,
     ) -> Result<Vmm, BuildError> {
         if config.vcpus == 0 || config.vcpus > 32 {
@@ -468,7 +472,7 @@ impl Vmm {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &VmConfig {
+    pub fn config(&self) -> &VmResources {
         &self.config
     }
 
@@ -569,7 +573,7 @@ impl Vmm {
     /// run until [`Vmm::start`].
     pub fn restore(
         dir: &std::path::Path,
-        mut config: VmConfig,
+        mut config: VmResources,
         serial_out: Box<dyn Write + Send>,
     ) -> Result<Vmm, BuildError> {
         let state = snapshot::load(dir)?;

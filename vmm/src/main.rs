@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hull_vmm::{BlockConfig, VmConfig, VmExit, Vmm};
+use hull_vmm::{BlockConfig, VmExit, VmResources, Vmm};
 
 /// hull's built-in VMM.
 #[derive(Parser, Debug)]
@@ -62,7 +62,7 @@ struct Cli {
 }
 
 fn run(cli: Cli) -> Result<VmExit, String> {
-    let config = VmConfig {
+    let config = VmResources {
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use hull_vmm::arch::regs::BootEntry;
-use hull_vmm::{VmConfig, Vmm};
+use hull_vmm::{VmResources, Vmm};
 use vm_memory::{Bytes, GuestAddress};
 
 fn debian_kernel() -> Option<(PathBuf, Option<PathBuf>)> {
@@ -57,13 +57,13 @@ fn debian_bzimage_zero_page_e820_cmdline_and_initrd() {
         return;
     };
     let mem_mib = 512;
-    let cfg = VmConfig {
+    let cfg = VmResources {
         kernel: kernel.clone(),
         initrd: initrd.clone(),
         mem_mib,
         cmdline: "console=ttyS0 reboot=k panic=1 pci=off".into(),
         rng: true,
-        ..VmConfig::default()
+        ..VmResources::default()
     };
     let vmm = Vmm::build(cfg, Box::new(std::io::sink())).unwrap();
     let image = std::fs::read(&kernel).unwrap();
@@ -213,13 +213,13 @@ fn debian_vmlinux_pvh_start_info() {
     };
     let (_dir, path) = common::write_temp("vmlinux", &vmlinux);
     let mem_mib = 512;
-    let cfg = VmConfig {
+    let cfg = VmResources {
         kernel: path,
         initrd: initrd.clone(),
         mem_mib,
         cmdline: "console=ttyS0 reboot=k panic=1 pci=off".into(),
         rng: false,
-        ..VmConfig::default()
+        ..VmResources::default()
     };
     let vmm = Vmm::build(cfg, Box::new(std::io::sink())).unwrap();
 

@@ -9,18 +9,18 @@ use std::time::Duration;
 use common::*;
 use hull_vmm::arch::regs::BootEntry;
 use hull_vmm::devices::BusDevice;
-use hull_vmm::{VmConfig, VmExit, Vmm};
+use hull_vmm::{VmExit, VmResources, Vmm};
 use vmm_sys_util::eventfd::EventFd;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn config(kernel: &std::path::Path) -> VmConfig {
-    VmConfig {
+fn config(kernel: &std::path::Path) -> VmResources {
+    VmResources {
         kernel: kernel.to_path_buf(),
         mem_mib: 16,
         rng: false,
         cmdline: "Zcmd".into(),
-        ..VmConfig::default()
+        ..VmResources::default()
     }
 }
 
@@ -72,7 +72,7 @@ fn mmio_exits_reach_the_right_device() {
     }
     let (_d, kernel) = write_temp("mmio.elf", &elf(MMIO64, false));
     let out = Capture::default();
-    let cfg = VmConfig {
+    let cfg = VmResources {
         rng: true,
         ..config(&kernel)
     };
@@ -164,7 +164,7 @@ fn pause_resume_then_snapshot_restore_continue_where_stopped() {
     assert_eq!(out_b.text(), "IS");
 
     // A configuration with other devices than the snapshot's is refused.
-    let other = VmConfig {
+    let other = VmResources {
         rng: true,
         ..config(&kernel)
     };
@@ -207,7 +207,7 @@ fn two_vcpus_boot_with_an_mp_table() {
     }
     let (_d, kernel) = write_temp("serial.elf", &elf(SERIAL64, false));
     let out = Capture::default();
-    let cfg = VmConfig {
+    let cfg = VmResources {
         vcpus: 2,
         ..config(&kernel)
     };
@@ -221,9 +221,9 @@ fn two_vcpus_boot_with_an_mp_table() {
 
 #[test]
 fn bad_configurations_fail_with_clear_errors() {
-    let missing = VmConfig {
+    let missing = VmResources {
         kernel: "/nonexistent/vmlinux".into(),
-        ..VmConfig::default()
+        ..VmResources::default()
     };
     if kvm_available("bad_configurations_fail_with_clear_errors") {
         let e = Vmm::build(missing, Box::new(std::io::sink()))
@@ -233,7 +233,7 @@ fn bad_configurations_fail_with_clear_errors() {
         assert!(e.contains("cannot open kernel /nonexistent/vmlinux"), "{e}");
         let (_d, garbage) = write_temp("garbage", b"not a kernel at all, just bytes");
         let e = Vmm::build(
-            VmConfig {
+            VmResources {
                 mem_mib: 16,
                 ..config(&garbage)
             },
@@ -245,9 +245,9 @@ fn bad_configurations_fail_with_clear_errors() {
         assert!(e.contains("cannot load kernel image"), "{e}");
     }
     let e = Vmm::build(
-        VmConfig {
+        VmResources {
             vcpus: 0,
-            ..VmConfig::default()
+            ..VmResources::default()
         },
         Box::new(std::io::sink()),
     )
@@ -264,7 +264,7 @@ fn guest_driver_uses_virtio_rng_over_mmio_with_interrupt() {
     }
     let (_d, kernel) = write_temp("virtio.elf", &elf(&virtio_rng64(), false));
     let out = Capture::default();
-    let cfg = VmConfig {
+    let cfg = VmResources {
         rng: true,
         ..config(&kernel)
     };

@@ -14,7 +14,7 @@ use common::*;
 use hull_vmm::devices::virtio::mmio::reg;
 use hull_vmm::devices::virtio::vsock::packet::*;
 use hull_vmm::devices::BusDevice;
-use hull_vmm::{VmConfig, VmExit, Vmm};
+use hull_vmm::{VmExit, VmResources, Vmm};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -56,13 +56,13 @@ fn host_and_guest_talk_through_the_event_loop() {
     }
     let (dir, kernel) = write_temp("irq.elf", &elf(&irq64(), false));
     let uds = dir.as_path().join("v.sock");
-    let cfg = VmConfig {
+    let cfg = VmResources {
         kernel,
         mem_mib: 16,
         rng: false,
         vsock_uds: Some(uds.clone()),
         vsock_cid: GUEST_CID,
-        ..VmConfig::default()
+        ..VmResources::default()
     };
     let out = Capture::default();
     let mut vmm = Vmm::build(cfg, Box::new(out.clone())).unwrap();
