@@ -18,6 +18,15 @@ pub enum Error {
     /// The pod's VM or its agent failed (the message names what was being done).
     #[error("{0}")]
     Vm(String),
+    /// The process serving the pod for this one (the CLI's sandbox server) failed the call;
+    /// its answer kept the kind and the one line.
+    #[error("{message}")]
+    Served {
+        /// What kind of failure it was there.
+        kind: ErrorKind,
+        /// Its one-line cause.
+        message: String,
+    },
 }
 
 impl Error {
@@ -27,6 +36,7 @@ impl Error {
             Error::Container(e) => e.kind(),
             Error::Config(_) => ErrorKind::Invalid,
             Error::Vm(_) => ErrorKind::Other,
+            Error::Served { kind, .. } => *kind,
         }
     }
 
