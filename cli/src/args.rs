@@ -206,9 +206,6 @@ pub enum Command {
         /// Bundle directory.
         #[arg(long)]
         bundle: PathBuf,
-        /// File to write the init's pid to.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
         /// Console socket for a terminal.
         #[arg(long)]
         console_socket: Option<PathBuf>,

@@ -1,6 +1,7 @@
 //! `hull create`: a container whose init waits for `start`. A host container is created by
 //! this process; a vm container by a sandbox server this verb starts, detached, which owns
-//! the container's VM until `delete`.
+//! the container's VM until `delete`; this verb then leaves the init's mirror, whose pid
+//! goes to `--pid-file` (see `crate::server`).
 
 use std::io::Read;
 use std::path::Path;
@@ -11,6 +12,7 @@ use hull_runtime::pod::{Containers, CreateOptions, Stdio};
 use super::Globals;
 use crate::args::CreateArgs;
 use crate::error::{Error, Result};
+use crate::server::{Mirrored, ServedContainer};
 
 /// `hull create`.
 pub fn run(g: &Globals, a: &CreateArgs) -> Result<i32> {
@@ -24,8 +26,9 @@ pub fn run(g: &Globals, a: &CreateArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `hull create` (or `run -d`) of a vm container: start its sandbox server, detached, and
-/// wait until it has created the container (or failed, with its reason).
+/// `hull create` (or `run -d`) of a vm container: start its sandbox server, detached, wait
+/// until it has created the container (or failed, with its reason), then fork the init's
+/// mirror, a descendant of this process as the caller's subreaper wants, and write its pid.
 pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<()> {
     use std::os::unix::process::CommandExt;
     // The bundle's spec was read and checked by `isolation_of`.
@@ -61,9 +64,6 @@ pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<()> {
         "--bundle",
     ])
     .arg(abs(&a.bundle));
-    if let Some(p) = &a.pid_file {
-        cmd.arg("--pid-file").arg(abs(p));
-    }
     if let Some(p) = &a.console_socket {
         cmd.arg("--console-socket").arg(abs(p));
     }
@@ -87,13 +87,22 @@ pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<()> {
     let _ = std::fs::File::from(ready_r).read_to_string(&mut answer);
     drop(child);
     match answer.trim() {
-        "ok" => Ok(()),
-        "" => Err(fail(Error::Server(format!(
-            "container {}: the sandbox server died while creating it",
-            a.id
-        )))),
-        why => Err(fail(Error::Server(why.to_string()))),
+        "ok" => {}
+        "" => {
+            return Err(fail(Error::Server(format!(
+                "container {}: the sandbox server died while creating it",
+                a.id
+            ))))
+        }
+        why => return Err(fail(Error::Server(why.to_string()))),
     }
+    let served = ServedContainer::new(&g.root, &a.id);
+    if let Err(e) = served.mirror(Mirrored::Init, a.pid_file.as_deref()) {
+        // A container nobody can wait for is no use: it goes, and with it everything.
+        let _ = served.delete(&a.id, true);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// The isolation a bundle asks for (its annotation, else the config, else host), with the

@@ -5,7 +5,7 @@ use hull_runtime::pod::Containers;
 use super::Globals;
 use crate::args::Format;
 use crate::error::Result;
-use crate::server::{self, RemoteSandbox};
+use crate::server::{self, ServedContainer};
 
 /// `hull list`.
 pub fn run(g: &Globals, format: Format, quiet: bool) -> Result<i32> {
@@ -16,7 +16,7 @@ pub fn run(g: &Globals, format: Format, quiet: bool) -> Result<i32> {
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
             if server::is_vm_container(sandbox.root(), &id) {
-                if let Ok(st) = RemoteSandbox::new(sandbox.root(), &id).state(&id) {
+                if let Ok(st) = ServedContainer::new(sandbox.root(), &id).state(&id) {
                     all.push(st);
                 }
             }

@@ -10,7 +10,7 @@ use hull_runtime::pod::{Containers, HostPod};
 
 use crate::args::{Cli, Command};
 use crate::error::{chain, Result};
-use crate::server::{self, RemoteSandbox};
+use crate::server::{self, ServedContainer};
 use crate::{guard, logging};
 
 mod check;
@@ -128,10 +128,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::SandboxServer {
             id,
             bundle,
-            pid_file,
             console_socket,
             ready_fd,
-        } => sandbox_server::run(&g, id, bundle, pid_file, console_socket, ready_fd),
+        } => sandbox_server::run(&g, id, bundle, console_socket, ready_fd),
     }
 }
 
@@ -140,14 +139,14 @@ pub enum Target {
     /// Under the state root, on the host kernel.
     Host(HostPod),
     /// In a pod's VM, behind the sandbox server that owns the VM.
-    Served(RemoteSandbox),
+    Served(ServedContainer),
 }
 
 impl Target {
     /// The container `id` of this state root.
     pub fn of(g: &Globals, id: &str) -> Target {
         if server::is_vm_container(&g.root, id) {
-            Target::Served(RemoteSandbox::new(&g.root, id))
+            Target::Served(ServedContainer::new(&g.root, id))
         } else {
             Target::Host(g.host_pod())
         }

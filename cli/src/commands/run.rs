@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::foreground::{
     become_subreaper, block_forwarded, forward_signals, forward_signals_with, Foreground,
 };
-use crate::server::RemoteSandbox;
+use crate::server::ServedContainer;
 
 /// `hull run`.
 pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32> {
@@ -20,7 +20,7 @@ pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32>
     if isolation == Isolation::Vm {
         if detach {
             create_vm_detached(g, a)?;
-            let remote = RemoteSandbox::new(&g.root, &a.id);
+            let remote = ServedContainer::new(&g.root, &a.id);
             if let Err(e) = remote.start(&a.id) {
                 let _ = remote.delete(&a.id, true);
                 return Err(e.into());

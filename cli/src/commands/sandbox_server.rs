@@ -15,7 +15,6 @@ pub fn run(
     g: &Globals,
     id: String,
     bundle: PathBuf,
-    pid_file: Option<PathBuf>,
     console_socket: Option<PathBuf>,
     ready_fd: RawFd,
 ) -> Result<i32> {
@@ -24,7 +23,6 @@ pub fn run(
         root: g.root.clone(),
         id,
         bundle,
-        pid_file,
         console_socket,
         vm: cfg.vm,
         ready_fd,
