@@ -1,4 +1,4 @@
-//! Timeouts of the client, against sockets that never answer.
+//! Timeouts of the client, against sockets that never answer; the crate's test helpers.
 
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ fn connect_gives_up_after_its_timeout() {
 #[test]
 fn a_silent_agent_times_the_call_out() {
     let dir = tempdir();
-    let path = dir.join("silent.sock");
+    let path = dir.path().join("silent.sock");
     let listener = UnixListener::bind(&path).unwrap();
     // Accept and hold the connection without ever answering.
     let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
@@ -31,16 +31,12 @@ fn a_silent_agent_times_the_call_out() {
     assert!(matches!(e, AgentClientError::Timeout { .. }), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
     drop(holder.join());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "hull-agent-client-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory under /tmp (unix socket paths must stay short), removed on drop.
+pub(crate) fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hull-agent-client-")
+        .tempdir_in("/tmp")
+        .unwrap()
 }
