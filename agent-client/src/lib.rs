@@ -28,7 +28,7 @@ pub use error::{AgentClientError, Result};
 pub use hull_protocols::agent::{
     GuestDetailsResponse, Interface, IpAddress, Route, StatsContainerResponse, Storage,
 };
-pub use vsock::{vsock_connect, HandshakeError};
+pub use vsock::HandshakeError;
 
 /// How the host reaches the guest agent (what a hypervisor hands back for its VM).
 #[derive(Debug, Clone, PartialEq, Eq)]

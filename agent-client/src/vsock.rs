@@ -80,7 +80,7 @@ impl HandshakeError {
 
 /// Opens a stream to guest vsock `port` through the hybrid vsock socket at `path`: connect,
 /// send `CONNECT <port>\n`, read `OK <n>\n` within `bound`. One attempt.
-pub fn vsock_connect(
+pub(crate) fn vsock_connect(
     path: &Path,
     port: u32,
     bound: Duration,

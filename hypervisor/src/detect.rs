@@ -50,13 +50,14 @@ pub struct HostReport {
     pub kvm: Probe,
     /// KVM runs guest kernel code at hardware speed (a timed tiny guest).
     pub kvm_hardware: Probe,
-    /// /dev/vhost-vsock for a vsock agent channel.
+    /// /dev/vhost-vsock, which a vsock agent channel under QEMU would need (its agent channel
+    /// is virtio-serial today).
     pub vhost_vsock: Probe,
     /// An IOMMU with groups, for VFIO device pass-through.
     pub iommu: Probe,
     /// The QEMU binary (`HULL_QEMU`, else qemu-system-x86_64 on PATH).
     pub qemu: Probe,
-    /// virtiofsd, for virtio-fs shares.
+    /// virtiofsd, which virtio-fs shares would need (shares are virtio-9p today).
     pub virtiofsd: Probe,
     /// A built guest kernel in the cache.
     pub guest_kernel: Probe,
@@ -96,7 +97,7 @@ impl HostReport {
                 .find(|p| p.is_file())
         }) {
             Some(p) => Probe::yes(format!("{}", p.display())),
-            None => Probe::no("virtiofsd not found (shares fall back to virtio-9p)"),
+            None => Probe::no("virtiofsd not found (shares use virtio-9p, which needs none)"),
         };
         let cache = cache_dir();
         let guest_kernel = match find_guest_kernel(&cache) {
@@ -118,8 +119,8 @@ impl HostReport {
             kvm_hardware,
             vhost_vsock: probe_device(
                 Path::new("/dev/vhost-vsock"),
-                "vsock agent channel possible",
-                "agent channel falls back to virtio-serial",
+                "a vsock agent channel is possible (qemu's is virtio-serial)",
+                "no vsock agent channel (qemu's is virtio-serial, which needs none)",
             ),
             iommu: probe_iommu(Path::new("/sys/kernel/iommu_groups")),
             qemu,
