@@ -1,6 +1,7 @@
 //! Timeouts of the client, against sockets that never answer; the crate's test helpers.
 
-use std::os::unix::net::UnixListener;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use super::{AgentClient, AgentClientError};
@@ -39,4 +40,24 @@ pub(crate) fn tempdir() -> tempfile::TempDir {
         .prefix("hull-agent-client-")
         .tempdir_in("/tmp")
         .unwrap()
+}
+
+/// Serves one hybrid vsock handshake on `listener`: reads the request line, answers
+/// `answer` (None: hang up), returns the request line and the stream.
+pub(crate) fn serve_handshake(
+    listener: &UnixListener,
+    answer: Option<&[u8]>,
+) -> (String, UnixStream) {
+    let (mut s, _) = listener.accept().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    if let Some(a) = answer {
+        s.write_all(a).unwrap();
+    } else {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    (String::from_utf8(line).unwrap(), s)
 }

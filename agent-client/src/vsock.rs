@@ -154,24 +154,7 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     use super::*;
-    use crate::tests::tempdir;
-
-    /// Serves one hybrid vsock handshake on `listener`: reads the request line, answers
-    /// `answer` (None: hang up), returns the request line and the stream.
-    fn serve_handshake(listener: &UnixListener, answer: Option<&[u8]>) -> (String, UnixStream) {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-            line.push(b[0]);
-        }
-        if let Some(a) = answer {
-            s.write_all(a).unwrap();
-        } else {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-        (String::from_utf8(line).unwrap(), s)
-    }
+    use crate::tests::{serve_handshake, tempdir};
 
     #[test]
     fn handshake_answered_ok_gives_the_guest_stream_and_reads_no_further() {

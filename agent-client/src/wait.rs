@@ -97,11 +97,10 @@ fn attempt_until(
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
     use std::os::unix::net::UnixListener;
 
     use super::*;
-    use crate::tests::tempdir;
+    use crate::tests::{serve_handshake, tempdir};
 
     /// An agent socket that accepts one connection and never answers on it: the attempt
     /// blocks in `Check`.
@@ -215,13 +214,7 @@ mod tests {
         let dir = tempdir();
         let path = dir.path().join("vsock.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut b = [0u8; 1];
-            while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {}
-            s.write_all(b"NOPE\n").unwrap();
-            s
-        });
+        let server = std::thread::spawn(move || serve_handshake(&listener, Some(b"NOPE\n")));
         let e = AgentClient::wait_ready(
             &AgentChannel::VsockUds { path, port: 1024 },
             Instant::now() + Duration::from_secs(10),
