@@ -228,13 +228,13 @@ impl VmmProcess {
         boot_timeout: Duration,
         call_timeout: Duration,
     ) -> Result<AgentClient> {
-        let pid = self.pid();
+        let pid = self.pid().unwrap_or_default();
         let waited = AgentClient::wait_ready(channel, started + boot_timeout, call_timeout, || {
             self.alive()
         });
         let e = match waited {
             Ok(agent) => {
-                tracing::info!(?pid, boot_time = ?started.elapsed(), "guest agent is serving");
+                tracing::info!(pid, boot_time = ?started.elapsed(), "guest agent is serving");
                 return Ok(agent);
             }
             Err(e) => e,
@@ -253,7 +253,7 @@ impl VmmProcess {
         Err(match e {
             AgentClientError::NotReady { .. } => {
                 tracing::warn!(
-                    ?pid,
+                    pid,
                     ?boot_timeout,
                     "guest agent did not answer; {} killed",
                     self.what
