@@ -38,6 +38,26 @@ pub enum AgentClientError {
         /// What failed.
         message: String,
     },
+    /// The hybrid vsock handshake gave no stream.
+    #[error("agent channel: {0}")]
+    Handshake(#[from] crate::HandshakeError),
+    /// The agent answered `Check`, but not with SERVING.
+    #[error("the agent answered Check with NOT_SERVING")]
+    NotServing,
+    /// The agent did not answer `Check` before the deadline.
+    #[error("the agent did not answer within {waited:?} (last attempt: {last})")]
+    NotReady {
+        /// How long it was waited for.
+        waited: std::time::Duration,
+        /// Why the last attempt failed.
+        last: String,
+    },
+    /// What runs the agent ended while its answer was awaited (the VMM exited).
+    #[error("the agent's VM ended before it answered: {reason}")]
+    Gone {
+        /// What the caller's liveness check said.
+        reason: String,
+    },
     /// The request could not be built (spec serialization).
     #[error("agent request {method}: {message}")]
     Request {

@@ -1,6 +1,7 @@
 //! hull-agent-client: the host's side of hull-agent, the guest agent of vm pods. Its one job
 //! is reaching the agent and calling it: the transports (a unix socket, the host end of a
-//! virtio-serial port, a hybrid vsock socket) and the typed, blocking ttrpc client.
+//! virtio-serial port, a hybrid vsock socket), the wait for a booting guest's agent
+//! ([`AgentClient::wait_ready`]), and the typed, blocking ttrpc client.
 //!
 //! One [`AgentClient`] holds one ttrpc connection; calls may be made from several threads at
 //! once (a blocking `wait` does not hold up `read_stdout` on another thread). Every call has a
@@ -11,6 +12,7 @@ mod error;
 mod tests;
 mod transport;
 mod vsock;
+mod wait;
 
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -26,13 +28,15 @@ pub use error::{AgentClientError, Result};
 pub use hull_protocols::agent::{
     GuestDetailsResponse, Interface, IpAddress, Route, StatsContainerResponse, Storage,
 };
-pub use vsock::{vsock_connect, HandshakeError};
+pub use vsock::HandshakeError;
 
-/// How the host reaches the guest agent.
+/// How the host reaches the guest agent (what a hypervisor hands back for its VM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentChannel {
-    /// A unix socket whose other end is the guest's virtio-serial port `agent.0`.
-    SerialSocket(PathBuf),
+    /// A unix socket whose other end is the agent's byte stream: the host end of QEMU's
+    /// virtio-serial chardev (the guest's port `agent.0`), or a test agent's socket. A
+    /// virtio-serial port carries one connection at a time: keep the one that answered.
+    Unix(PathBuf),
     /// A hybrid vsock unix socket (Firecracker style): connect, send `CONNECT <port>\n`,
     /// read `OK <n>\n`, then the stream is the guest's AF_VSOCK connection.
     VsockUds {
@@ -76,6 +80,23 @@ fn ctx(timeout: Duration) -> ttrpc::context::Context {
 }
 
 impl AgentClient {
+    /// Connects over `channel`, retrying until `connect_timeout` while the other end is not
+    /// there yet (the socket does not exist or refuses; for hybrid vsock, the guest port does
+    /// not listen yet). The client's calls time out after `call_timeout`.
+    pub fn connect(
+        channel: &AgentChannel,
+        connect_timeout: Duration,
+        call_timeout: Duration,
+    ) -> Result<Self> {
+        let fd = match channel {
+            AgentChannel::Unix(path) => transport::connect_unix(path, connect_timeout)?,
+            AgentChannel::VsockUds { path, port } => {
+                vsock::connect_retrying(path, *port, connect_timeout)?
+            }
+        };
+        Self::from_stream_fd(fd, call_timeout)
+    }
+
     /// Connects over a unix socket (retrying until `connect_timeout` while the agent starts).
     pub fn connect_unix(
         path: impl AsRef<Path>,
@@ -113,9 +134,14 @@ impl AgentClient {
 
     /// Health check: `Ok(true)` when the agent is serving.
     pub fn check(&self) -> Result<bool> {
+        self.check_within(self.call_timeout)
+    }
+
+    /// Health check bounded by `timeout` instead of the client's default.
+    fn check_within(&self, timeout: Duration) -> Result<bool> {
         let r = self
             .health
-            .check(self.t(), &hpb::CheckRequest::new())
+            .check(ctx(timeout), &hpb::CheckRequest::new())
             .map_err(|e| AgentClientError::from_ttrpc("Check", e))?;
         Ok(r.status.enum_value_or_default() == hpb::health_check_response::ServingStatus::SERVING)
     }

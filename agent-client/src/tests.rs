@@ -1,6 +1,7 @@
-//! Timeouts of the client, against sockets that never answer.
+//! Timeouts of the client, against sockets that never answer; the crate's test helpers.
 
-use std::os::unix::net::UnixListener;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use super::{AgentClient, AgentClientError};
@@ -20,7 +21,7 @@ fn connect_gives_up_after_its_timeout() {
 #[test]
 fn a_silent_agent_times_the_call_out() {
     let dir = tempdir();
-    let path = dir.join("silent.sock");
+    let path = dir.path().join("silent.sock");
     let listener = UnixListener::bind(&path).unwrap();
     // Accept and hold the connection without ever answering.
     let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
@@ -31,16 +32,32 @@ fn a_silent_agent_times_the_call_out() {
     assert!(matches!(e, AgentClientError::Timeout { .. }), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
     drop(holder.join());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "hull-agent-client-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory under /tmp (unix socket paths must stay short), removed on drop.
+pub(crate) fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hull-agent-client-")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+/// Serves one hybrid vsock handshake on `listener`: reads the request line, answers
+/// `answer` (None: hang up), returns the request line and the stream.
+pub(crate) fn serve_handshake(
+    listener: &UnixListener,
+    answer: Option<&[u8]>,
+) -> (String, UnixStream) {
+    let (mut s, _) = listener.accept().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    if let Some(a) = answer {
+        s.write_all(a).unwrap();
+    } else {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    (String::from_utf8(line).unwrap(), s)
 }

@@ -3,12 +3,17 @@
 //! stream is then the guest's vsock connection on `port`.
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Longest handshake answer read (`OK 4294967295\n` is 14 bytes).
 const MAX_HANDSHAKE_LINE: usize = 32;
+/// Bound of one handshake while retrying (a booting guest's vsock driver may not be up yet).
+const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(2);
+/// Pause between handshake attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why a hybrid vsock handshake gave no stream.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +80,7 @@ impl HandshakeError {
 
 /// Opens a stream to guest vsock `port` through the hybrid vsock socket at `path`: connect,
 /// send `CONNECT <port>\n`, read `OK <n>\n` within `bound`. One attempt.
-pub fn vsock_connect(
+pub(crate) fn vsock_connect(
     path: &Path,
     port: u32,
     bound: Duration,
@@ -124,36 +129,32 @@ pub fn vsock_connect(
     }
 }
 
+/// [`vsock_connect`] retried while the failure is transient (see
+/// [`HandshakeError::is_transient`]) until `timeout`; the stream as a plain descriptor.
+pub(crate) fn connect_retrying(
+    path: &Path,
+    port: u32,
+    timeout: Duration,
+) -> std::result::Result<OwnedFd, HandshakeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match vsock_connect(path, port, left.min(HANDSHAKE_ATTEMPT)) {
+            Ok(stream) => return Ok(OwnedFd::from(stream)),
+            Err(e) if e.is_transient() && Instant::now() + RETRY_PAUSE < deadline => {
+                std::thread::sleep(RETRY_PAUSE)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixListener;
 
     use super::*;
-
-    /// A scratch directory removed on drop.
-    fn tempdir() -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix("hull-vsock-")
-            .tempdir_in("/tmp")
-            .unwrap()
-    }
-
-    /// Serves one hybrid vsock handshake on `listener`: reads the request line, answers
-    /// `answer` (None: hang up), returns the request line and the stream.
-    fn serve_handshake(listener: &UnixListener, answer: Option<&[u8]>) -> (String, UnixStream) {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-            line.push(b[0]);
-        }
-        if let Some(a) = answer {
-            s.write_all(a).unwrap();
-        } else {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-        (String::from_utf8(line).unwrap(), s)
-    }
+    use crate::tests::{serve_handshake, tempdir};
 
     #[test]
     fn handshake_answered_ok_gives_the_guest_stream_and_reads_no_further() {

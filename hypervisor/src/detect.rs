@@ -1,11 +1,12 @@
-//! Host probes: what this host can run VMs with, and why. `hull check` reports them and the
-//! `auto` backend follows [`pick_backend`].
+//! Host probes: what this host can run VMs with, and why. `hull check` reports them, and
+//! [`pick_backend`] (what `hypervisor = "auto"` resolves to) follows them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::Accel;
+use crate::capabilities::{Backend, Needs};
+use crate::programs::{find_in_path, find_qemu, QEMU_BINARY};
 
 /// The outcome of one probe, with the reason a person reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,19 +34,10 @@ impl Probe {
     }
 }
 
-/// A hypervisor backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// The built-in VMM (`vmm/`): hardware KVM only.
-    Builtin,
-    /// QEMU microvm with the given accelerator (`Kvm` or `Tcg`).
-    Qemu(Accel),
-}
-
 /// What `auto` picks, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AutoPick {
-    /// The backend, or `None` when this host cannot run vm sandboxes.
+    /// The backend, or `None` when this host cannot run the VM.
     pub backend: Option<Backend>,
     /// Why.
     pub reason: String,
@@ -58,20 +50,19 @@ pub struct HostReport {
     pub kvm: Probe,
     /// KVM runs guest kernel code at hardware speed (a timed tiny guest).
     pub kvm_hardware: Probe,
-    /// /dev/vhost-vsock for a vsock agent channel.
+    /// /dev/vhost-vsock, which a vsock agent channel under QEMU would need (its agent channel
+    /// is virtio-serial today).
     pub vhost_vsock: Probe,
     /// An IOMMU with groups, for VFIO device pass-through.
     pub iommu: Probe,
-    /// qemu-system-x86_64 on PATH.
+    /// The QEMU binary (`HULL_QEMU`, else qemu-system-x86_64 on PATH).
     pub qemu: Probe,
-    /// virtiofsd, for virtio-fs shares.
+    /// virtiofsd, which virtio-fs shares would need (shares are virtio-9p today).
     pub virtiofsd: Probe,
     /// A built guest kernel in the cache.
     pub guest_kernel: Probe,
     /// A built guest initrd in the cache.
     pub guest_initrd: Probe,
-    /// What `auto` picks.
-    pub auto: AutoPick,
 }
 
 /// How long the timed KVM guest may take before KVM counts as emulated.
@@ -93,11 +84,10 @@ impl HostReport {
             Probe::no("no usable /dev/kvm")
         };
         let path_var = std::env::var_os("PATH").unwrap_or_default();
-        let qemu = match find_in_path(crate::qemu::QEMU_BINARY, &path_var) {
-            Some(p) => Probe::yes(format!("{}", p.display())),
-            None => Probe::no(format!(
-                "{} not on PATH (apt-get install qemu-system-x86)",
-                crate::qemu::QEMU_BINARY
+        let qemu = match find_qemu() {
+            Ok(p) => Probe::yes(format!("{}", p.display())),
+            Err(_) => Probe::no(format!(
+                "{QEMU_BINARY} not on PATH, nor at $HULL_QEMU (apt-get install qemu-system-x86)"
             )),
         };
         let virtiofsd = match find_in_path("virtiofsd", &path_var).or_else(|| {
@@ -107,7 +97,7 @@ impl HostReport {
                 .find(|p| p.is_file())
         }) {
             Some(p) => Probe::yes(format!("{}", p.display())),
-            None => Probe::no("virtiofsd not found (shares fall back to virtio-9p)"),
+            None => Probe::no("virtiofsd not found (shares use virtio-9p, which needs none)"),
         };
         let cache = cache_dir();
         let guest_kernel = match find_guest_kernel(&cache) {
@@ -124,21 +114,19 @@ impl HostReport {
                 cache.display()
             )),
         };
-        let auto = pick_backend(kvm_hardware.ok, qemu.ok);
         HostReport {
             kvm,
             kvm_hardware,
             vhost_vsock: probe_device(
                 Path::new("/dev/vhost-vsock"),
-                "vsock agent channel possible",
-                "agent channel falls back to virtio-serial",
+                "a vsock agent channel is possible (qemu's is virtio-serial)",
+                "no vsock agent channel (qemu's is virtio-serial, which needs none)",
             ),
             iommu: probe_iommu(Path::new("/sys/kernel/iommu_groups")),
             qemu,
             virtiofsd,
             guest_kernel,
             guest_initrd,
-            auto,
         }
     }
 }
@@ -183,18 +171,6 @@ fn newest(dir: &Path, matches: impl Fn(&str) -> bool, inner: Option<&str>) -> Op
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
 }
 
-/// Finds an executable `name` in a PATH-style list.
-pub fn find_in_path(name: &str, path_var: &std::ffi::OsStr) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(path_var)
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
 fn probe_kvm(dev: &Path) -> Probe {
     match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
         Ok(_) => Probe::yes(format!("{} opens", dev.display())),
@@ -236,21 +212,36 @@ pub fn probe_iommu(groups: &Path) -> Probe {
     }
 }
 
-/// What `auto` picks from the probes.
-pub fn pick_backend(kvm_hardware: bool, qemu: bool) -> AutoPick {
-    match (kvm_hardware, qemu) {
-        (true, _) => AutoPick {
+/// What `auto` picks for a VM that `needs` these: the first backend (builtin, then qemu)
+/// whose capabilities cover them and that this host can run (builtin needs hardware KVM,
+/// qemu its binary). The probes are asked only when they decide (the KVM probe is slow).
+pub fn pick_backend(
+    needs: &Needs,
+    kvm_hardware: impl FnOnce() -> bool,
+    qemu: impl FnOnce() -> bool,
+) -> AutoPick {
+    let builtin_lacks = Backend::Builtin.capabilities().lacks(needs);
+    let hardware = builtin_lacks.is_none() && kvm_hardware();
+    if hardware {
+        return AutoPick {
             backend: Some(Backend::Builtin),
             reason: "KVM is hardware-backed: the built-in VMM".into(),
-        },
-        (false, true) => AutoPick {
-            backend: Some(Backend::Qemu(Accel::Tcg)),
-            reason: "KVM is absent or not hardware-backed: QEMU with TCG (slow, but a real guest kernel boots)".into(),
-        },
-        (false, false) => AutoPick {
+        };
+    }
+    let builtin_cannot = match builtin_lacks {
+        Some(missing) => format!("builtin has {missing}"),
+        None => "KVM is absent or not hardware-backed".into(),
+    };
+    if qemu() {
+        AutoPick {
+            backend: Some(Backend::Qemu),
+            reason: builtin_cannot,
+        }
+    } else {
+        AutoPick {
             backend: None,
-            reason: "no hardware KVM and no QEMU: vm isolation cannot run here".into(),
-        },
+            reason: format!("{builtin_cannot}, and no QEMU: vm isolation cannot run here"),
+        }
     }
 }
 
@@ -421,15 +412,34 @@ mod tests {
     }
 
     #[test]
-    fn auto_picks_by_hardware_then_qemu() {
-        assert_eq!(pick_backend(true, true).backend, Some(Backend::Builtin));
+    fn auto_picks_by_capabilities_then_hardware_then_qemu() {
+        let none = Needs::default();
         assert_eq!(
-            pick_backend(false, true).backend,
-            Some(Backend::Qemu(Accel::Tcg))
+            pick_backend(&none, || true, || true).backend,
+            Some(Backend::Builtin)
         );
-        let none = pick_backend(false, false);
-        assert_eq!(none.backend, None);
-        assert!(none.reason.contains("cannot run"));
+        let tcg = pick_backend(&none, || false, || true);
+        assert_eq!(tcg.backend, Some(Backend::Qemu));
+        assert!(tcg.reason.contains("not hardware-backed"), "{}", tcg.reason);
+        let nothing = pick_backend(&none, || false, || false);
+        assert_eq!(nothing.backend, None);
+        assert!(nothing.reason.contains("cannot run"));
+
+        // A VM that shares directories: builtin has no shared filesystem, even on hardware
+        // KVM, and the (slow) KVM probe is not even run for it.
+        let shares = Needs {
+            shared_fs: Some(crate::SharedFs::Virtio9p),
+        };
+        let pick = pick_backend(&shares, || panic!("probed KVM"), || true);
+        assert_eq!(pick.backend, Some(Backend::Qemu));
+        assert_eq!(pick.reason, "builtin has no shared filesystem (virtio-9p)");
+        let nothing = pick_backend(&shares, || panic!("probed KVM"), || false);
+        assert_eq!(nothing.backend, None);
+        assert!(
+            nothing.reason.contains("cannot run here"),
+            "{}",
+            nothing.reason
+        );
     }
 
     #[test]
@@ -440,18 +450,6 @@ mod tests {
         let p = probe_iommu(d.path());
         assert!(p.ok, "{}", p.reason);
         assert!(!probe_iommu(&d.path().join("absent")).ok);
-    }
-
-    #[test]
-    fn path_search_needs_an_executable_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("qemu-system-x86_64");
-        std::fs::write(&f, "").unwrap();
-        let path = std::env::join_paths(["/nonexistent".as_ref(), d.path()]).unwrap();
-        assert_eq!(find_in_path("qemu-system-x86_64", &path), None);
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(find_in_path("qemu-system-x86_64", &path), Some(f));
     }
 
     #[test]
@@ -481,8 +479,8 @@ mod tests {
         assert!(!p.ok && p.reason.contains("does not exist"));
     }
 
-    /// Every probe on this host, as `hull check` will show them: each has a reason, and `auto`
-    /// follows the hardware-KVM and qemu probes.
+    /// Every probe on this host, as `hull check` will show them: each has a reason, and the
+    /// qemu probe finds what the qemu backend runs.
     #[test]
     fn host_report_is_consistent() {
         let start = Instant::now();
@@ -501,7 +499,7 @@ mod tests {
         ] {
             assert!(!p.reason.is_empty());
         }
-        assert_eq!(r.auto, pick_backend(r.kvm_hardware.ok, r.qemu.ok));
+        assert_eq!(r.qemu.ok, find_qemu().is_ok());
         assert_eq!(r.vhost_vsock.ok, Path::new("/dev/vhost-vsock").exists());
         if !r.kvm.ok {
             assert!(!r.kvm_hardware.ok);

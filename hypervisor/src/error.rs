@@ -1,4 +1,4 @@
-//! Errors of the hypervisor backends.
+//! Errors of the hypervisor seam and its backends.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +53,22 @@ pub enum HypervisorError {
         command: String,
         /// What failed.
         message: String,
+    },
+    /// `auto` found no backend this host can run that covers the VM.
+    #[error("{reason} (see `hull check`)")]
+    NoBackend {
+        /// Why, as `hull check` says it.
+        reason: String,
+    },
+    /// The chosen backend lacks a capability the VM needs (found before anything starts).
+    #[error("the {backend} backend cannot run this vm: it has {missing}{fix}")]
+    Lacks {
+        /// The backend.
+        backend: crate::Backend,
+        /// What it lacks.
+        missing: crate::Missing,
+        /// What to do instead (`; use hypervisor = "qemu"`), or empty.
+        fix: String,
     },
     /// This backend cannot do the operation.
     #[error("{operation} is not supported by the {backend} backend")]

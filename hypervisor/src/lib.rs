@@ -1,21 +1,29 @@
-//! The `Hypervisor` seam: what a vm sandbox needs from the program that runs its VM, and its
-//! backends (`qemu` now; the built-in `vmm` later). `detect` holds the host probes that pick a
-//! backend (`auto`) and that `hull check` reports.
+//! hull-hypervisor: the program that runs a vm pod's VM, behind one seam. Its one job is
+//! starting, watching and stopping that VM: the [`Hypervisor`] trait and what each backend can
+//! do ([`Capabilities`]), [`select`] (the config's choice, `auto` resolved against the host and
+//! the VM's needs), the owned VMM process with the boot wait, the kernel command line, the
+//! host probes `hull check` reports (`detect`), and the backends: `qemu` (QEMU `microvm`, with
+//! templates) and `builtin` (hull's own `hull-vmm`). A booted VM hands back an agent
+//! *channel*; `hull-agent-client` connects over it.
 
 mod builtin;
+mod capabilities;
 pub mod detect;
 mod error;
+mod programs;
 mod qemu;
 mod vmm_process;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use builtin::BuiltinHypervisor;
+pub use capabilities::{Backend, Capabilities, DeviceSupport, Missing, Needs, SharedFs};
 pub use error::{HypervisorError, Result};
 pub use qemu::{template, QemuHypervisor, VmRunState};
 
 use hull_agent_client::{AgentChannel, AgentClient};
+use programs::find_qemu;
 
 /// How guest code runs (config `[vm] accel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -29,7 +37,28 @@ pub enum Accel {
     Tcg,
 }
 
-/// A host directory shared into the guest.
+impl Accel {
+    /// What this means on a host: `Auto` is `Kvm` where `kvm_hardware` says KVM is
+    /// hardware-backed, else `Tcg` (asked only for `Auto`).
+    pub fn resolve(self, kvm_hardware: impl FnOnce() -> bool) -> Accel {
+        match self {
+            Accel::Auto if kvm_hardware() => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
+            a => a,
+        }
+    }
+
+    /// `kvm` / `tcg` (`auto` before it is resolved).
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// A host directory shared into the guest over virtio-9p.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
     /// The host directory.
@@ -41,7 +70,8 @@ pub struct Share {
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// Uncompressed, PVH-capable guest kernel (`guest-kernel/build.sh`).
+    /// Guest kernel: an ELF vmlinux (with or without a PVH entry) or a bzImage; both backends
+    /// load either. hull's own is `guest-kernel/build.sh`'s; a distribution's needs `acpi`.
     pub kernel: PathBuf,
     /// Initrd whose /init is hull-agent (`guest-kernel/initrd.sh`).
     pub initrd: PathBuf,
@@ -51,23 +81,24 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Where the backend keeps its sockets and logs; created if missing.
     pub state_dir: PathBuf,
-    /// Host directories shared into the guest.
+    /// Host directories shared into the guest (a backend with a shared filesystem only).
     pub shares: Vec<Share>,
     /// How long boot may take until the agent answers `Check`.
     pub boot_timeout: Duration,
-    /// Default timeout of each call through the returned agent client.
+    /// Default timeout of each call through the agent client of the booted VM.
     pub agent_call_timeout: Duration,
-    /// How guest code runs.
+    /// How guest code runs (QEMU; hull-vmm runs on KVM only).
     pub accel: Accel,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
     /// Describe the devices to the guest through ACPI instead of the kernel command line:
     /// a distribution kernel whose virtio-mmio driver is a module without command-line
-    /// devices (Debian's) finds them only this way.
+    /// devices (Debian's) finds them only this way. QEMU only.
     pub acpi: bool,
     /// Start from a template of this guest kept under this directory instead of booting the
     /// kernel: the first VM of a configuration boots, is saved as the template and restored;
-    /// later ones are only restored (`template`). QEMU backend only.
+    /// later ones are only restored (`template`). Backends without
+    /// [`Capabilities::templates`] boot every VM.
     pub template_dir: Option<PathBuf>,
 }
 
@@ -93,9 +124,14 @@ impl VmConfig {
             template_dir: None,
         }
     }
-}
 
-impl VmConfig {
+    /// What this VM needs of its backend: a shared filesystem when it shares directories.
+    pub fn needs(&self) -> Needs {
+        Needs {
+            shared_fs: (!self.shares.is_empty()).then_some(SharedFs::Virtio9p),
+        }
+    }
+
     /// Errors unless the kernel and the initrd are files.
     pub(crate) fn check_guest_files(&self) -> Result<()> {
         for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
@@ -109,44 +145,48 @@ impl VmConfig {
     }
 }
 
-/// A device to hot-add to a running VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceConfig {
-    /// A host directory shared into the guest.
-    Share(Share),
-    /// A raw block device or image file.
-    Block(PathBuf),
-}
-
-/// A guest that came up: the agent answered `Check`.
-#[derive(Debug)]
+/// A VM whose VMM started (its kernel booting, or its template restored): where its agent
+/// will answer. [`Hypervisor::wait_for_agent`] waits for that answer.
+#[derive(Debug, Clone)]
 pub struct BootedVm {
-    /// A connected agent client (on a virtio-serial channel, the only connection there is).
-    pub agent: AgentClient,
-    /// From starting the hypervisor to the agent's first answer.
-    pub boot_time: Duration,
+    /// How the host reaches the guest agent.
+    pub channel: AgentChannel,
+    /// When the VMM was started (the boot timeout counts from here).
+    pub started: Instant,
 }
 
-/// One sandbox's virtual machine, whatever runs it. Dropping it kills the VM.
+/// One pod's virtual machine, whatever runs it. Dropping it kills the VM.
+///
+/// Booting is two calls: [`boot`](Hypervisor::boot) starts the VMM and returns at once,
+/// [`wait_for_agent`](Hypervisor::wait_for_agent) waits for the guest's agent and returns the
+/// connection that answered, which the caller keeps (a virtio-serial port carries one
+/// connection at a time).
 pub trait Hypervisor: Send {
-    /// The backend's name (`qemu`, `builtin`).
-    fn backend(&self) -> &'static str;
-    /// Starts the VM and waits, within the config's boot timeout, for its agent to answer.
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities {
+        self.backend().capabilities()
+    }
+    /// Starts the VM (boots the kernel, or restores a template) without waiting for the guest.
     fn boot(&mut self) -> Result<BootedVm>;
-    /// Stops the VM (cleanly if it can, killed after a bound); idempotent.
-    fn stop(&mut self) -> Result<()>;
+    /// Waits, within the boot timeout from `vm.started`, for the agent of the VM that `boot`
+    /// started to answer `Check`; returns that connection. A failure kills the VM:
+    /// [`HypervisorError::ExitedDuringBoot`] (the VMM's last stderr line, or the guest's last
+    /// console line), [`HypervisorError::BootTimeout`].
+    fn wait_for_agent(&mut self, vm: &BootedVm) -> Result<AgentClient>;
+    /// Stops the VM; idempotent. `guest_powering_off`: the agent took a power-off request
+    /// (see [`Capabilities::stops_by_guest_power_off`]), so the VM is first given a moment to
+    /// end by itself; then the backend's own stop, and a kill after a bound.
+    fn stop(&mut self, guest_powering_off: bool) -> Result<()>;
     /// Freezes the guest's vCPUs.
     fn pause(&mut self) -> Result<()>;
     /// Lets a paused guest run again.
     fn resume(&mut self) -> Result<()>;
-    /// Saves the VM's state into `dir`.
+    /// Saves the running VM's state into `dir` ([`Capabilities::snapshot`]).
     fn snapshot(&mut self, dir: &Path) -> Result<()>;
-    /// Hot-adds a device to the running VM.
-    fn add_device(&mut self, device: &DeviceConfig) -> Result<()>;
     /// Errors if the VM is not running (its process exited, or it was stopped).
     fn check_running(&mut self) -> Result<()>;
-    /// How the host reaches the guest agent.
-    fn agent_channel(&self) -> AgentChannel;
     /// The file the guest's console is written to.
     fn console_log(&self) -> PathBuf;
     /// The host process running the VM, while it runs (a subreaper must leave it alone).
@@ -196,7 +236,8 @@ pub(crate) fn guest_cmdline(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
-    /// The best this host can run: `builtin` with hardware KVM, else `qemu`.
+    /// The first backend this host can run whose capabilities cover the VM: `builtin` with
+    /// hardware KVM, else `qemu` (see [`detect::pick_backend`]).
     Auto,
     /// QEMU `microvm`.
     Qemu,
@@ -204,38 +245,84 @@ pub enum BackendChoice {
     Builtin,
 }
 
-impl BackendChoice {
-    /// What `auto` means on this host.
-    pub fn resolve(self) -> BackendChoice {
-        match self {
-            BackendChoice::Auto if detect::kvm_hardware_backed_cached() => BackendChoice::Builtin,
-            BackendChoice::Auto => BackendChoice::Qemu,
-            b => b,
+/// A hypervisor of the chosen backend for `config` (nothing runs until `boot`). `auto` picks
+/// as `hull check` reports; a backend whose capabilities do not cover the config is refused
+/// here, before anything starts, naming what it lacks and the backend that has it.
+pub fn select(choice: BackendChoice, config: VmConfig) -> Result<Box<dyn Hypervisor>> {
+    let needs = config.needs();
+    let backend = match choice {
+        BackendChoice::Qemu => Backend::Qemu,
+        BackendChoice::Builtin => Backend::Builtin,
+        BackendChoice::Auto => {
+            let pick = detect::pick_backend(&needs, detect::kvm_hardware_backed_cached, || {
+                find_qemu().is_ok()
+            });
+            pick.backend.ok_or(HypervisorError::NoBackend {
+                reason: pick.reason,
+            })?
         }
-    }
-}
-
-/// A hypervisor of the chosen backend for `config` (nothing runs until `boot`).
-pub fn select(backend: BackendChoice, config: VmConfig) -> Result<Box<dyn Hypervisor>> {
-    // hull-vmm has no shared-directory device yet: `auto` keeps a VM that shares host
-    // directories on qemu (an explicit `builtin` says why it cannot).
-    if backend == BackendChoice::Auto && !config.shares.is_empty() {
-        return Ok(Box::new(QemuHypervisor::new(config)));
-    }
-    match backend.resolve() {
-        BackendChoice::Builtin => builtin_backend(config),
-        _ => Ok(Box::new(QemuHypervisor::new(config))),
-    }
-}
-
-/// The `builtin` backend (see `builtin.rs`).
-fn builtin_backend(config: VmConfig) -> Result<Box<dyn Hypervisor>> {
-    Ok(Box::new(BuiltinHypervisor::new(config)))
+    };
+    backend.check_covers(&needs)?;
+    Ok(match backend {
+        Backend::Qemu => Box::new(QemuHypervisor::new(config)),
+        Backend::Builtin => Box::new(BuiltinHypervisor::new(config)),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::guest_cmdline;
+    use super::*;
+
+    fn sharing() -> VmConfig {
+        let mut c = VmConfig::new("/k", "/i", "/run/hull/vm1");
+        c.shares.push(Share {
+            host_dir: "/srv/rootfs".into(),
+            tag: "hullshare".into(),
+        });
+        c
+    }
+
+    #[test]
+    fn an_explicit_backend_without_what_the_vm_needs_is_refused_before_it_starts() {
+        let e = select(BackendChoice::Builtin, sharing())
+            .err()
+            .expect("builtin has no shared filesystem");
+        assert!(matches!(e, HypervisorError::Lacks { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the builtin backend cannot run this vm: it has no shared filesystem (virtio-9p); \
+             use hypervisor = \"qemu\""
+        );
+        let q = select(BackendChoice::Qemu, sharing()).unwrap();
+        assert_eq!(q.backend(), Backend::Qemu);
+        assert!(q.pid().is_none(), "nothing runs until boot");
+    }
+
+    #[test]
+    fn auto_gives_a_sharing_vm_a_backend_with_a_shared_filesystem() {
+        if find_qemu().is_err() {
+            let e = select(BackendChoice::Auto, sharing()).err().unwrap();
+            assert!(e.to_string().contains("cannot run here"), "{e}");
+            return;
+        }
+        let h = select(BackendChoice::Auto, sharing()).unwrap();
+        assert_eq!(h.backend(), Backend::Qemu);
+        assert!(!h.capabilities().shared_fs.is_empty());
+    }
+
+    #[test]
+    fn accel_auto_follows_the_hardware_probe_and_explicit_ones_stay() {
+        assert_eq!(Accel::Auto.resolve(|| true), Accel::Kvm);
+        assert_eq!(Accel::Auto.resolve(|| false), Accel::Tcg);
+        assert_eq!(Accel::Tcg.resolve(|| panic!("not probed")), Accel::Tcg);
+        assert_eq!(Accel::Kvm.resolve(|| false).name(), "kvm");
+    }
+
+    #[test]
+    fn a_vm_needs_a_shared_filesystem_only_when_it_shares() {
+        assert_eq!(VmConfig::new("/k", "/i", "/s").needs(), Needs::default());
+        assert_eq!(sharing().needs().shared_fs, Some(SharedFs::Virtio9p));
+    }
 
     #[test]
     fn cmdline_has_the_boot_time_switches_and_ends_with_extra() {

@@ -1,17 +1,22 @@
-//! A hypervisor process owned by its handle: it never outlives the handle (killed and reaped
-//! on drop) nor this process (`PR_SET_PDEATHSIG`).
+//! The VMM process a backend runs (QEMU, hull-vmm), owned by its handle: it never outlives
+//! the handle (killed and reaped on drop) nor this process (`PR_SET_PDEATHSIG`). It also
+//! holds the boot wait: watching the VMM while the guest's agent comes up.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use hull_agent_client::{AgentChannel, AgentClient, AgentClientError};
+
+use crate::error::{HypervisorError, Result};
+
 /// The child and the thread that spawned it. PR_SET_PDEATHSIG fires when the *thread* that
 /// forked exits, so a dedicated thread forks the child and lives until it is reaped.
 #[derive(Debug)]
-pub(crate) struct OwnedChild {
-    pub(crate) child: Child,
+struct OwnedChild {
+    child: Child,
     what: &'static str,
     keeper: Option<std::thread::JoinHandle<()>>,
     release: Option<mpsc::Sender<()>>,
@@ -19,7 +24,7 @@ pub(crate) struct OwnedChild {
 
 impl OwnedChild {
     /// Spawns `cmd` (named `what` in logs) from a keeper thread.
-    pub(crate) fn spawn(mut cmd: Command, what: &'static str) -> std::io::Result<OwnedChild> {
+    fn spawn(mut cmd: Command, what: &'static str) -> std::io::Result<OwnedChild> {
         let (tx, rx) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
         let keeper = std::thread::Builder::new()
@@ -61,7 +66,7 @@ impl OwnedChild {
     }
 
     /// Kills and reaps the child; its exit status if it could be collected.
-    pub(crate) fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
         let _ = self.child.kill();
         let status = self.child.wait().ok();
         self.release_keeper();
@@ -69,7 +74,7 @@ impl OwnedChild {
     }
 
     /// Waits up to `bound` for the child to exit on its own.
-    pub(crate) fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
+    fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + bound;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -83,7 +88,7 @@ impl OwnedChild {
     }
 
     /// Lets the keeper thread end (call once the child is reaped).
-    pub(crate) fn release_keeper(&mut self) {
+    fn release_keeper(&mut self) {
         drop(self.release.take());
         if let Some(k) = self.keeper.take() {
             let _ = k.join();
@@ -100,71 +105,189 @@ impl Drop for OwnedChild {
     }
 }
 
-/// The state of a backend's hypervisor process (`what`: "qemu", "hull-vmm"), as
-/// `Hypervisor::check_running` reports it: `Ok` while it runs, else why not. A process found
-/// dead is recorded in `exit` and its handle dropped.
-pub(crate) fn running_status(
-    child: &mut Option<OwnedChild>,
-    exit: &mut Option<ExitStatus>,
+/// A backend's VMM process (`what`: "qemu", "hull-vmm"): started, watched, stopped, and
+/// waited on while its guest boots.
+#[derive(Debug)]
+pub(crate) struct VmmProcess {
+    what: &'static str,
+    /// The VMM's own stderr (why it refused to start).
+    own_log: PathBuf,
+    /// The guest's console.
+    console_log: PathBuf,
+    child: Option<OwnedChild>,
+    exit: Option<ExitStatus>,
     stopped: bool,
-    what: &str,
-) -> Result<(), String> {
-    let Some(c) = child.as_mut() else {
-        return Err(match (stopped, exit) {
-            (true, _) => "stopped".to_string(),
-            (false, Some(s)) => format!("{what} exited: {s}"),
-            (false, None) => "not booted".to_string(),
-        });
-    };
-    match c.child.try_wait() {
-        Ok(None) => Ok(()),
-        Ok(Some(s)) => {
-            *exit = Some(s);
-            if let Some(mut c) = child.take() {
-                c.release_keeper();
-            }
-            tracing::warn!(status = %s, "{what} exited under a running vm");
-            Err(format!("{what} exited: {s}"))
+}
+
+impl VmmProcess {
+    /// A VMM named `what` whose stderr goes to `own_log` and whose guest writes its console
+    /// to `console_log`; nothing runs until [`VmmProcess::spawn`].
+    pub(crate) fn new(what: &'static str, own_log: PathBuf, console_log: PathBuf) -> Self {
+        VmmProcess {
+            what,
+            own_log,
+            console_log,
+            child: None,
+            exit: None,
+            stopped: false,
         }
-        Err(e) => Err(format!("{what} state unknown: {e}")),
     }
-}
 
-/// Kills and reaps a backend's hypervisor process now; records how it ended (a status already
-/// recorded stays).
-pub(crate) fn kill(child: &mut Option<OwnedChild>, exit: &mut Option<ExitStatus>) {
-    if let Some(mut c) = child.take() {
-        let status = c.kill_and_reap();
-        *exit = exit.or(status);
+    /// Starts `cmd` (the program `binary`); returns when it started.
+    pub(crate) fn spawn(&mut self, cmd: Command, binary: &str) -> Result<Instant> {
+        tracing::debug!(?cmd, "starting {}", self.what);
+        let started = Instant::now();
+        let child = OwnedChild::spawn(cmd, self.what).map_err(|source| HypervisorError::Spawn {
+            binary: binary.to_string(),
+            source,
+        })?;
+        tracing::info!(pid = child.child.id(), "{} started", self.what);
+        self.child = Some(child);
+        self.exit = None;
+        self.stopped = false;
+        Ok(started)
     }
-}
 
-/// Waits up to `bound` for a backend's hypervisor process to exit on its own; records the
-/// status.
-pub(crate) fn wait_exit(
-    child: &mut Option<OwnedChild>,
-    exit: &mut Option<ExitStatus>,
-    bound: Duration,
-) -> Option<ExitStatus> {
-    let s = child.as_mut()?.wait_exit_for(bound);
-    if s.is_some() {
-        *exit = s;
+    /// The VMM's pid while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.child.id())
     }
-    s
-}
 
-/// Why a boot failed: the last line the hypervisor printed to `own_log`, else the guest's
-/// last console line.
-pub(crate) fn boot_failure_reason(own_log: &Path, console_log: &Path) -> String {
-    let last_line = |p: &Path| {
-        std::fs::read_to_string(p).ok().and_then(|t| {
-            t.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(str::to_string)
+    /// Whether it was started and not yet found dead, killed or stopped.
+    pub(crate) fn started(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `Ok` while the VMM runs, else why not. A VMM found dead is recorded and its handle
+    /// dropped.
+    fn alive(&mut self) -> std::result::Result<(), String> {
+        let what = self.what;
+        let Some(c) = self.child.as_mut() else {
+            return Err(match (self.stopped, self.exit) {
+                (true, _) => "stopped".to_string(),
+                (false, Some(s)) => format!("{what} exited: {s}"),
+                (false, None) => "not booted".to_string(),
+            });
+        };
+        match c.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(s)) => {
+                self.exit = Some(s);
+                if let Some(mut c) = self.child.take() {
+                    c.release_keeper();
+                }
+                tracing::warn!(status = %s, "{what} exited under a running vm");
+                Err(format!("{what} exited: {s}"))
+            }
+            Err(e) => Err(format!("{what} state unknown: {e}")),
+        }
+    }
+
+    /// Errors ([`HypervisorError::NotRunning`]) unless the VMM runs.
+    pub(crate) fn check_running(&mut self) -> Result<()> {
+        self.alive().map_err(|status| HypervisorError::NotRunning {
+            status,
+            console_log: self.console_log.clone(),
         })
-    };
-    last_line(own_log)
-        .or_else(|| last_line(console_log).map(|l| format!("guest: {l}")))
-        .unwrap_or_else(|| "no output".into())
+    }
+
+    /// Kills and reaps the VMM now; records how it ended (a status already recorded stays).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let status = c.kill_and_reap();
+            self.exit = self.exit.or(status);
+        }
+    }
+
+    /// Kills the VMM (if it still runs) and marks the VM stopped.
+    pub(crate) fn stop(&mut self) {
+        self.kill();
+        self.stopped = true;
+    }
+
+    /// Waits up to `bound` for the VMM to exit on its own; records the status.
+    pub(crate) fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let s = self.child.as_mut()?.wait_exit_for(bound);
+        if s.is_some() {
+            self.exit = s;
+        }
+        s
+    }
+
+    /// The boot wait: waits until `started + boot_timeout` for the agent on `channel` to
+    /// answer, watching the VMM meanwhile, and returns the connection that answered (calls
+    /// bounded by `call_timeout`). A VMM that exits fails it at once
+    /// ([`HypervisorError::ExitedDuringBoot`] with the VMM's last stderr line, or the guest's
+    /// last console line); otherwise the VMM is killed on a failure:
+    /// [`HypervisorError::BootTimeout`] past the deadline, `ExitedDuringBoot` when the agent
+    /// answers NOT_SERVING or the channel fails for good.
+    pub(crate) fn wait_for_agent(
+        &mut self,
+        channel: &AgentChannel,
+        started: Instant,
+        boot_timeout: Duration,
+        call_timeout: Duration,
+    ) -> Result<AgentClient> {
+        let pid = self.pid().unwrap_or_default();
+        let waited = AgentClient::wait_ready(channel, started + boot_timeout, call_timeout, || {
+            self.alive()
+        });
+        let e = match waited {
+            Ok(agent) => {
+                tracing::info!(pid, boot_time = ?started.elapsed(), "guest agent is serving");
+                return Ok(agent);
+            }
+            Err(e) => e,
+        };
+        // A VMM that exited explains any failure: say why it did.
+        let exited =
+            matches!(e, AgentClientError::Gone { .. }) || (self.started() && self.alive().is_err());
+        if exited {
+            return Err(HypervisorError::ExitedDuringBoot {
+                status: self.exit.map(|s| s.to_string()).unwrap_or_default(),
+                reason: self.boot_failure_reason(),
+                console_log: self.console_log.clone(),
+            });
+        }
+        self.kill();
+        Err(match e {
+            AgentClientError::NotReady { .. } => {
+                tracing::warn!(
+                    pid,
+                    ?boot_timeout,
+                    "guest agent did not answer; {} killed",
+                    self.what
+                );
+                HypervisorError::BootTimeout {
+                    timeout: boot_timeout,
+                    console_log: self.console_log.clone(),
+                }
+            }
+            AgentClientError::NotServing => HypervisorError::ExitedDuringBoot {
+                status: "killed".into(),
+                reason: "guest agent answered Check with NOT_SERVING".into(),
+                console_log: self.console_log.clone(),
+            },
+            e => HypervisorError::ExitedDuringBoot {
+                status: "killed".into(),
+                reason: format!("agent channel failed: {e}"),
+                console_log: self.console_log.clone(),
+            },
+        })
+    }
+
+    /// Why a boot failed: the last line the VMM printed, else the guest's last console line.
+    fn boot_failure_reason(&self) -> String {
+        let last_line = |p: &PathBuf| {
+            std::fs::read_to_string(p).ok().and_then(|t| {
+                t.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+        };
+        last_line(&self.own_log)
+            .or_else(|| last_line(&self.console_log).map(|l| format!("guest: {l}")))
+            .unwrap_or_else(|| "no output".into())
+    }
 }

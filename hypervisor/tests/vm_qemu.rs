@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use hull_agent_client::AgentClient;
 use hull_hypervisor::{Accel, Hypervisor, HypervisorError, QemuHypervisor, Share, VmConfig};
 
 struct Artefacts {
@@ -48,6 +49,14 @@ fn artefacts() -> Option<&'static Artefacts> {
         })
     })
     .as_ref()
+}
+
+/// Boots `vm` and waits for its agent, as a pod does: the agent's connection and the time from
+/// starting QEMU to the agent's first answer.
+fn boot(vm: &mut QemuHypervisor) -> hull_hypervisor::Result<(AgentClient, Duration)> {
+    let booted = vm.boot()?;
+    let agent = vm.wait_for_agent(&booted)?;
+    Ok((agent, booted.started.elapsed()))
 }
 
 fn config(a: &Artefacts, state: &Path) -> VmConfig {
@@ -98,15 +107,15 @@ fn guest_boots_to_the_agent_with_its_own_kernel_pauses_resumes_and_stops() {
         tag: "rootfs".into(),
     });
     let mut vm = QemuHypervisor::new(cfg);
-    let booted = vm.boot().unwrap_or_else(|e| panic!("boot: {e}"));
+    let (agent, boot_time) = boot(&mut vm).unwrap_or_else(|e| panic!("boot: {e}"));
     println!(
         "boot to agent ready (TCG): {:.3} s",
-        booted.boot_time.as_secs_f64()
+        boot_time.as_secs_f64()
     );
     let pid = vm.pid().expect("qemu runs");
 
-    assert!(booted.agent.check().unwrap(), "agent serving");
-    let details = booted.agent.guest_details().unwrap();
+    assert!(agent.check().unwrap(), "agent serving");
+    let details = agent.guest_details().unwrap();
     let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     println!(
         "guest kernel {:?}, host kernel {:?}",
@@ -136,11 +145,11 @@ fn guest_boots_to_the_agent_with_its_own_kernel_pauses_resumes_and_stops() {
     assert!(!st.running && st.status == "paused", "{st:?}");
     vm.resume().unwrap();
     assert!(vm.query_status().unwrap().running);
-    assert!(booted.agent.check().unwrap(), "agent answers after resume");
+    assert!(agent.check().unwrap(), "agent answers after resume");
 
     let state_dir = dir.path().join("vm");
     let t = Instant::now();
-    vm.stop().unwrap();
+    vm.stop(false).unwrap();
     println!("stop: {:.3} s", t.elapsed().as_secs_f64());
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
@@ -149,7 +158,7 @@ fn guest_boots_to_the_agent_with_its_own_kernel_pauses_resumes_and_stops() {
     assert_eq!(processes_mentioning(&state_dir), Vec::<u32>::new());
     assert!(vm.check_running().is_err());
     assert!(vm.pause().is_err(), "a stopped vm cannot be paused");
-    vm.stop().unwrap();
+    vm.stop(false).unwrap();
 }
 
 #[test]
@@ -159,7 +168,7 @@ fn a_bad_kernel_fails_fast_with_one_clear_error() {
 
     let mut cfg = config(a, dir.path());
     cfg.kernel = dir.path().join("no-such-vmlinux");
-    let e = QemuHypervisor::new(cfg).boot().unwrap_err();
+    let e = boot(&mut QemuHypervisor::new(cfg)).unwrap_err();
     assert!(matches!(e, HypervisorError::Config(_)), "{e}");
     assert!(e.to_string().contains("no-such-vmlinux"), "{e}");
 
@@ -170,7 +179,7 @@ fn a_bad_kernel_fails_fast_with_one_clear_error() {
     cfg.kernel = junk;
     let t = Instant::now();
     let mut vm = QemuHypervisor::new(cfg);
-    let e = vm.boot().unwrap_err();
+    let e = boot(&mut vm).unwrap_err();
     println!("junk kernel: {e}");
     assert!(
         t.elapsed() < Duration::from_secs(15),
@@ -199,7 +208,7 @@ fn an_agent_that_never_answers_fails_within_the_bound() {
     cfg.boot_timeout = Duration::from_secs(6);
     let mut vm = QemuHypervisor::new(cfg);
     let t = Instant::now();
-    let e = vm.boot().unwrap_err();
+    let e = boot(&mut vm).unwrap_err();
     let took = t.elapsed();
     println!("silent agent: {e} (after {:.3} s)", took.as_secs_f64());
     assert!(matches!(e, HypervisorError::BootTimeout { .. }), "{e}");
@@ -219,10 +228,10 @@ fn killing_qemu_under_a_running_vm_is_noticed() {
     let Some(a) = artefacts() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut vm = QemuHypervisor::new(config(a, dir.path()));
-    let booted = vm.boot().unwrap_or_else(|e| panic!("boot: {e}"));
+    let (agent, boot_time) = boot(&mut vm).unwrap_or_else(|e| panic!("boot: {e}"));
     println!(
         "boot to agent ready (TCG): {:.3} s",
-        booted.boot_time.as_secs_f64()
+        boot_time.as_secs_f64()
     );
     vm.check_running().unwrap();
     let pid = vm.pid().unwrap();
@@ -230,7 +239,7 @@ fn killing_qemu_under_a_running_vm_is_noticed() {
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
 
     let t = Instant::now();
-    let e = booted.agent.check().unwrap_err();
+    let e = agent.check().unwrap_err();
     println!("agent call after qemu died: {e} (after {:?})", t.elapsed());
     assert!(
         t.elapsed() < Duration::from_secs(10),
@@ -248,7 +257,7 @@ fn killing_qemu_under_a_running_vm_is_noticed() {
     assert!(matches!(e, HypervisorError::NotRunning { .. }), "{e}");
     assert!(e.to_string().contains("signal: 9"), "{e}");
     assert!(vm.pause().is_err());
-    vm.stop().unwrap();
+    vm.stop(false).unwrap();
 }
 
 /// Run only as the child of `qemu_dies_with_the_process_that_owns_it`: boots a VM, writes
@@ -261,7 +270,7 @@ fn owner_process_for_the_pdeathsig_test() {
     let a = artefacts().expect("artefacts");
     let dir = tempfile::tempdir().unwrap();
     let mut vm = QemuHypervisor::new(config(a, dir.path()));
-    vm.boot().unwrap_or_else(|e| panic!("boot: {e}"));
+    let _agent = boot(&mut vm).unwrap_or_else(|e| panic!("boot: {e}"));
     std::fs::write(&pid_file, vm.pid().unwrap().to_string()).unwrap();
     std::thread::sleep(Duration::from_secs(300));
 }
@@ -362,17 +371,14 @@ fn debian_kernel_fallback_boots_to_the_agent_and_mounts_the_share() {
         tag: "hullshare".into(),
     });
     let mut vm = QemuHypervisor::new(cfg);
-    let booted = vm
-        .boot()
-        .unwrap_or_else(|e| panic!("boot Debian's kernel: {e}"));
+    let (agent, boot_time) = boot(&mut vm).unwrap_or_else(|e| panic!("boot Debian's kernel: {e}"));
     println!(
         "Debian kernel {kver}: boot to agent ready (TCG) {:.3} s",
-        booted.boot_time.as_secs_f64()
+        boot_time.as_secs_f64()
     );
-    let details = booted.agent.guest_details().unwrap();
+    let details = agent.guest_details().unwrap();
     assert_eq!(details.kernel_release, kver);
-    booted
-        .agent
+    agent
         .setup_sandbox(
             "pod",
             "debian",
@@ -386,7 +392,7 @@ fn debian_kernel_fallback_boots_to_the_agent_and_mounts_the_share() {
             }],
         )
         .unwrap_or_else(|e| panic!("9p mount with the module-loaded driver: {e}"));
-    vm.stop().unwrap();
+    vm.stop(false).unwrap();
     assert_eq!(
         processes_mentioning(&dir.path().join("vm")),
         Vec::<u32>::new()

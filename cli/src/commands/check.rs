@@ -1,9 +1,10 @@
 //! `hull check`: what this host can run (cgroups, KVM and whether it is hardware-backed,
-//! vhost-vsock, IOMMU, qemu, the guest kernel), and which hypervisor `auto` picks.
+//! vhost-vsock, IOMMU, qemu, the guest kernel), and which hypervisor `auto` picks for a pod.
 
 use std::path::Path;
 
 use hull_runtime::config::Config;
+use hull_runtime::pod::VmPod;
 
 use super::Globals;
 use crate::error::{chain, Result};
@@ -28,9 +29,10 @@ fn cgroup_layout() -> (bool, String) {
     }
 }
 
-/// `hull check`: one line per capability, yes/no and why, then what `auto` picks.
+/// `hull check`: one line per capability, yes/no and why, then what `auto` picks for a pod.
 fn check_report(config: Option<&Path>) -> String {
-    use hull_hypervisor::detect::{Backend, HostReport, Probe};
+    use hull_hypervisor::detect::{pick_backend, HostReport, Probe};
+    use hull_hypervisor::{Accel, Backend};
     use std::fmt::Write as _;
     let r = HostReport::probe();
     let mut out = String::from("hull check: what this host can run\n");
@@ -57,15 +59,15 @@ fn check_report(config: Option<&Path>) -> String {
     line("qemu", &r.qemu);
     line("virtiofsd", &r.virtiofsd);
     // What a vm pod would boot, from the config this command was given (or the default).
-    let guest = Config::load_or_default(config)
-        .map_err(|e| e.to_string())
-        .and_then(|(cfg, path)| {
-            let from = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
-            cfg.vm
-                .guest()
-                .map(|(k, i, debian)| (k, i, debian, from))
-                .map_err(|e| e.to_string())
-        });
+    let loaded = Config::load_or_default(config).map_err(|e| e.to_string());
+    let accel = loaded.as_ref().map_or(Accel::Auto, |(cfg, _)| cfg.vm.accel);
+    let guest = loaded.and_then(|(cfg, path)| {
+        let from = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+        cfg.vm
+            .guest()
+            .map(|(k, i, debian)| (k, i, debian, from))
+            .map_err(|e| e.to_string())
+    });
     match guest {
         Ok((k, i, debian, from)) => {
             let what = if debian {
@@ -85,15 +87,17 @@ fn check_report(config: Option<&Path>) -> String {
             line("guest initrd (cache)", &r.guest_initrd);
         }
     }
-    let picked = match r.auto.backend {
+    // Every pod's VM shares the pod's rootfs: `auto` picks a backend that can.
+    let auto = pick_backend(&VmPod::vm_needs(), || r.kvm_hardware.ok, || r.qemu.ok);
+    let picked = match auto.backend {
         Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
-        Some(Backend::Qemu(accel)) => format!("qemu ({accel:?})").to_lowercase(),
-        None => "none: vm isolation cannot run here".to_string(),
+        Some(Backend::Qemu) => format!("qemu ({})", accel.resolve(|| r.kvm_hardware.ok).name()),
+        None => "none".to_string(),
     };
     let _ = writeln!(
         out,
-        "  {:<22} {picked}: {}",
-        "vm hypervisor (auto)", r.auto.reason
+        "  {:<22} {picked} for a pod (its vm shares the pod's rootfs): {}",
+        "vm hypervisor (auto)", auto.reason
     );
     out
 }

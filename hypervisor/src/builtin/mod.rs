@@ -1,20 +1,21 @@
 //! The `builtin` backend: hull's own VMM (`hull-vmm`, the `vmm` crate) on hardware KVM. The
 //! agent is reached over hull-vmm's hybrid vsock socket (`CONNECT <port>\n` / `OK <n>\n`), the VM
-//! is controlled over hull-vmm's JSON-lines API socket.
+//! is controlled over hull-vmm's JSON-lines API socket, and it ends cleanly only by the guest
+//! powering itself off.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use crate::capabilities::Backend;
 use crate::error::{HypervisorError, Result};
-use crate::vmm_process::{self, OwnedChild};
-use crate::{detect, BootedVm, DeviceConfig, Hypervisor, VmConfig};
-use hull_agent_client::{vsock_connect, AgentChannel, AgentClient, HandshakeError};
+use crate::programs::find_in_path;
+use crate::vmm_process::VmmProcess;
+use crate::{detect, BootedVm, Hypervisor, VmConfig};
+use hull_agent_client::{AgentChannel, AgentClient};
 
 /// The VMM binary (found through `HULL_VMM`, next to the running executable, then on PATH).
 pub const VMM_BINARY: &str = "hull-vmm";
@@ -22,14 +23,8 @@ pub const VMM_BINARY: &str = "hull-vmm";
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// How long one API socket request may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long `stop` waits for the guest to power off before killing hull-vmm.
+/// How long `stop` waits for a guest that is powering off before killing hull-vmm.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
-/// How long `stop` gives the agent to take the power-off request.
-const POWER_OFF_CALL: Duration = Duration::from_secs(1);
-/// Bound of one vsock handshake while the guest boots (its vsock driver may not be up yet).
-const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(2);
-/// Pause between agent connection attempts during boot.
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// The one error of choosing this backend where it cannot run.
 fn no_hardware_kvm() -> HypervisorError {
@@ -45,64 +40,21 @@ fn no_hardware_kvm() -> HypervisorError {
 #[derive(Debug)]
 pub struct BuiltinHypervisor {
     config: VmConfig,
-    child: Option<OwnedChild>,
-    exit: Option<ExitStatus>,
-    stopped: bool,
+    process: VmmProcess,
     /// Tests only: the hull-vmm to run instead of the one found.
     vmm_binary: Option<PathBuf>,
     /// Tests only: `false` skips the hardware KVM check so that boot runs a stand-in hull-vmm.
     require_hardware_kvm: bool,
 }
 
-/// Why the agent did not answer during boot.
-#[derive(Debug)]
-enum AgentWaitError {
-    /// The handshake failed for a reason a booting guest does not explain.
-    Handshake(HandshakeError),
-    /// The agent answered `Check` with NOT_SERVING.
-    NotServing,
-    /// The last failure when the deadline passed.
-    Deadline(String),
-}
-
-/// Reaches the agent on guest vsock `port` through `path` and waits for its `Check`, retrying
-/// while the guest comes up, until `deadline`. The client keeps `call_timeout` per call.
-fn wait_for_agent(
-    path: &Path,
-    port: u32,
-    deadline: Instant,
-    call_timeout: Duration,
-) -> std::result::Result<AgentClient, AgentWaitError> {
-    let mut last = String::from("no attempt");
-    while Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match vsock_connect(path, port, left.min(HANDSHAKE_ATTEMPT)) {
-            Ok(stream) => {
-                let attempt = AgentClient::from_stream_fd(OwnedFd::from(stream), call_timeout)
-                    .and_then(|c| c.check().map(|serving| (c, serving)));
-                match attempt {
-                    Ok((c, true)) => return Ok(c),
-                    Ok((_, false)) => return Err(AgentWaitError::NotServing),
-                    // A fresh connection is tried while time is left.
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            Err(e) if e.is_transient() => last = e.to_string(),
-            Err(e) => return Err(AgentWaitError::Handshake(e)),
-        }
-        std::thread::sleep(RETRY_PAUSE);
-    }
-    Err(AgentWaitError::Deadline(last))
-}
-
 impl BuiltinHypervisor {
     /// A handle for the VM described by `config`; nothing runs until [`Hypervisor::boot`].
     pub fn new(config: VmConfig) -> Self {
+        let dir = &config.state_dir;
+        let process = VmmProcess::new("hull-vmm", dir.join("vmm.log"), dir.join("console.log"));
         BuiltinHypervisor {
             config,
-            child: None,
-            exit: None,
-            stopped: false,
+            process,
             vmm_binary: None,
             require_hardware_kvm: true,
         }
@@ -116,6 +68,14 @@ impl BuiltinHypervisor {
     /// hull-vmm's control API socket.
     pub fn api_socket(&self) -> PathBuf {
         self.config.state_dir.join("api.sock")
+    }
+
+    /// The agent's channel: hull-vmm's hybrid vsock socket, on the agent's port.
+    pub fn agent_channel(&self) -> AgentChannel {
+        AgentChannel::VsockUds {
+            path: self.vsock_socket(),
+            port: AGENT_VSOCK_PORT,
+        }
     }
 
     /// hull-vmm's own stderr (why it refused to start).
@@ -181,7 +141,7 @@ impl BuiltinHypervisor {
             .filter(|p| p.is_file());
         let path_var = std::env::var_os("PATH").unwrap_or_default();
         beside
-            .or_else(|| detect::find_in_path(VMM_BINARY, &path_var))
+            .or_else(|| find_in_path(VMM_BINARY, &path_var))
             .ok_or_else(|| HypervisorError::Spawn {
                 binary: VMM_BINARY.into(),
                 source: std::io::Error::new(
@@ -194,13 +154,7 @@ impl BuiltinHypervisor {
     fn validate(&self) -> Result<()> {
         let cfg = &self.config;
         cfg.check_guest_files()?;
-        if !cfg.shares.is_empty() {
-            return Err(HypervisorError::Config(format!(
-                "the builtin backend cannot share host directories ({} asked): hull-vmm has no \
-                 virtio-fs or 9p device; use hypervisor = \"qemu\"",
-                cfg.shares.len()
-            )));
-        }
+        Backend::Builtin.check_covers(&cfg.needs())?;
         if cfg.memory_mib < 64 || cfg.vcpus == 0 || cfg.vcpus > u32::from(u8::MAX) {
             return Err(HypervisorError::Config(format!(
                 "need at least 64 MiB and 1 to 255 vCPUs (got {} MiB, {} vCPUs)",
@@ -210,35 +164,10 @@ impl BuiltinHypervisor {
         Ok(())
     }
 
-    /// Kills hull-vmm now and records how it ended.
-    fn kill(&mut self) {
-        vmm_process::kill(&mut self.child, &mut self.exit);
-    }
-
-    fn boot_failure_reason(&self) -> String {
-        vmm_process::boot_failure_reason(&self.vmm_log(), &self.console_log())
-    }
-
     fn remove_sockets(&self) {
         for p in [self.vsock_socket(), self.api_socket()] {
             let _ = std::fs::remove_file(p);
         }
-    }
-
-    /// Waits up to `bound` for hull-vmm to exit on its own; records the status.
-    fn wait_exit_for(&mut self, bound: Duration) -> Option<ExitStatus> {
-        vmm_process::wait_exit(&mut self.child, &mut self.exit, bound)
-    }
-
-    /// Asks the guest agent, on a connection of its own, to power the guest off.
-    fn request_power_off(&self) -> std::result::Result<(), String> {
-        let stream = vsock_connect(&self.vsock_socket(), AGENT_VSOCK_PORT, POWER_OFF_CALL)
-            .map_err(|e| e.to_string())?;
-        let agent = AgentClient::from_stream_fd(OwnedFd::from(stream), POWER_OFF_CALL)
-            .map_err(|e| e.to_string())?;
-        agent
-            .destroy_sandbox(&self.vm_id(), true)
-            .map_err(|e| e.to_string())
     }
 
     /// Sends one request to hull-vmm's API socket; returns the VM state it reports.
@@ -287,12 +216,12 @@ impl BuiltinHypervisor {
 }
 
 impl Hypervisor for BuiltinHypervisor {
-    fn backend(&self) -> &'static str {
-        "builtin"
+    fn backend(&self) -> Backend {
+        Backend::Builtin
     }
 
     fn boot(&mut self) -> Result<BootedVm> {
-        if self.child.is_some() {
+        if self.process.started() {
             return Err(HypervisorError::Config("vm is already booted".into()));
         }
         // First: without hardware KVM a Linux guest never comes up; say so instead of waiting.
@@ -316,109 +245,36 @@ impl Hypervisor for BuiltinHypervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::from(console))
             .stderr(Stdio::from(log));
-        tracing::debug!(vm = %self.vm_id(), ?cmd, "starting hull-vmm");
-        let started = Instant::now();
-        let child =
-            OwnedChild::spawn(cmd, "hull-vmm").map_err(|source| HypervisorError::Spawn {
-                binary: binary.display().to_string(),
-                source,
-            })?;
-        let pid = child.child.id();
-        self.child = Some(child);
-        self.exit = None;
-        self.stopped = false;
-        tracing::info!(vm = %self.vm_id(), pid, "hull-vmm started; waiting for the guest agent");
-
-        // The agent's first answer arrives over hybrid vsock; hull-vmm's exit or the deadline
-        // end the wait. On a timeout hull-vmm is killed, which also ends a pending call.
-        let boot_timeout = self.config.boot_timeout;
-        let deadline = started + boot_timeout;
-        let (tx, rx) = mpsc::channel();
-        let socket = self.vsock_socket();
-        let call_timeout = self.config.agent_call_timeout;
-        std::thread::Builder::new()
-            .name("agent-boot-check".into())
-            .spawn(move || {
-                let _ = tx.send(wait_for_agent(
-                    &socket,
-                    AGENT_VSOCK_PORT,
-                    deadline,
-                    call_timeout,
-                ));
-            })
-            .map_err(|e| {
-                self.kill();
-                HypervisorError::io("spawn agent-boot-check thread", e)
-            })?;
-        loop {
-            let failed =
-                |status: &str, reason: String, this: &Self| HypervisorError::ExitedDuringBoot {
-                    status: status.into(),
-                    reason,
-                    console_log: this.console_log(),
-                };
-            match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(Ok(agent)) => {
-                    let boot_time = started.elapsed();
-                    tracing::info!(vm = %self.vm_id(), pid, ?boot_time, "guest agent is serving");
-                    return Ok(BootedVm { agent, boot_time });
-                }
-                Ok(Err(AgentWaitError::NotServing)) => {
-                    self.kill();
-                    self.remove_sockets();
-                    let reason = "guest agent answered Check with NOT_SERVING".into();
-                    return Err(failed("killed", reason, self));
-                }
-                Ok(Err(AgentWaitError::Handshake(e))) => {
-                    self.kill();
-                    self.remove_sockets();
-                    return Err(failed("killed", format!("agent channel: {e}"), self));
-                }
-                // The deadline passed in the thread: reported below as a boot timeout.
-                Ok(Err(AgentWaitError::Deadline(last))) => {
-                    tracing::debug!(vm = %self.vm_id(), %last, "agent wait reached the deadline");
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) if Instant::now() < deadline => {
-                    self.kill();
-                    self.remove_sockets();
-                    let reason = "the agent check thread died".into();
-                    return Err(failed("killed", reason, self));
-                }
-                Err(_) => {}
-            }
-            if self.check_running().is_err() {
-                self.child = None;
-                self.remove_sockets();
-                let status = self.exit.map(|s| s.to_string()).unwrap_or_default();
-                return Err(failed(&status, self.boot_failure_reason(), self));
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                self.remove_sockets();
-                tracing::warn!(vm = %self.vm_id(), pid, ?boot_timeout, "guest agent did not answer; hull-vmm killed");
-                return Err(HypervisorError::BootTimeout {
-                    timeout: boot_timeout,
-                    console_log: self.console_log(),
-                });
-            }
-        }
+        let started = self.process.spawn(cmd, &binary.display().to_string())?;
+        Ok(BootedVm {
+            channel: self.agent_channel(),
+            started,
+        })
     }
 
-    fn stop(&mut self) -> Result<()> {
-        if self.child.is_some() && self.check_running().is_ok() {
-            match self.request_power_off() {
-                Ok(()) => {
-                    if self.wait_exit_for(POWER_OFF_GRACE).is_none() {
-                        tracing::debug!(vm = %self.vm_id(), "guest did not power off in time; killing hull-vmm");
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(vm = %self.vm_id(), error = %e, "cannot ask the guest to power off; killing hull-vmm");
-                }
-            }
+    fn wait_for_agent(&mut self, vm: &BootedVm) -> Result<AgentClient> {
+        let waited = self.process.wait_for_agent(
+            &vm.channel,
+            vm.started,
+            self.config.boot_timeout,
+            self.config.agent_call_timeout,
+        );
+        if waited.is_err() {
+            self.remove_sockets();
         }
-        self.kill();
-        self.stopped = true;
+        waited
+    }
+
+    /// hull-vmm has no clean stop but the guest's power-off: a guest powering off is waited
+    /// for (bounded), then hull-vmm is killed.
+    fn stop(&mut self, guest_powering_off: bool) -> Result<()> {
+        if guest_powering_off
+            && self.process.check_running().is_ok()
+            && self.process.wait_exit(POWER_OFF_GRACE).is_none()
+        {
+            tracing::debug!(vm = %self.vm_id(), "guest did not power off in time; killing hull-vmm");
+        }
+        self.process.stop();
         self.remove_sockets();
         Ok(())
     }
@@ -450,27 +306,8 @@ impl Hypervisor for BuiltinHypervisor {
         saved.map(|_| ())
     }
 
-    fn add_device(&mut self, _device: &DeviceConfig) -> Result<()> {
-        Err(HypervisorError::NotSupported {
-            operation: "hot-adding a device (hull-vmm fixes its virtio-mmio devices at boot, \
-                        listed on the kernel command line)",
-            backend: "builtin",
-        })
-    }
-
     fn check_running(&mut self) -> Result<()> {
-        vmm_process::running_status(&mut self.child, &mut self.exit, self.stopped, "hull-vmm")
-            .map_err(|status| HypervisorError::NotRunning {
-                status,
-                console_log: self.console_log(),
-            })
-    }
-
-    fn agent_channel(&self) -> AgentChannel {
-        AgentChannel::VsockUds {
-            path: self.vsock_socket(),
-            port: AGENT_VSOCK_PORT,
-        }
+        self.process.check_running()
     }
 
     fn console_log(&self) -> PathBuf {
@@ -478,13 +315,13 @@ impl Hypervisor for BuiltinHypervisor {
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.child.id())
+        self.process.pid()
     }
 }
 
 impl Drop for BuiltinHypervisor {
     fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
         self.remove_sockets();
     }
 }
@@ -500,8 +337,16 @@ mod tests {
     use hull_protocols::health_ttrpc::{create_health, Health};
     use hull_protocols::ttrpc;
 
+    use std::time::Instant;
+
     use super::*;
     use crate::{select, BackendChoice, Share};
+
+    /// Boots and waits for the agent, as a pod does.
+    fn boot_to_agent(h: &mut BuiltinHypervisor) -> Result<AgentClient> {
+        let vm = h.boot()?;
+        h.wait_for_agent(&vm)
+    }
 
     fn cfg(state_dir: impl Into<PathBuf>) -> VmConfig {
         let mut c = VmConfig::new("/k", "/i", state_dir);
@@ -627,14 +472,16 @@ mod tests {
             }
         );
         assert_eq!(h.console_log(), Path::new("/run/hull/vm1/console.log"));
-        assert_eq!(h.backend(), "builtin");
+        assert_eq!(h.backend(), Backend::Builtin);
     }
 
     #[test]
     fn select_builtin_gives_this_backend() {
         let h = select(BackendChoice::Builtin, cfg("/run/hull/vm1")).unwrap();
-        assert_eq!(h.backend(), "builtin");
+        assert_eq!(h.backend(), Backend::Builtin);
         assert!(h.pid().is_none());
+        let caps = h.capabilities();
+        assert!(caps.stops_by_guest_power_off && caps.snapshot && caps.shared_fs.is_empty());
     }
 
     #[test]
@@ -676,24 +523,35 @@ mod tests {
     #[test]
     fn auto_resolves_as_hull_check_reports() {
         let report = detect::HostReport::probe();
-        let check_says_builtin = matches!(report.auto.backend, Some(detect::Backend::Builtin));
-        assert_eq!(
-            BackendChoice::Auto.resolve() == BackendChoice::Builtin,
-            check_says_builtin,
-            "hull check picks {:?} ({}) but auto resolves to {:?}",
-            report.auto.backend,
-            report.auto.reason,
-            BackendChoice::Auto.resolve()
-        );
-        if !report.kvm_hardware.ok {
-            assert_eq!(BackendChoice::Auto.resolve(), BackendChoice::Qemu);
-            let h = select(BackendChoice::Auto, cfg("/run/hull/vm1")).unwrap();
-            assert_eq!(h.backend(), "qemu");
+        let mut sharing = cfg("/run/hull/vm1");
+        sharing.shares.push(Share {
+            host_dir: "/srv/rootfs".into(),
+            tag: "hullshare".into(),
+        });
+        for config in [cfg("/run/hull/vm1"), sharing] {
+            let needs = config.needs();
+            let pick = detect::pick_backend(&needs, || report.kvm_hardware.ok, || report.qemu.ok);
+            match select(BackendChoice::Auto, config) {
+                Ok(h) => assert_eq!(
+                    Some(h.backend()),
+                    pick.backend,
+                    "hull check picks {:?} ({}) for {needs:?}",
+                    pick.backend,
+                    pick.reason
+                ),
+                Err(e) => {
+                    assert_eq!(pick.backend, None, "{e}");
+                    assert!(e.to_string().contains("cannot run here"), "{e}");
+                }
+            }
+            if report.qemu.ok && (!report.kvm_hardware.ok || needs.shared_fs.is_some()) {
+                assert_eq!(pick.backend, Some(Backend::Qemu), "{needs:?}");
+            }
         }
     }
 
     #[test]
-    fn shares_add_device_and_bad_sizes_are_refused_with_the_reason() {
+    fn shares_and_bad_sizes_are_refused_with_the_reason() {
         let dir = tempdir();
         let mut c = bootable_cfg(dir.path());
         c.shares.push(Share {
@@ -703,17 +561,17 @@ mod tests {
         let vmm = stand_in(dir.path(), "exit 1");
         let mut h = hypervisor_for_test(c.clone(), vmm.clone());
         let e = h.boot().unwrap_err().to_string();
-        assert!(e.contains("virtio-fs or 9p"), "{e}");
+        assert!(e.contains("no shared filesystem (virtio-9p)"), "{e}");
+        assert!(e.contains("use hypervisor = \"qemu\""), "{e}");
         c.shares.clear();
         c.vcpus = 300;
         let e = hypervisor_for_test(c, vmm).boot().unwrap_err().to_string();
         assert!(e.contains("1 to 255 vCPUs"), "{e}");
-        let e = h
-            .add_device(&DeviceConfig::Block("/dev/null".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("fixes its virtio-mmio devices at boot"), "{e}");
-        assert!(e.contains("builtin backend"), "{e}");
+        // hull-vmm fixes its virtio-mmio devices at boot: nothing to add, cold or hot.
+        let caps = h.capabilities();
+        for d in [caps.block, caps.nic, caps.vfio] {
+            assert!(!d.cold && !d.hot, "{caps:?}");
+        }
         assert!(!dir.path().join("vmm.pid").exists(), "hull-vmm ran");
     }
 
@@ -726,7 +584,7 @@ mod tests {
         );
         let mut h = hypervisor_for_test(bootable_cfg(dir.path()), vmm);
         let t = Instant::now();
-        let e = h.boot().unwrap_err();
+        let e = boot_to_agent(&mut h).unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(matches!(e, HypervisorError::ExitedDuringBoot { .. }), "{e}");
         let e = e.to_string();
@@ -764,7 +622,7 @@ mod tests {
             }
         });
         let t = Instant::now();
-        let e = h.boot().unwrap_err();
+        let e = boot_to_agent(&mut h).unwrap_err();
         assert!(matches!(e, HypervisorError::BootTimeout { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         let pid = std::fs::read_to_string(dir.path().join("vmm.pid")).unwrap();
@@ -875,9 +733,11 @@ mod tests {
             requests.clone(),
         );
 
-        let booted = h.boot().unwrap();
-        assert!(booted.agent.check().unwrap(), "the returned client works");
-        assert!(booted.boot_time < Duration::from_secs(10));
+        let vm = h.boot().unwrap();
+        assert_eq!(vm.channel, h.agent_channel());
+        let agent = h.wait_for_agent(&vm).unwrap();
+        assert!(agent.check().unwrap(), "the returned client works");
+        assert!(vm.started.elapsed() < Duration::from_secs(10));
         let pid = h.pid().expect("hull-vmm runs");
         assert_eq!(
             wait_for_file(&dir.path().join("vmm.pid")).trim(),
@@ -903,9 +763,12 @@ mod tests {
             ]
         );
 
-        // The stand-in agent has no DestroySandbox: stop kills hull-vmm at once.
+        // The stand-in agent has no DestroySandbox: the guest is not powering off, and stop
+        // kills hull-vmm at once.
+        let powering_off = agent.destroy_sandbox("vm1", true).is_ok();
+        assert!(!powering_off);
         let t = Instant::now();
-        h.stop().unwrap();
+        h.stop(powering_off).unwrap();
         assert!(t.elapsed() < POWER_OFF_GRACE, "{:?}", t.elapsed());
         assert!(process_gone(&pid.to_string()));
         assert!(h.pid().is_none());
@@ -913,7 +776,40 @@ mod tests {
         assert!(e.contains("stopped"), "{e}");
         assert!(!h.vsock_socket().exists() && !h.api_socket().exists());
         assert!(h.pause().is_err());
-        h.stop().unwrap();
+        h.stop(false).unwrap();
         server.shutdown();
+    }
+
+    #[test]
+    fn stop_after_a_power_off_waits_for_hull_vmm_to_end_then_kills_it() {
+        // A guest that powers off: hull-vmm exits by itself, and stop returns as it does.
+        let dir = tempdir();
+        let vmm = stand_in(dir.path(), "sleep 0.5\nexit 0");
+        let mut h = hypervisor_for_test(bootable_cfg(dir.path()), vmm);
+        h.boot().unwrap();
+        let t = Instant::now();
+        h.stop(true).unwrap();
+        assert!(t.elapsed() < POWER_OFF_GRACE, "{:?}", t.elapsed());
+        assert!(h
+            .check_running()
+            .unwrap_err()
+            .to_string()
+            .contains("stopped"));
+
+        // A guest that does not: hull-vmm is killed after the grace.
+        let dir = tempdir();
+        let vmm = stand_in(dir.path(), "exec sleep 1000");
+        let mut h = hypervisor_for_test(bootable_cfg(dir.path()), vmm);
+        h.boot().unwrap();
+        let pid = wait_for_file(&dir.path().join("vmm.pid"));
+        let t = Instant::now();
+        h.stop(true).unwrap();
+        assert!(
+            t.elapsed() >= POWER_OFF_GRACE && t.elapsed() < POWER_OFF_GRACE * 2,
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(process_gone(&pid), "hull-vmm {pid} still runs");
+        assert!(h.pid().is_none());
     }
 }

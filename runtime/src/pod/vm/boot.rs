@@ -3,15 +3,24 @@
 use std::fs;
 
 use hull_agent_client::Storage;
+use hull_hypervisor::{Needs, Share, SharedFs, VmConfig};
 use oci_spec::runtime::Spec;
 
 use super::{lock, vm_err, Vm, VmPod, GUEST_SHARED, SHARE_TAG};
 use crate::error::{Error, Result};
 
 impl VmPod {
-    /// Boots the pod's VM, sized by the first container's spec (its memory limit is added to
-    /// the configured memory, its CPU quota raises the vCPUs), and sets the pod up in it.
-    pub(super) fn boot(&self, spec: &Spec) -> Result<()> {
+    /// What every pod's VM needs of its hypervisor: a shared filesystem (virtio-9p), which
+    /// carries the containers' root filesystems. `hull check` reports what `auto` picks for it.
+    pub fn vm_needs() -> Needs {
+        Needs {
+            shared_fs: Some(SharedFs::Virtio9p),
+        }
+    }
+
+    /// The pod's VM, sized by the first container's spec (its memory limit is added to the
+    /// configured memory, its CPU quota raises the vCPUs), sharing the pod's directory.
+    fn vm_config(&self, spec: &Spec) -> Result<VmConfig> {
         let mut cfg = self.config.vm_config(&self.dir.join("vm"))?;
         if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
@@ -27,22 +36,25 @@ impl VmPod {
                 }
             }
         }
-        let shared = self.shared();
-        fs::create_dir_all(&shared).map_err(|e| Error::io(&shared, e))?;
-        cfg.shares.push(hull_hypervisor::Share {
-            host_dir: shared.clone(),
+        cfg.shares.push(Share {
+            host_dir: self.shared(),
             tag: SHARE_TAG.into(),
         });
-        let kernel = cfg.kernel.clone();
-        let mut hv =
-            hull_hypervisor::select(self.config.hypervisor, cfg).map_err(|e| vm_err("vm", e))?;
-        let booted = hv.boot().map_err(|e| {
-            vm_err(
-                format!("boot the pod's vm (kernel {})", kernel.display()),
-                e,
-            )
-        })?;
-        tracing::info!(pod = %self.id, backend = hv.backend(), boot = ?booted.boot_time, dir = %self.dir.display(), "vm up");
+        Ok(cfg)
+    }
+
+    /// Boots the pod's VM and sets the pod up in it, on the agent connection that answered
+    /// the boot (the pod keeps it).
+    pub(super) fn boot(&self, spec: &Spec) -> Result<()> {
+        let cfg = self.vm_config(spec)?;
+        let shared = self.shared();
+        fs::create_dir_all(&shared).map_err(|e| Error::io(&shared, e))?;
+        let booting = format!("boot the pod's vm (kernel {})", cfg.kernel.display());
+        let mut hv = hull_hypervisor::select(self.config.hypervisor, cfg)
+            .map_err(|e| vm_err("the pod's hypervisor", e))?;
+        let vm = hv.boot().map_err(|e| vm_err(&booting, e))?;
+        let agent = hv.wait_for_agent(&vm).map_err(|e| vm_err(&booting, e))?;
+        tracing::info!(pod = %self.id, backend = %hv.backend(), boot = ?vm.started.elapsed(), dir = %self.dir.display(), "vm up");
         let storage = Storage {
             source: SHARE_TAG.into(),
             fstype: "9p".into(),
@@ -56,31 +68,57 @@ impl VmPod {
             ..Default::default()
         };
         let hostname = spec.hostname().clone().unwrap_or_else(|| "hull".into());
-        if let Err(e) = booted
-            .agent
-            .setup_sandbox(&self.id, &hostname, &[], vec![storage])
-        {
-            let _ = hv.stop();
+        if let Err(e) = agent.setup_sandbox(&self.id, &hostname, &[], vec![storage]) {
+            let _ = hv.stop(false);
             return Err(vm_err("set up the pod in the vm", e));
         }
-        self.watch_ooms(booted.agent.clone());
-        lock(&self.inner).vm = Some(Vm {
-            hv,
-            agent: booted.agent,
-        });
+        self.watch_ooms(agent.clone());
+        lock(&self.inner).vm = Some(Vm { hv, agent });
         Ok(())
     }
 
-    /// Stops the VM and removes its directory.
+    /// Stops the VM and removes its directory. One path for every backend: the agent removes
+    /// the containers (and powers the guest off where that is how the VM ends cleanly) on the
+    /// pod's connection, then the hypervisor stops the VM.
     pub(super) fn shut_down(&self) {
         let vm = lock(&self.inner).vm.take();
         if let Some(mut vm) = vm {
-            let _ = vm.agent.destroy_sandbox(&self.id, false);
-            if let Err(e) = vm.hv.stop() {
+            let power_off = vm.hv.capabilities().stops_by_guest_power_off;
+            let powering_off = match vm.agent.destroy_sandbox(&self.id, power_off) {
+                Ok(()) => power_off,
+                Err(e) => {
+                    tracing::debug!(pod = %self.id, "destroy the sandbox in the vm: {e}");
+                    false
+                }
+            };
+            if let Err(e) = vm.hv.stop(powering_off) {
                 tracing::warn!(pod = %self.id, "stop the pod's vm: {e}");
             }
         }
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir(&self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VmSection;
+
+    #[test]
+    fn a_pods_vm_needs_what_vm_needs_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, initrd) = (dir.path().join("vmlinux"), dir.path().join("initrd"));
+        fs::write(&kernel, b"").unwrap();
+        fs::write(&initrd, b"").unwrap();
+        let section = VmSection {
+            kernel: Some(kernel),
+            initrd: Some(initrd),
+            ..Default::default()
+        };
+        let pod = VmPod::new(dir.path().join("root"), "pod", section);
+        let cfg = pod.vm_config(&Spec::default()).unwrap();
+        assert_eq!(cfg.needs(), VmPod::vm_needs());
+        assert_eq!(cfg.shares.len(), 1, "the pod's shared directory");
     }
 }

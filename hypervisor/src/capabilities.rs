@@ -1,0 +1,201 @@
+//! What each backend can do, as implemented now, and what a VM needs of it. Callers decide
+//! from [`Capabilities`], never from a backend's name: a new capability is a flag here, a
+//! method on the `Hypervisor` trait, and an agent call, in that order.
+
+use std::fmt;
+
+use crate::error::{HypervisorError, Result};
+
+/// A hypervisor backend (what `hypervisor = "auto"` resolves to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// QEMU's `microvm` machine (KVM or TCG).
+    Qemu,
+    /// hull's own VMM (`hull-vmm`), hardware KVM only.
+    Builtin,
+}
+
+impl Backend {
+    /// Every backend, in the order `auto` considers them.
+    pub const ALL: [Backend; 2] = [Backend::Builtin, Backend::Qemu];
+
+    /// The name the config uses (`hypervisor = "qemu"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Qemu => "qemu",
+            Backend::Builtin => "builtin",
+        }
+    }
+
+    /// Errors ([`HypervisorError::Lacks`]) when this backend lacks something `needs` asks,
+    /// naming a backend that has it.
+    pub(crate) fn check_covers(self, needs: &Needs) -> Result<()> {
+        let Some(missing) = self.capabilities().lacks(needs) else {
+            return Ok(());
+        };
+        let fix = Backend::ALL
+            .into_iter()
+            .find(|b| b.capabilities().lacks(needs).is_none())
+            .map(|b| format!("; use hypervisor = \"{b}\""))
+            .unwrap_or_default();
+        Err(HypervisorError::Lacks {
+            backend: self,
+            missing,
+            fix,
+        })
+    }
+
+    /// What this backend can do.
+    pub fn capabilities(self) -> Capabilities {
+        match self {
+            Backend::Qemu => Capabilities {
+                shared_fs: &[SharedFs::Virtio9p],
+                pause: true,
+                snapshot: false,
+                templates: true,
+                stops_by_guest_power_off: false,
+                block: DeviceSupport::NONE,
+                nic: DeviceSupport::NONE,
+                vfio: DeviceSupport::NONE,
+            },
+            Backend::Builtin => Capabilities {
+                shared_fs: &[],
+                pause: true,
+                snapshot: true,
+                templates: false,
+                stops_by_guest_power_off: true,
+                block: DeviceSupport::NONE,
+                nic: DeviceSupport::NONE,
+                vfio: DeviceSupport::NONE,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A way to share a host directory with the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedFs {
+    /// virtio-9p (the guest mounts it with `-t 9p -o trans=virtio`).
+    Virtio9p,
+}
+
+impl fmt::Display for SharedFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SharedFs::Virtio9p => "virtio-9p",
+        })
+    }
+}
+
+/// Whether a kind of device can be given to a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSupport {
+    /// At boot (cold plug).
+    pub cold: bool,
+    /// To a running VM (hot plug).
+    pub hot: bool,
+}
+
+impl DeviceSupport {
+    /// Neither at boot nor to a running VM.
+    pub const NONE: DeviceSupport = DeviceSupport {
+        cold: false,
+        hot: false,
+    };
+}
+
+/// What a backend can do, as implemented now (nothing is claimed that is not wired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The kinds of shared filesystem it gives the guest (`VmConfig::shares`); empty: none.
+    pub shared_fs: &'static [SharedFs],
+    /// Freezes and thaws the guest's vCPUs (`Hypervisor::pause`, `resume`).
+    pub pause: bool,
+    /// Saves a running VM's state (`Hypervisor::snapshot`).
+    pub snapshot: bool,
+    /// Starts VMs from a saved template of a booted guest (`VmConfig::template_dir`); without
+    /// it every VM boots.
+    pub templates: bool,
+    /// The clean end of this VM is the guest powering itself off (hull-vmm has no other): ask
+    /// the agent for it (`DestroySandbox` with `power_off`), then `Hypervisor::stop(true)`.
+    pub stops_by_guest_power_off: bool,
+    /// Block devices (drives).
+    pub block: DeviceSupport,
+    /// Network interfaces.
+    pub nic: DeviceSupport,
+    /// Host devices passed through with VFIO.
+    pub vfio: DeviceSupport,
+}
+
+impl Capabilities {
+    /// The first thing `needs` asks that these capabilities do not cover.
+    pub fn lacks(&self, needs: &Needs) -> Option<Missing> {
+        match needs.shared_fs {
+            Some(kind) if !self.shared_fs.contains(&kind) => Some(Missing::SharedFs(kind)),
+            _ => None,
+        }
+    }
+}
+
+/// What a VM needs of its backend (see `VmConfig::needs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// A shared filesystem of this kind (the VM shares host directories).
+    pub shared_fs: Option<SharedFs>,
+}
+
+/// A capability a VM needs and a backend lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// No shared filesystem of this kind.
+    SharedFs(SharedFs),
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::SharedFs(kind) => write!(f, "no shared filesystem ({kind})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_need_a_backend_with_their_shared_filesystem() {
+        let shares = Needs {
+            shared_fs: Some(SharedFs::Virtio9p),
+        };
+        assert_eq!(Backend::Qemu.capabilities().lacks(&shares), None);
+        let missing = Backend::Builtin.capabilities().lacks(&shares);
+        assert_eq!(missing, Some(Missing::SharedFs(SharedFs::Virtio9p)));
+        assert_eq!(
+            missing.unwrap().to_string(),
+            "no shared filesystem (virtio-9p)"
+        );
+        for b in Backend::ALL {
+            assert_eq!(b.capabilities().lacks(&Needs::default()), None, "{b}");
+        }
+    }
+
+    #[test]
+    fn no_backend_claims_a_device_it_cannot_add_yet() {
+        for b in Backend::ALL {
+            let c = b.capabilities();
+            for d in [c.block, c.nic, c.vfio] {
+                assert_eq!(d, DeviceSupport::NONE, "{b}");
+            }
+            assert!(c.pause, "{b}");
+        }
+        assert!(Backend::Builtin.capabilities().snapshot && !Backend::Qemu.capabilities().snapshot);
+        assert!(Backend::Qemu.capabilities().templates);
+    }
+}
