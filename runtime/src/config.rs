@@ -102,7 +102,7 @@ pub struct VmSection {
     pub hypervisor: BackendChoice,
     /// How guest code runs (`auto`, `kvm`, `tcg`).
     pub accel: Accel,
-    /// Guest kernel (uncompressed vmlinux with a PVH entry).
+    /// Guest kernel: an ELF vmlinux or a bzImage (default: hull's, installed by `make guest`).
     pub kernel: Option<PathBuf>,
     /// Initrd whose /init is hull-agent.
     pub initrd: Option<PathBuf>,
