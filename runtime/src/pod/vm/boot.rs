@@ -6,7 +6,7 @@ use hull_agent_client::Storage;
 use hull_hypervisor::{Needs, Share, SharedFs, VmConfig};
 use oci_spec::runtime::Spec;
 
-use super::{lock, vm_err, Vm, VmPod, GUEST_SHARED, SHARE_TAG};
+use super::{vm_err, Vm, VmPod, GUEST_SHARED, SHARE_TAG};
 use crate::error::{Error, Result};
 
 impl VmPod {
@@ -73,7 +73,7 @@ impl VmPod {
             return Err(vm_err("set up the pod in the vm", e));
         }
         self.watch_ooms(agent.clone());
-        lock(&self.inner).vm = Some(Vm { hv, agent });
+        self.inner.lock().vm = Some(Vm { hv, agent });
         Ok(())
     }
 
@@ -81,7 +81,7 @@ impl VmPod {
     /// the containers (and powers the guest off where that is how the VM ends cleanly) on the
     /// pod's connection, then the hypervisor stops the VM.
     pub(super) fn shut_down(&self) {
-        let vm = lock(&self.inner).vm.take();
+        let vm = self.inner.lock().vm.take();
         if let Some(mut vm) = vm {
             let power_off = vm.hv.capabilities().stops_by_guest_power_off;
             let powering_off = match vm.agent.destroy_sandbox(&self.id, power_off) {

@@ -9,7 +9,7 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use hull_container::{load_bundle_spec, validate_id};
 use hull_hypervisor::Hypervisor;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Spec};
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{
     ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Stats, Status,
@@ -39,10 +40,6 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Bound of one WaitProcess call (the wait loops; a dead VM is noticed between calls).
 const WAIT_SLICE: Duration = Duration::from_secs(10);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn vm_err(what: impl std::fmt::Display, e: impl std::error::Error + 'static) -> Error {
     Error::Vm(format!("{what}: {}", hull_container::chain(&e)))
 }
@@ -53,7 +50,6 @@ struct VmProc {
     /// Output relays, joined (bounded) before the exit is reported.
     relays: Mutex<Vec<JoinHandle<()>>>,
     exit: Mutex<Option<i32>>,
-    exited: Condvar,
     /// Tells the stdin/winsize relay to stop.
     done: Arc<AtomicBool>,
 }
@@ -137,7 +133,7 @@ impl VmPod {
 
     /// The host pid of the VM process while it runs.
     pub fn vm_pid(&self) -> Option<u32> {
-        lock(&self.inner).vm.as_ref().and_then(|v| v.hv.pid())
+        self.inner.lock().vm.as_ref().and_then(|v| v.hv.pid())
     }
 
     fn shared(&self) -> PathBuf {
@@ -145,7 +141,7 @@ impl VmPod {
     }
 
     fn agent(&self) -> Result<AgentClient> {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         let vm =
             g.vm.as_mut()
                 .ok_or_else(|| Error::Vm(format!("pod {}: its vm is not running", self.id)))?;
@@ -163,7 +159,7 @@ impl VmPod {
     }
 
     fn proc_of(&self, id: &str, pid: i32) -> Result<Arc<VmProc>> {
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         let c = Self::container_guard(&mut g, id)?;
         c.procs
             .get(&pid)
@@ -181,7 +177,7 @@ impl Containers for VmPod {
         let id = opts.id.clone();
         validate_id(&id)?;
         let spec = load_bundle_spec(&opts.bundle)?;
-        if lock(&self.inner).containers.contains_key(&id) {
+        if self.inner.lock().containers.contains_key(&id) {
             return Err(hull_container::Error::AlreadyExists(id).into());
         }
         let terminal = spec
@@ -230,7 +226,7 @@ impl Containers for VmPod {
         }
         let mut procs = HashMap::new();
         procs.insert(pid, proc_);
-        lock(&self.inner).containers.insert(
+        self.inner.lock().containers.insert(
             id.clone(),
             VmContainer {
                 bundle: opts.bundle.clone(),
@@ -249,7 +245,7 @@ impl Containers for VmPod {
 
     fn start(&self, id: &str) -> Result<()> {
         {
-            let mut g = lock(&self.inner);
+            let mut g = self.inner.lock();
             let c = Self::container_guard(&mut g, id)?;
             if c.status != Status::Created {
                 return Err(Error::wrong_status(id, c.status, "start"));
@@ -258,7 +254,7 @@ impl Containers for VmPod {
         self.agent()?
             .start_container(id)
             .map_err(|e| vm_err(format!("start container {id} in the vm"), e))?;
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         if let Some(c) = g.containers.get_mut(id) {
             if c.status == Status::Created {
                 c.status = Status::Running;
@@ -269,10 +265,10 @@ impl Containers for VmPod {
 
     fn state(&self, id: &str) -> Result<ContainerState> {
         let vm_dead = {
-            let mut g = lock(&self.inner);
+            let mut g = self.inner.lock();
             g.vm.as_mut().is_none_or(|v| v.hv.check_running().is_err())
         };
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         let c = Self::container_guard(&mut g, id)?;
         if vm_dead {
             c.status = Status::Stopped;
@@ -295,7 +291,7 @@ impl Containers for VmPod {
     }
 
     fn list(&self) -> Result<Vec<ContainerState>> {
-        let ids: Vec<String> = lock(&self.inner).containers.keys().cloned().collect();
+        let ids: Vec<String> = self.inner.lock().containers.keys().cloned().collect();
         ids.iter().map(|id| self.state(id)).collect()
     }
 
@@ -329,7 +325,7 @@ impl Containers for VmPod {
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         Self::container_guard(&mut g, id)?.procs.insert(pid, proc_);
         Ok(pid)
     }
@@ -354,7 +350,7 @@ impl Containers for VmPod {
     fn wait(&self, id: &str, pid: i32) -> Result<ExitStatus> {
         let p = self.proc_of(id, pid)?;
         let code = loop {
-            if let Some(code) = *lock(&p.exit) {
+            if let Some(code) = *p.exit.lock() {
                 break code;
             }
             let agent = match self.agent() {
@@ -367,7 +363,7 @@ impl Containers for VmPod {
                 Err(e) if e.is_timeout() => continue,
                 Err(e) => {
                     // Another waiter may have collected it; the VM may have died.
-                    if let Some(code) = *lock(&p.exit) {
+                    if let Some(code) = *p.exit.lock() {
                         break code;
                     }
                     if self.agent().is_err() {
@@ -378,7 +374,7 @@ impl Containers for VmPod {
             }
         };
         // Output first, then the exit: a caller that prints and exits loses nothing.
-        let relays = std::mem::take(&mut *lock(&p.relays));
+        let relays = std::mem::take(&mut *p.relays.lock());
         let deadline = Instant::now() + DRAIN;
         for r in relays {
             while !r.is_finished() && Instant::now() < deadline {
@@ -389,10 +385,9 @@ impl Containers for VmPod {
             }
         }
         p.done.store(true, Ordering::SeqCst);
-        *lock(&p.exit) = Some(code);
-        p.exited.notify_all();
+        *p.exit.lock() = Some(code);
         {
-            let mut g = lock(&self.inner);
+            let mut g = self.inner.lock();
             if let Some(c) = g.containers.get_mut(id) {
                 if pid == c.init_pid {
                     c.status = Status::Stopped;
@@ -454,7 +449,7 @@ impl Containers for VmPod {
         self.agent()?
             .pause_container(id)
             .map_err(|e| vm_err(format!("pause container {id}"), e))?;
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         Self::container_guard(&mut g, id)?.status = Status::Paused;
         Ok(())
     }
@@ -467,7 +462,7 @@ impl Containers for VmPod {
         self.agent()?
             .resume_container(id)
             .map_err(|e| vm_err(format!("resume container {id}"), e))?;
-        let mut g = lock(&self.inner);
+        let mut g = self.inner.lock();
         Self::container_guard(&mut g, id)?.status = Status::Running;
         Ok(())
     }
@@ -486,7 +481,7 @@ impl Containers for VmPod {
         if !force && !status.deletable() {
             return Err(Error::wrong_status(id, status, "delete"));
         }
-        let c = lock(&self.inner).containers.remove(id);
+        let c = self.inner.lock().containers.remove(id);
         if let Ok(agent) = self.agent() {
             if let Err(e) = agent.remove_container(id) {
                 tracing::debug!(pod = %self.id, container = %id, "remove in the vm: {e}");
@@ -500,7 +495,7 @@ impl Containers for VmPod {
     }
 
     fn oom_kills(&self, id: &str) -> Result<u64> {
-        Ok(lock(&self.inner).ooms.get(id).copied().unwrap_or(0))
+        Ok(self.inner.lock().ooms.get(id).copied().unwrap_or(0))
     }
 }
 
@@ -510,7 +505,7 @@ impl Pod for VmPod {
     }
 
     fn start_pod(&self, first: &Spec) -> Result<()> {
-        if lock(&self.inner).vm.is_some() {
+        if self.inner.lock().vm.is_some() {
             return Ok(());
         }
         if let Err(e) = self.boot(first) {
@@ -524,7 +519,9 @@ impl Pod for VmPod {
     fn stop_pod(&self) -> Result<()> {
         // The containers go with the VM: removing each in the guest first (its mounts, cgroup
         // and state, ~50 ms under TCG) would be undone by the power-off.
-        let containers: Vec<VmContainer> = lock(&self.inner)
+        let containers: Vec<VmContainer> = self
+            .inner
+            .lock()
             .containers
             .drain()
             .map(|(_, c)| c)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hull_agent_client::AgentClient;
 
-use super::{lock, VmPod};
+use super::VmPod;
 
 impl VmPod {
     /// Counts OOM kills the agent reports, per container, until the pod is gone.
@@ -17,11 +17,11 @@ impl VmPod {
                 let r = agent.get_oom_event(Duration::from_secs(60));
                 let Some(inner) = inner.upgrade() else { return };
                 match r {
-                    Ok(id) if !id.is_empty() => *lock(&inner).ooms.entry(id).or_insert(0) += 1,
+                    Ok(id) if !id.is_empty() => *inner.lock().ooms.entry(id).or_insert(0) += 1,
                     Ok(_) => {}
                     Err(e) if e.is_timeout() => {}
                     Err(_) => {
-                        if lock(&inner).vm.is_none() {
+                        if inner.lock().vm.is_none() {
                             return;
                         }
                         std::thread::sleep(Duration::from_secs(1));

@@ -7,12 +7,14 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 
 use hull_agent_client::AgentClient;
 
-use super::{lock, VmPod, VmProc};
+use super::{VmPod, VmProc};
 use crate::error::{Error, Result};
 use crate::pod::Stdio;
 
@@ -35,7 +37,6 @@ impl VmPod {
             exec_id: exec_id.to_string(),
             relays: Mutex::new(Vec::new()),
             exit: Mutex::new(None),
-            exited: Condvar::new(),
             done: Arc::clone(&done),
         });
         let dup = |fd: Option<OwnedFd>, n: i32| -> Result<OwnedFd> {
@@ -73,7 +74,7 @@ impl VmPod {
         if let Some(e) = errout {
             relays.push(spawn_output(agent.clone(), id, exec_id, e, true)?);
         }
-        *lock(&proc_.relays) = relays;
+        *proc_.relays.lock() = relays;
         spawn_input(agent.clone(), id, exec_id, input, terminal, done)?;
         Ok(proc_)
     }

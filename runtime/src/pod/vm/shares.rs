@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::Spec;
 
-use super::{lock, VmPod, GUEST_SHARED};
+use super::{VmPod, GUEST_SHARED};
 use crate::error::{Error, Result};
 
 impl VmPod {
@@ -107,7 +107,9 @@ impl VmPod {
                 // container's namespace in the guest too: the pids we hand out are the
                 // guest's. Other paths (a CNI netns on the host) mean nothing in the guest:
                 // the container gets a namespace of its own there.
-                let pod_pids: Vec<i32> = lock(&self.inner)
+                let pod_pids: Vec<i32> = self
+                    .inner
+                    .lock()
                     .containers
                     .values()
                     .map(|c| c.init_pid)
