@@ -18,12 +18,15 @@ impl AgentClient {
     /// connection while time is left. `alive` is asked every few milliseconds whether what
     /// runs the agent still runs; its `Err` ends the wait at once ([`AgentClientError::Gone`]).
     /// NOT_SERVING and a hybrid vsock answer that no booting guest explains end it too; the
-    /// deadline ends it with [`AgentClientError::NotReady`]. Calls of the returned client
-    /// time out after `call_timeout`.
+    /// deadline ends it with [`AgentClientError::NotReady`]. One attempt's `Check` waits at
+    /// most `attempt` for its answer before a fresh connection is tried (a guest restored from
+    /// a template, whose agent runs already, can lose the first request on its serial port).
+    /// Calls of the returned client time out after `call_timeout`.
     pub fn wait_ready(
         channel: &AgentChannel,
         deadline: Instant,
         call_timeout: Duration,
+        attempt: Duration,
         mut alive: impl FnMut() -> std::result::Result<(), String>,
     ) -> Result<AgentClient> {
         // The attempts run on their own thread: a `Check` may block until the guest opens
@@ -35,7 +38,7 @@ impl AgentClient {
         std::thread::Builder::new()
             .name("agent-wait".into())
             .spawn(move || {
-                let _ = tx.send(attempt_until(&ch, deadline, call_timeout));
+                let _ = tx.send(attempt_until(&ch, deadline, call_timeout, attempt));
             })
             .map_err(|e| AgentClientError::Transport {
                 method: "Check",
@@ -69,6 +72,7 @@ fn attempt_until(
     channel: &AgentChannel,
     deadline: Instant,
     call_timeout: Duration,
+    attempt_bound: Duration,
 ) -> Result<AgentClient> {
     let start = Instant::now();
     let mut last = String::from("no attempt");
@@ -81,7 +85,7 @@ fn attempt_until(
             });
         }
         let attempt = AgentClient::connect(channel, left, call_timeout)
-            .and_then(|c| c.check_within(left.min(call_timeout)).map(|ok| (c, ok)));
+            .and_then(|c| c.check_within(left.min(attempt_bound)).map(|ok| (c, ok)));
         match attempt {
             Ok((c, true)) => return Ok(c),
             Ok((_, false)) => return Err(AgentClientError::NotServing),
@@ -150,6 +154,7 @@ mod tests {
             &AgentChannel::Unix(path),
             Instant::now() + Duration::from_secs(10),
             Duration::from_secs(5),
+            Duration::from_secs(5),
             || {
                 asked += 1;
                 Ok(())
@@ -171,6 +176,7 @@ mod tests {
         let e = AgentClient::wait_ready(
             &channel,
             Instant::now() + Duration::from_secs(20),
+            Duration::from_secs(20),
             Duration::from_secs(20),
             || {
                 asked += 1;
@@ -197,6 +203,7 @@ mod tests {
             &channel,
             Instant::now() + Duration::from_millis(400),
             Duration::from_secs(20),
+            Duration::from_secs(20),
             || Ok(()),
         )
         .unwrap_err();
@@ -219,11 +226,58 @@ mod tests {
             &AgentChannel::VsockUds { path, port: 1024 },
             Instant::now() + Duration::from_secs(10),
             Duration::from_secs(1),
+            Duration::from_secs(1),
             || Ok(()),
         )
         .unwrap_err();
         assert!(matches!(e, AgentClientError::Handshake(_)), "{e}");
         assert!(e.to_string().contains("NOPE"), "{e}");
         drop(server.join());
+    }
+
+    #[test]
+    fn an_unanswered_check_is_retried_on_a_fresh_connection_after_the_attempt_bound() {
+        // The first connection swallows its request (as a restored guest's serial port can);
+        // the second is served.
+        let dir = tempdir();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let served = dir.path().join("served.sock");
+        let bind = format!("unix://{}", served.display());
+        let mut server = hull_protocols::ttrpc::Server::new()
+            .bind(&bind)
+            .unwrap()
+            .register_service(hull_protocols::health_ttrpc::create_health(
+                std::sync::Arc::new(Serving),
+            ));
+        server.start().unwrap();
+        let proxy = std::thread::spawn(move || {
+            let (swallowed, _) = listener.accept().unwrap();
+            let (s, _) = listener.accept().unwrap();
+            let up = std::os::unix::net::UnixStream::connect(&served).unwrap();
+            let (s2, up2) = (s.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut &s2, &mut &up2));
+            let _ = std::io::copy(&mut &up, &mut &s);
+            drop(swallowed);
+        });
+        let t = Instant::now();
+        let c = AgentClient::wait_ready(
+            &AgentChannel::Unix(path),
+            Instant::now() + Duration::from_secs(20),
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+            || Ok(()),
+        )
+        .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(c.call_timeout(), Duration::from_secs(20));
+        assert!(c.check().unwrap());
+        drop(c);
+        server.shutdown();
+        drop(proxy);
     }
 }

@@ -216,7 +216,7 @@ impl VmmProcess {
 
     /// The boot wait: waits until `started + boot_timeout` for the agent on `channel` to
     /// answer, watching the VMM meanwhile, and returns the connection that answered (calls
-    /// bounded by `call_timeout`). A VMM that exits fails it at once
+    /// bounded by `call_timeout`, one `Check` attempt by `attempt`). A VMM that exits fails it at once
     /// ([`HypervisorError::ExitedDuringBoot`] with the VMM's last stderr line, or the guest's
     /// last console line); otherwise the VMM is killed on a failure:
     /// [`HypervisorError::BootTimeout`] past the deadline, `ExitedDuringBoot` when the agent
@@ -227,11 +227,16 @@ impl VmmProcess {
         started: Instant,
         boot_timeout: Duration,
         call_timeout: Duration,
+        attempt: Duration,
     ) -> Result<AgentClient> {
         let pid = self.pid().unwrap_or_default();
-        let waited = AgentClient::wait_ready(channel, started + boot_timeout, call_timeout, || {
-            self.alive()
-        });
+        let waited = AgentClient::wait_ready(
+            channel,
+            started + boot_timeout,
+            call_timeout,
+            attempt,
+            || self.alive(),
+        );
         let e = match waited {
             Ok(agent) => {
                 tracing::info!(pid, boot_time = ?started.elapsed(), "guest agent is serving");

@@ -253,10 +253,13 @@ impl Hypervisor for BuiltinHypervisor {
     }
 
     fn wait_for_agent(&mut self, vm: &BootedVm) -> Result<AgentClient> {
+        // Each hybrid vsock connection is a guest connection of its own: an attempt may take
+        // as long as a call.
         let waited = self.process.wait_for_agent(
             &vm.channel,
             vm.started,
             self.config.boot_timeout,
+            self.config.agent_call_timeout,
             self.config.agent_call_timeout,
         );
         if waited.is_err() {
