@@ -21,7 +21,7 @@ use crate::error::{chain, Error, Result};
 use crate::id::validate_id;
 use crate::options::{CreateOptions, ExecOptions, Stdio};
 use crate::state::{ContainerState, ExitStatus, Status, OCI_VERSION};
-use crate::stats::Stats;
+use crate::stats::{self, OomCounter, Stats};
 
 /// The containers whose state lives under `root/<id>/`.
 #[derive(Debug, Clone)]
@@ -419,7 +419,8 @@ impl ContainerRoot {
         Ok(pids)
     }
 
-    /// Resource usage of the container's cgroup.
+    /// Resource usage of the container's cgroup. On cgroup v2 without pressure files (see
+    /// [`crate::stats`]'s v2 reader) the plain files give it.
     pub fn stats(&self, id: &str) -> Result<Stats> {
         let c = self.load(id)?;
         if c.status() == ContainerStatus::Stopped {
@@ -429,11 +430,24 @@ impl ContainerRoot {
                 op: "read stats",
             });
         }
-        let stats = self.cgroup(&c)?.stats().map_err(|e| Error::Cgroup {
-            id: id.to_string(),
-            message: chain(&e),
-        })?;
-        Ok(stats.into())
+        let err = match self.cgroup(&c)?.stats() {
+            Ok(stats) => return Ok(stats.into()),
+            Err(e) => e,
+        };
+        let v2 = match c.systemd() {
+            true => None,
+            false => c.spec().ok().and_then(|s| stats::v2_dir(&s.cgroup_path)),
+        };
+        match v2 {
+            Some(dir) => {
+                debug!(container = %id, error = %chain(&err), "cgroup v2 stats from the plain files");
+                Ok(stats::v2_stats(&dir))
+            }
+            None => Err(Error::Cgroup {
+                id: id.to_string(),
+                message: chain(&err),
+            }),
+        }
     }
 
     /// Freeze every process of the container.
@@ -487,13 +501,14 @@ impl ContainerRoot {
 
     /// How many processes of the container the OOM killer has killed so far.
     pub fn oom_kills(&self, id: &str) -> Result<u64> {
+        self.oom_counter(id)?.read()
+    }
+
+    /// The container's OOM kill counter, to read again and again without finding it anew.
+    pub fn oom_counter(&self, id: &str) -> Result<OomCounter> {
         let c = self.load(id)?;
         let config = c.spec().map_err(|e| lc_err("read config of", id, e))?;
-        crate::stats::read_oom_kill(&crate::stats::memory_cgroup_dir(
-            id,
-            &config.cgroup_path,
-            c.systemd(),
-        )?)
+        OomCounter::find(id, &config.cgroup_path, c.systemd())
     }
 
     /// Remove a stopped container (or any, with `force`, killing it first).
