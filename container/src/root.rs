@@ -323,6 +323,20 @@ impl ContainerRoot {
 
     /// Start another process in a running container. Returns its pid.
     pub fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32> {
+        let text = serde_json::to_vec(&opts.process)
+            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
+        self.exec_json(id, &text, opts)
+    }
+
+    /// [`ContainerRoot::exec`] of a process given as its OCI JSON; `opts.process` is not
+    /// used. The spawn helper's way: libcontainer parses the JSON itself, so the helper need
+    /// not (nor carry a parser of its own for it).
+    pub(crate) fn exec_json(
+        &self,
+        id: &str,
+        process_json: &[u8],
+        opts: ExecOptions,
+    ) -> Result<i32> {
         let c = self.load(id)?;
         if !matches!(
             c.status(),
@@ -340,9 +354,7 @@ impl ContainerRoot {
             std::process::id(),
             chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
         ));
-        let text = serde_json::to_vec(&opts.process)
-            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
-        fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        fs::write(&tmp, process_json).map_err(|e| Error::io(&tmp, e))?;
         let result = self
             .builder(
                 id,

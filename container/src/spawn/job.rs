@@ -5,7 +5,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
-use oci_spec::runtime::Process as OciProcess;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{chain, Error, ErrorKind, Result};
@@ -46,8 +45,9 @@ pub(super) enum Job {
     Exec {
         /// Container id.
         id: String,
-        /// The process to start.
-        process: Box<OciProcess>,
+        /// The process to start, as its OCI JSON: only libcontainer parses it (one parser of
+        /// a `Process` in the binary, not two).
+        process_json: String,
         /// Where to write its pid.
         pid_file: Option<PathBuf>,
         /// Console socket for a terminal.
@@ -123,13 +123,13 @@ pub(super) fn serve(request: &[u8], stdio: Stdio) -> Reply {
         }),
         Job::Exec {
             id,
-            process,
+            process_json,
             pid_file,
             console_socket,
-        } => root.exec(
+        } => root.exec_json(
             &id,
+            process_json.as_bytes(),
             ExecOptions {
-                process: *process,
                 pid_file,
                 console_socket,
                 detach: true,

@@ -84,9 +84,11 @@ impl ContainerRoot {
     /// caller once this returns.
     pub fn exec_in_helper(&self, id: &str, opts: ExecOptions) -> Result<i32> {
         no_extra_fds(opts.preserve_fds)?;
+        let process_json = serde_json::to_string(&opts.process)
+            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
         let job = Job::Exec {
             id: id.to_string(),
-            process: Box::new(opts.process),
+            process_json,
             pid_file: opts.pid_file,
             console_socket: opts.console_socket,
         };
