@@ -2,13 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hull_protocols::agent::{self as pb};
 use hull_protocols::agent_ttrpc::AgentService;
 use hull_protocols::health::{self as hpb, health_check_response::ServingStatus};
 use hull_protocols::health_ttrpc::Health;
+use parking_lot::{Mutex, RwLock};
 use ttrpc::TtrpcContext;
 
 use crate::container::{self, Container, StateDirs};
@@ -42,10 +43,6 @@ pub struct Agent {
     /// The spare network namespace's bind mount, held while the container that got it
     /// exists: its saved spec names that path, and libcontainer checks it on every exec.
     netns_held: Mutex<HashMap<String, Taken>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn deadline(ctx: &TtrpcContext) -> Option<Duration> {
@@ -100,7 +97,6 @@ impl Agent {
     fn container(&self, id: &str) -> Result<Arc<Container>> {
         self.containers
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
             .ok_or_else(|| AgentError::ContainerNotFound(id.to_string()))
@@ -108,9 +104,9 @@ impl Agent {
 
     fn do_create(&self, req: &pb::CreateContainerRequest) -> Result<u32> {
         let id = req.container_id.as_str();
-        container::validate_id("container", id)?;
+        hull_container::validate_id(id)?;
         {
-            let mut creating = lock(&self.creating);
+            let mut creating = self.creating.lock();
             if creating.contains(id) || self.container(id).is_ok() {
                 return Err(AgentError::ContainerExists(id.to_string()));
             }
@@ -131,40 +127,28 @@ impl Agent {
             let spare = self.spare_netns.give(&mut spec);
             let c = Container::create(id, spec, &self.cfg.dirs, &self.reaper)?;
             if let Some(t) = spare {
-                lock(&self.netns_held).insert(id.to_string(), t);
+                self.netns_held.lock().insert(id.to_string(), t);
             }
             Ok(c)
         })();
-        lock(&self.creating).remove(id);
+        self.creating.lock().remove(id);
         let c = result?;
         let pid = c.init.pid as u32;
-        self.containers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), Arc::new(c));
+        self.containers.write().insert(id.to_string(), Arc::new(c));
         Ok(pid)
     }
 
     fn do_remove(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;
         c.remove(&self.reaper)?;
-        self.containers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        lock(&self.oom_seen).remove(id);
-        lock(&self.netns_held).remove(id);
+        self.containers.write().remove(id);
+        self.oom_seen.lock().remove(id);
+        self.netns_held.lock().remove(id);
         Ok(())
     }
 
     fn remove_all(&self) {
-        let ids: Vec<String> = self
-            .containers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let ids: Vec<String> = self.containers.read().keys().cloned().collect();
         for id in ids {
             if let Err(e) = self.do_remove(&id) {
                 tracing::warn!(container_id = %id, error = %e, "remove on destroy failed");
@@ -175,15 +159,10 @@ impl Agent {
     fn wait_oom(&self, timeout: Option<Duration>) -> Result<String> {
         let start = Instant::now();
         loop {
-            let containers: Vec<Arc<Container>> = self
-                .containers
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let containers: Vec<Arc<Container>> =
+                self.containers.read().values().cloned().collect();
             {
-                let mut seen = lock(&self.oom_seen);
+                let mut seen = self.oom_seen.lock();
                 for c in containers {
                     let n = c.oom_kills();
                     let last = seen.entry(c.id.clone()).or_insert(0);
@@ -351,24 +330,18 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         req: pb::ContainerRequest,
     ) -> ttrpc::Result<pb::StatsContainerResponse> {
-        let s = reply(self.container(&req.container_id).and_then(|c| c.stats()))?;
-        let mut r = pb::StatsContainerResponse::new();
-        let cpu = r.cpu.mut_or_insert_default();
-        cpu.usage_total_ns = s.cpu.usage.usage_total;
-        cpu.usage_user_ns = s.cpu.usage.usage_user;
-        cpu.usage_kernel_ns = s.cpu.usage.usage_kernel;
-        cpu.throttled_periods = s.cpu.throttling.throttled_periods;
-        cpu.throttled_time_ns = s.cpu.throttling.throttled_time;
-        let mem = r.memory.mut_or_insert_default();
-        mem.usage_bytes = s.memory.memory.usage;
-        mem.max_usage_bytes = s.memory.memory.max_usage;
-        mem.limit_bytes = s.memory.memory.limit;
-        mem.cache_bytes = s.memory.cache;
-        mem.fail_count = s.memory.memory.fail_count;
-        let pids = r.pids.mut_or_insert_default();
-        pids.current = s.pids.current;
-        pids.limit = s.pids.limit;
-        Ok(r)
+        let stats = reply(self.container(&req.container_id).and_then(|c| c.stats()))?;
+        // hull's one `Stats` type, as it is: the host reads it back with the same type.
+        let stats_json = reply(serde_json::to_vec(&stats).map_err(|e| {
+            AgentError::io(
+                format!("encode stats of container {}", req.container_id),
+                e.into(),
+            )
+        }))?;
+        Ok(pb::StatsContainerResponse {
+            stats_json,
+            ..Default::default()
+        })
     }
 
     fn list_processes(

@@ -1,25 +1,32 @@
-//! Containers inside the guest, created and driven through libcontainer.
+//! The pod's containers as the agent keeps them: the processes it started in each (the init
+//! and the execs) with their standard streams, and the preparation of a spec from the host
+//! (its root under the shared directory). libcontainer itself is driven by hull-container's
+//! [`ContainerRoot`], the same driver as the host pod's; its creates and execs run in the
+//! driver's spawn helper (forked by the zygote `main` starts).
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
-use libcontainer::container::Container as LcContainer;
-use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
+use hull_container::{ContainerRoot, CreateOptions, ExecOptions, OomCounter, Stats, Stdio};
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{LinuxCapabilities, LinuxResources, Process as OciProcess, Spec};
+use parking_lot::Mutex;
 
 use crate::error::{AgentError, Result};
-use crate::helper;
-use crate::process::{self, Process};
+use crate::process::{self, ParentStdio, Process};
 use crate::reaper::Reaper;
 
 /// How long libcontainer may take to hand over a pty master.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Checks a container or exec id: short, plain characters, usable as a file name.
-pub fn validate_id(kind: &str, id: &str) -> Result<()> {
+/// Checks an exec id. Not a second rule for container ids (those follow runc's,
+/// [`hull_container::validate_id`]): an exec id names a file of the agent, the console socket
+/// `exec-<id>.sock` in the container's bundle directory, so it is a plain, visible file name of
+/// at most 128 characters.
+pub fn validate_exec_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
@@ -29,7 +36,7 @@ pub fn validate_id(kind: &str, id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(AgentError::InvalidArgument(format!("bad {kind} id {id:?}")))
+        Err(AgentError::InvalidArgument(format!("bad exec id {id:?}")))
     }
 }
 
@@ -37,27 +44,23 @@ pub fn validate_id(kind: &str, id: &str) -> Result<()> {
 pub struct Container {
     /// The container id.
     pub id: String,
-    lc: Mutex<LcContainer>,
     /// The init process.
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    driver: ContainerRoot,
     bundle: PathBuf,
-    lc_root: PathBuf,
-    cgroup_path: PathBuf,
     /// The capabilities of the container's process, the default for execs.
-    default_caps: Option<oci_spec::runtime::LinuxCapabilities>,
+    default_caps: Option<LinuxCapabilities>,
+    /// Found on the first OOM poll, not on the create path.
+    oom: OnceLock<Option<OomCounter>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Where the agent keeps libcontainer state and bundles.
+/// Where the agent keeps container state and bundles.
 #[derive(Debug, Clone)]
 pub struct StateDirs {
-    /// libcontainer's root (one directory per container).
-    pub lc_root: PathBuf,
-    /// Generated bundles (config.json, console sockets, exec process files).
+    /// The container driver, its state root one directory per container.
+    pub driver: ContainerRoot,
+    /// Generated bundles (config.json, console sockets).
     pub bundles: PathBuf,
     /// Use chroot instead of pivot_root (the guest's root is the initramfs).
     pub no_pivot: bool,
@@ -67,26 +70,14 @@ impl StateDirs {
     /// Creates the state directories under `base`.
     pub fn new(base: &Path, no_pivot: bool) -> Result<Self> {
         let dirs = StateDirs {
-            lc_root: base.join("containers"),
+            driver: ContainerRoot::new(base.join("containers"), false),
             bundles: base.join("bundles"),
             no_pivot,
         };
-        for d in [&dirs.lc_root, &dirs.bundles] {
+        for d in [dirs.driver.root(), &dirs.bundles] {
             fs::create_dir_all(d).map_err(|e| AgentError::io(format!("create {d:?}"), e))?;
         }
         Ok(dirs)
-    }
-}
-
-fn lc_err(
-    id: &str,
-    op: &'static str,
-) -> impl FnOnce(libcontainer::error::LibcontainerError) -> AgentError {
-    let container_id = id.to_string();
-    move |source| AgentError::Libcontainer {
-        container_id,
-        op,
-        source: Box::new(source),
     }
 }
 
@@ -125,6 +116,42 @@ pub fn prepare_spec(id: &str, json: &[u8], rootfs: &Path) -> Result<Spec> {
     Ok(spec)
 }
 
+/// A new process' streams: three pipes (the agent keeps the far ends), or, with a terminal, a
+/// console socket on which libcontainer hands over the pty master.
+enum Streams {
+    Pipes(ParentStdio),
+    Console(std::os::unix::net::UnixListener),
+}
+
+impl Streams {
+    /// Sets up the streams; returns what the new process gets, and the console socket's path
+    /// for a terminal.
+    fn new(terminal: bool, sock: &Path) -> Result<(Self, Stdio, Option<PathBuf>)> {
+        if terminal {
+            let l = process::console_listener(sock)?;
+            Ok((
+                Streams::Console(l),
+                Stdio::default(),
+                Some(sock.to_path_buf()),
+            ))
+        } else {
+            let (child, parent) = process::stdio_pipes()?;
+            Ok((Streams::Pipes(parent), child, None))
+        }
+    }
+
+    /// The agent's side of the process `pid`.
+    fn into_process(self, exec_id: &str, pid: i32) -> Result<Process> {
+        match self {
+            Streams::Pipes(p) => Ok(Process::with_pipes(exec_id.to_string(), pid, p)),
+            Streams::Console(l) => {
+                let master = process::receive_pty_master(&l, CONSOLE_TIMEOUT)?;
+                Process::with_tty(exec_id.to_string(), pid, master)
+            }
+        }
+    }
+}
+
 impl Container {
     /// Creates (but does not start) a container whose spec and rootfs are already checked.
     pub fn create(id: &str, spec: Spec, dirs: &StateDirs, reaper: &Reaper) -> Result<Container> {
@@ -133,8 +160,6 @@ impl Container {
         let result = Self::create_in(id, spec, dirs, &bundle, reaper);
         if result.is_err() {
             let _ = fs::remove_dir_all(&bundle);
-            // libcontainer may leave a half-made container directory behind.
-            let _ = fs::remove_dir_all(dirs.lc_root.join(id));
         }
         result
     }
@@ -146,64 +171,46 @@ impl Container {
         bundle: &Path,
         reaper: &Reaper,
     ) -> Result<Container> {
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        let default_caps = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.capabilities().clone());
-        let cgroup_path = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().clone())
-            .unwrap_or_default();
+        let process = spec.process().as_ref();
+        let terminal = process.and_then(|p| p.terminal()).unwrap_or(false);
+        let default_caps = process.and_then(|p| p.capabilities().clone());
         spec.save(bundle.join("config.json"))
             .map_err(|e| spec_err(id, format!("save config.json: {e}")))?;
 
         let guard = reaper.fork_guard();
-        let sock = bundle.join("console.sock");
-        let (child, parent, console) = if terminal {
-            (None, None, Some(process::console_listener(&sock)?))
-        } else {
-            let (child, parent) = process::stdio_pipes()?;
-            (Some(child), Some(parent), None)
-        };
-        let job = helper::Job::Create {
+        let (streams, stdio, console_socket) =
+            Streams::new(terminal, &bundle.join("console.sock"))?;
+        let pid = dirs.driver.create_in_helper(CreateOptions {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
-            lc_root: dirs.lc_root.clone(),
+            console_socket,
             no_pivot: dirs.no_pivot,
-            console: console.as_ref().map(|_| sock.clone()),
-        };
-        let pid = helper::run(&job, child).map_err(|reason| AgentError::ContainerOp {
-            container_id: id.to_string(),
-            op: "create",
-            reason,
+            detach: true,
+            stdio,
+            ..Default::default()
         })?;
         reaper.watch(pid);
         drop(guard);
-        let lc = LcContainer::load(dirs.lc_root.join(id)).map_err(lc_err(id, "load"))?;
-        let init = match (parent, console) {
-            (Some(p), _) => Process::with_pipes(String::new(), pid, p),
-            (None, Some(l)) => {
-                let master = process::receive_pty_master(&l, CONSOLE_TIMEOUT)?;
-                Process::with_tty(String::new(), pid, master)?
+        let init = match streams.into_process("", pid) {
+            Ok(p) => p,
+            Err(e) => {
+                // The container exists but the agent cannot talk to it: take it down again.
+                if let Err(e) = take_down(&dirs.driver, id, pid, reaper) {
+                    tracing::warn!(container_id = id, error = %e, "delete after a failed create");
+                }
+                reaper.forget(pid);
+                return Err(e);
             }
-            (None, None) => unreachable!("either pipes or a console socket is set up"),
         };
         tracing::info!(container_id = id, pid, "container created");
         Ok(Container {
             id: id.to_string(),
-            lc: Mutex::new(lc),
             init: Arc::new(init),
             execs: Mutex::new(HashMap::new()),
+            driver: dirs.driver.clone(),
             bundle: bundle.to_path_buf(),
-            lc_root: dirs.lc_root.clone(),
-            cgroup_path,
             default_caps,
+            oom: OnceLock::new(),
         })
     }
 
@@ -211,7 +218,7 @@ impl Container {
     pub fn start(&self, reaper: &Reaper) -> Result<()> {
         // Start hooks run as children that libcontainer waits for itself.
         let _guard = reaper.fork_guard();
-        lock(&self.lc).start().map_err(lc_err(&self.id, "start"))?;
+        self.driver.start(&self.id)?;
         tracing::info!(container_id = %self.id, "container started");
         Ok(())
     }
@@ -223,8 +230,8 @@ impl Container {
         process_json: &[u8],
         reaper: &Reaper,
     ) -> Result<Arc<Process>> {
-        validate_id("exec", exec_id)?;
-        if lock(&self.execs).contains_key(exec_id) {
+        validate_exec_id(exec_id)?;
+        if self.execs.lock().contains_key(exec_id) {
             return Err(AgentError::ProcessExists {
                 container_id: self.id.clone(),
                 exec_id: exec_id.to_string(),
@@ -239,45 +246,33 @@ impl Container {
             proc.set_capabilities(self.default_caps.clone());
         }
         let terminal = proc.terminal().unwrap_or(false);
-        let proc_path = self.bundle.join(format!("exec-{exec_id}.json"));
-        let json = serde_json::to_vec(&proc).map_err(|e| spec_err(&self.id, e.to_string()))?;
-        fs::write(&proc_path, json)
-            .map_err(|e| AgentError::io(format!("write {proc_path:?}"), e))?;
 
         let guard = reaper.fork_guard();
         let sock = self.bundle.join(format!("exec-{exec_id}.sock"));
-        let (child, parent, console) = if terminal {
-            (None, None, Some(process::console_listener(&sock)?))
-        } else {
-            let (child, parent) = process::stdio_pipes()?;
-            (Some(child), Some(parent), None)
+        let (streams, stdio, console_socket) = Streams::new(terminal, &sock)?;
+        let result = self.driver.exec_in_helper(
+            &self.id,
+            ExecOptions {
+                process: proc,
+                console_socket,
+                detach: true,
+                stdio,
+                ..Default::default()
+            },
+        );
+        let pid = match result {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = fs::remove_file(&sock);
+                return Err(e.into());
+            }
         };
-        let job = helper::Job::Exec {
-            id: self.id.clone(),
-            lc_root: self.lc_root.clone(),
-            process: proc_path.clone(),
-            console: console.as_ref().map(|_| sock.clone()),
-        };
-        let result = helper::run(&job, child);
-        let _ = fs::remove_file(&proc_path);
-        let pid = result.map_err(|reason| AgentError::ContainerOp {
-            container_id: self.id.clone(),
-            op: "exec",
-            reason,
-        })?;
         reaper.watch(pid);
         drop(guard);
-        let p = match (parent, console) {
-            (Some(p), _) => Process::with_pipes(exec_id.to_string(), pid, p),
-            (None, Some(l)) => {
-                let master = process::receive_pty_master(&l, CONSOLE_TIMEOUT);
-                let _ = fs::remove_file(self.bundle.join(format!("exec-{exec_id}.sock")));
-                Process::with_tty(exec_id.to_string(), pid, master?)?
-            }
-            (None, None) => unreachable!("either pipes or a console socket is set up"),
-        };
-        let p = Arc::new(p);
-        lock(&self.execs).insert(exec_id.to_string(), p.clone());
+        let p = streams.into_process(exec_id, pid);
+        let _ = fs::remove_file(&sock);
+        let p = Arc::new(p?);
+        self.execs.lock().insert(exec_id.to_string(), p.clone());
         tracing::info!(container_id = %self.id, exec_id, pid, "process started");
         Ok(p)
     }
@@ -287,7 +282,8 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        lock(&self.execs)
+        self.execs
+            .lock()
             .get(exec_id)
             .cloned()
             .ok_or_else(|| AgentError::ProcessNotFound {
@@ -302,7 +298,7 @@ impl Container {
         if exec_id.is_empty() {
             return;
         }
-        let mut execs = lock(&self.execs);
+        let mut execs = self.execs.lock();
         if let Some(p) = execs.get(exec_id) {
             if p.finished() {
                 reaper.forget(p.pid);
@@ -314,12 +310,10 @@ impl Container {
 
     /// Signals one process, or every process of the container.
     pub fn signal(&self, exec_id: &str, signal: i32, all: bool, reaper: &Reaper) -> Result<()> {
-        let sig = libcontainer::signal::Signal::try_from(signal)
+        let sig = Signal::try_from(signal)
             .map_err(|e| AgentError::InvalidArgument(format!("signal {signal}: {e}")))?;
         if exec_id.is_empty() || all {
-            let mut lc = lock(&self.lc);
-            lc.refresh_status().map_err(lc_err(&self.id, "kill"))?;
-            return lc.kill(sig, all).map_err(lc_err(&self.id, "kill"));
+            return Ok(self.driver.kill(&self.id, sig, all)?);
         }
         let p = self.process(exec_id)?;
         if reaper.try_status(p.pid).is_some() {
@@ -338,134 +332,49 @@ impl Container {
 
     /// Freezes every process of the container.
     pub fn pause(&self) -> Result<()> {
-        let mut lc = lock(&self.lc);
-        lc.refresh_status().map_err(lc_err(&self.id, "pause"))?;
-        lc.pause().map_err(lc_err(&self.id, "pause"))
+        Ok(self.driver.pause(&self.id)?)
     }
 
     /// Thaws the container.
     pub fn resume(&self) -> Result<()> {
-        let mut lc = lock(&self.lc);
-        lc.refresh_status().map_err(lc_err(&self.id, "resume"))?;
-        lc.resume().map_err(lc_err(&self.id, "resume"))
-    }
-
-    fn cgroup(&self) -> Result<libcgroups::common::AnyCgroupManager> {
-        libcgroups::common::create_cgroup_manager(CgroupConfig {
-            cgroup_path: self.cgroup_path.clone(),
-            systemd_cgroup: false,
-            container_name: self.id.clone(),
-        })
-        .map_err(|e| AgentError::Cgroup {
-            container_id: self.id.clone(),
-            op: "open",
-            reason: e.to_string(),
-        })
+        Ok(self.driver.resume(&self.id)?)
     }
 
     /// Cgroup statistics.
-    pub fn stats(&self) -> Result<libcgroups::stats::Stats> {
-        let err = match self.cgroup()?.stats() {
-            Ok(s) => return Ok(s),
-            Err(e) => e,
-        };
-        // libcgroups reads the v2 pressure files unconditionally; a guest kernel without
-        // PSI has none. Read the plain v2 files then.
-        let rel = self
-            .cgroup_path
-            .strip_prefix("/")
-            .unwrap_or(&self.cgroup_path);
-        let dir = Path::new("/sys/fs/cgroup").join(rel);
-        if dir.join("cgroup.controllers").exists() {
-            return Ok(v2_stats(&dir));
-        }
-        Err(AgentError::Cgroup {
-            container_id: self.id.clone(),
-            op: "stats",
-            reason: err.to_string(),
-        })
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(self.driver.stats(&self.id)?)
     }
 
     /// The pids in the container's cgroup.
     pub fn pids(&self) -> Result<Vec<i32>> {
-        let pids = self
-            .cgroup()?
-            .get_all_pids()
-            .map_err(|e| AgentError::Cgroup {
-                container_id: self.id.clone(),
-                op: "list pids",
-                reason: e.to_string(),
-            })?;
-        Ok(pids.into_iter().map(|p| p.as_raw()).collect())
+        Ok(self.driver.pids(&self.id)?)
     }
 
     /// Applies new resource limits.
     pub fn update(&self, resources_json: &[u8]) -> Result<()> {
         let resources: LinuxResources = serde_json::from_slice(resources_json)
             .map_err(|e| spec_err(&self.id, format!("resources: {e}")))?;
-        let opt = ControllerOpt {
-            resources: &resources,
-            disable_oom_killer: false,
-            oom_score_adj: None,
-            freezer_state: None,
-        };
-        self.cgroup()?.apply(&opt).map_err(|e| AgentError::Cgroup {
-            container_id: self.id.clone(),
-            op: "update",
-            reason: e.to_string(),
-        })
+        Ok(self.driver.update(&self.id, &resources)?)
     }
 
-    /// Count of OOM kills in the container's cgroup (v2 `memory.events`, v1 `memory.oom_control`).
+    /// How many processes of the container the OOM killer has killed (0 when unknown).
     pub fn oom_kills(&self) -> u64 {
-        let rel = self
-            .cgroup_path
-            .strip_prefix("/")
-            .unwrap_or(&self.cgroup_path);
-        let candidates = [
-            (
-                Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
-                "oom_kill ",
-            ),
-            (
-                Path::new("/sys/fs/cgroup/memory")
-                    .join(rel)
-                    .join("memory.oom_control"),
-                "oom_kill ",
-            ),
-        ];
-        for (file, key) in candidates {
-            if let Ok(text) = fs::read_to_string(&file) {
-                if let Some(v) = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|v| v.trim().parse().ok())
-                {
-                    return v;
-                }
-            }
-        }
-        0
+        let counter = self.oom.get_or_init(|| {
+            self.driver
+                .oom_counter(&self.id)
+                .inspect_err(
+                    |e| tracing::debug!(container_id = %self.id, error = %e, "no OOM counter"),
+                )
+                .ok()
+        });
+        counter.as_ref().and_then(|c| c.read().ok()).unwrap_or(0)
     }
 
     /// Kills what is left and deletes the container and its state.
     pub fn remove(&self, reaper: &Reaper) -> Result<()> {
-        let mut lc = lock(&self.lc);
-        let _ = lc.refresh_status();
-        if lc.can_kill() {
-            if let Ok(sig) = libcontainer::signal::Signal::try_from(libc::SIGKILL) {
-                let _ = lc.kill(sig, true);
-            }
-        }
-        // Give the init a moment to die so libcontainer sees it stopped.
-        let _ = reaper.wait(self.init.pid, Some(Duration::from_secs(5)));
-        {
-            // Poststop hooks run as children that libcontainer waits for itself.
-            let _guard = reaper.fork_guard();
-            lc.delete(true).map_err(lc_err(&self.id, "delete"))?;
-        }
+        take_down(&self.driver, &self.id, self.init.pid, reaper)?;
         reaper.forget(self.init.pid);
-        for p in lock(&self.execs).values() {
+        for p in self.execs.lock().values() {
             reaper.forget(p.pid);
         }
         let _ = fs::remove_dir_all(&self.bundle);
@@ -474,29 +383,40 @@ impl Container {
     }
 }
 
-/// Stats of a cgroup v2 directory from its plain files (no pressure files needed).
-fn v2_stats(dir: &Path) -> libcgroups::stats::Stats {
-    let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
-    let num = |f: &str| read(f).trim().parse::<u64>().unwrap_or(0);
-    let keyed = |f: &str, k: &str| -> u64 {
-        read(f)
-            .lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let mut s = libcgroups::stats::Stats::default();
-    s.cpu.usage.usage_total = keyed("cpu.stat", "usage_usec") * 1000;
-    s.cpu.usage.usage_user = keyed("cpu.stat", "user_usec") * 1000;
-    s.cpu.usage.usage_kernel = keyed("cpu.stat", "system_usec") * 1000;
-    s.cpu.throttling.periods = keyed("cpu.stat", "nr_periods");
-    s.cpu.throttling.throttled_periods = keyed("cpu.stat", "nr_throttled");
-    s.cpu.throttling.throttled_time = keyed("cpu.stat", "throttled_usec") * 1000;
-    s.memory.memory.usage = num("memory.current");
-    s.memory.memory.max_usage = num("memory.peak");
-    s.memory.memory.limit = num("memory.max"); // "max" reads as 0: no limit
-    s.memory.memory.fail_count = keyed("memory.events", "max");
-    s.memory.cache = keyed("memory.stat", "file");
-    s.pids.current = num("pids.current");
-    s.pids.limit = num("pids.max");
-    s
+/// Kills every process of a container and deletes it from the driver (gone already is fine).
+fn take_down(driver: &ContainerRoot, id: &str, init_pid: i32, reaper: &Reaper) -> Result<()> {
+    let _ = driver.kill(id, Signal::SIGKILL, true);
+    // Give the init a moment to die so libcontainer sees it stopped.
+    let _ = reaper.wait(init_pid, Some(Duration::from_secs(5)));
+    // Poststop hooks run as children that libcontainer waits for itself.
+    let _guard = reaper.fork_guard();
+    match driver.delete(id, true) {
+        Ok(()) | Err(hull_container::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_ids_are_plain_file_names() {
+        for ok in ["e1", "exec-1.a_b", &"x".repeat(128)] {
+            assert!(validate_exec_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a b",
+            "a+b",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_exec_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }

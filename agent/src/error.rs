@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use hull_container::ErrorKind;
 use ttrpc::Code;
 
 /// Everything that can make an agent request fail.
@@ -48,37 +49,10 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
-    /// libcontainer refused or failed an operation.
-    #[error("container {container_id}: {op} failed: {source}")]
-    Libcontainer {
-        /// The container.
-        container_id: String,
-        /// The operation (create, start, ...).
-        op: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<libcontainer::error::LibcontainerError>,
-    },
-    /// Creating a container or a process in it failed (libcontainer, in the helper process).
-    #[error("container {container_id}: {op} failed: {reason}")]
-    ContainerOp {
-        /// The container.
-        container_id: String,
-        /// The operation (create, exec).
-        op: &'static str,
-        /// libcontainer's message.
-        reason: String,
-    },
-    /// Reading or changing the container's cgroup failed.
-    #[error("container {container_id}: cgroup {op} failed: {reason}")]
-    Cgroup {
-        /// The container.
-        container_id: String,
-        /// The operation.
-        op: &'static str,
-        /// The cause.
-        reason: String,
-    },
+    /// The container driver (hull-container, on libcontainer) failed; its message names the
+    /// container and the operation.
+    #[error(transparent)]
+    Container(#[from] hull_container::Error),
     /// A system call or file operation failed.
     #[error("{op}: {source}")]
     Io {
@@ -129,10 +103,15 @@ impl AgentError {
             AgentError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             AgentError::Unsupported(_) => Code::UNIMPLEMENTED,
             AgentError::Busy => Code::RESOURCE_EXHAUSTED,
-            AgentError::Libcontainer { .. }
-            | AgentError::ContainerOp { .. }
-            | AgentError::Cgroup { .. }
-            | AgentError::Io { .. } => Code::INTERNAL,
+            AgentError::Container(e) => match e.kind() {
+                ErrorKind::NotFound => Code::NOT_FOUND,
+                ErrorKind::AlreadyExists => Code::ALREADY_EXISTS,
+                ErrorKind::Precondition => Code::FAILED_PRECONDITION,
+                ErrorKind::Invalid => Code::INVALID_ARGUMENT,
+                ErrorKind::Unsupported => Code::UNIMPLEMENTED,
+                ErrorKind::Other => Code::INTERNAL,
+            },
+            AgentError::Io { .. } => Code::INTERNAL,
         }
     }
 }

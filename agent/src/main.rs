@@ -49,9 +49,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(hull_agent::helper::HELPER_ARG) {
-        hull_agent::helper::helper_main(&argv[2..]);
+    // The container driver's spawn helper, when re-executed (see hull_container::spawn).
+    if std::env::args().nth(1).as_deref() == Some(hull_container::spawn::HELPER_VERB) {
+        hull_container::spawn::helper_main();
     }
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -74,9 +74,10 @@ fn main() -> anyhow::Result<()> {
         let n = init::load_modules().context("kernel modules")?;
         tracing::info!(modules = n, "guest set up");
     }
-    // Before any thread: the zygote must be a one-thread copy of this process.
-    if let Err(e) = hull_agent::helper::start_zygote() {
-        tracing::warn!("no zygote ({e}): helpers re-execute the agent");
+    // Before any thread: the zygote must be a one-thread copy of this process. It forks the
+    // driver's spawn helpers, so that no create or exec pays for an exec of the agent.
+    if let Err(e) = hull_container::spawn::start_zygote() {
+        tracing::warn!("no zygote ({e}): spawn helpers re-execute the agent");
     }
     if !is_init {
         init::become_subreaper().context("become child subreaper")?;

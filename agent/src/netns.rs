@@ -13,9 +13,9 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use parking_lot::Mutex;
 
 use crate::error::{AgentError, Result};
 
@@ -83,7 +83,7 @@ impl SpareNetns {
         let ns = nss
             .iter_mut()
             .find(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())?;
-        let path = self.path.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let path = self.path.lock().take()?;
         ns.set_path(Some(path.clone()));
         linux.set_namespaces(Some(nss));
         spec.set_linux(Some(linux));
@@ -93,10 +93,7 @@ impl SpareNetns {
 
     /// Whether the spare is still there.
     pub fn available(&self) -> bool {
-        self.path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.path.lock().is_some()
     }
 }
 
@@ -110,7 +107,7 @@ impl Drop for Taken {
 
 impl Drop for SpareNetns {
     fn drop(&mut self) {
-        if let Some(p) = self.path.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(p) = self.path.lock().take() {
             drop(Taken { path: p });
         }
     }

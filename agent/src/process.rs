@@ -9,23 +9,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use hull_container::Stdio;
+use parking_lot::Mutex;
 
 use crate::error::{AgentError, Result};
 
 /// The largest chunk one ReadStdout/ReadStderr returns.
 pub const MAX_READ: usize = 1 << 20;
-
-/// The ends handed to the new process.
-pub struct ChildStdio {
-    /// Child's stdin (read end).
-    pub stdin: OwnedFd,
-    /// Child's stdout (write end).
-    pub stdout: OwnedFd,
-    /// Child's stderr (write end).
-    pub stderr: OwnedFd,
-}
 
 /// The ends the agent keeps.
 pub struct ParentStdio {
@@ -44,16 +36,16 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Three pipes for a process without a terminal.
-pub fn stdio_pipes() -> Result<(ChildStdio, ParentStdio)> {
+/// Three pipes for a process without a terminal: its ends, and the agent's.
+pub fn stdio_pipes() -> Result<(Stdio, ParentStdio)> {
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     Ok((
-        ChildStdio {
-            stdin: in_r,
-            stdout: out_w,
-            stderr: err_w,
+        Stdio {
+            stdin: Some(in_r),
+            stdout: Some(out_w),
+            stderr: Some(err_w),
         },
         ParentStdio {
             stdin: File::from(in_w),
@@ -184,7 +176,7 @@ impl Process {
 
     /// Writes to stdin; returns the bytes written.
     pub fn write_stdin(&self, data: &[u8]) -> Result<usize> {
-        let mut guard = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.stdin.lock();
         let f = guard
             .as_mut()
             .ok_or_else(|| AgentError::FailedPrecondition("stdin is closed".into()))?;
@@ -195,7 +187,7 @@ impl Process {
 
     /// Closes stdin (the process sees end of file; on a tty, sends EOF).
     pub fn close_stdin(&self) -> Result<()> {
-        let mut guard = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.stdin.lock();
         if let (Some(f), Some(_)) = (guard.as_mut(), self.tty.as_ref()) {
             // On a terminal the master stays open for output; send the EOF character instead.
             let _ = f.write_all(&[4]);
@@ -267,7 +259,7 @@ impl Process {
     /// Records that the host has collected the exit status; stdin is of no use any more.
     pub fn mark_waited(&self) {
         self.waited.store(true, Ordering::SeqCst);
-        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.stdin.lock().take();
     }
 
     /// Exit status collected and output read to its end: nothing left for the host.

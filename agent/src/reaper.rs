@@ -6,8 +6,10 @@
 //! and the reaper only reaps while it holds that same lock.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 /// Exit status table and reaping lock.
 #[derive(Default)]
@@ -24,10 +26,8 @@ struct Table {
 }
 
 /// Held while processes are being created; the reaper stays away meanwhile.
-pub struct ForkGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub struct ForkGuard<'a> {
+    _held: MutexGuard<'a, ()>,
 }
 
 /// Converts a wait status into a shell-style exit code (128 + signal when killed).
@@ -49,32 +49,34 @@ impl Reaper {
 
     /// Keeps the reaper away while a process is being created and registered.
     pub fn fork_guard(&self) -> ForkGuard<'_> {
-        ForkGuard(lock(&self.fork_lock))
+        ForkGuard {
+            _held: self.fork_lock.lock(),
+        }
     }
 
     /// Records the exit status of `pid` when it is reaped. Call under the fork guard.
     pub fn watch(&self, pid: i32) {
-        let mut t = lock(&self.table);
+        let mut t = self.table.lock();
         t.exits.remove(&pid);
         t.watched.insert(pid);
     }
 
     /// Forgets a process (its container or exec was removed).
     pub fn forget(&self, pid: i32) {
-        let mut t = lock(&self.table);
+        let mut t = self.table.lock();
         t.watched.remove(&pid);
         t.exits.remove(&pid);
     }
 
     /// The exit code of `pid` if it has exited.
     pub fn try_status(&self, pid: i32) -> Option<i32> {
-        lock(&self.table).exits.get(&pid).copied()
+        self.table.lock().exits.get(&pid).copied()
     }
 
     /// Blocks until `pid` exits and returns its exit code; `None` on timeout.
     pub fn wait(&self, pid: i32, timeout: Option<Duration>) -> Option<i32> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        let mut t = lock(&self.table);
+        let mut t = self.table.lock();
         loop {
             if let Some(code) = t.exits.get(&pid) {
                 return Some(*code);
@@ -89,17 +91,13 @@ impl Reaper {
                 }
                 None => Duration::from_secs(1),
             };
-            t = self
-                .exited
-                .wait_timeout(t, step)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.exited.wait_for(&mut t, step);
         }
     }
 
     /// Reaps every exited child; records watched ones and wakes their waiters.
     pub fn reap_all(&self) {
-        let _guard = lock(&self.fork_lock);
+        let _guard = self.fork_lock.lock();
         let mut any = false;
         loop {
             let mut status = 0;
@@ -108,7 +106,7 @@ impl Reaper {
             if pid <= 0 {
                 break;
             }
-            let mut t = lock(&self.table);
+            let mut t = self.table.lock();
             if t.watched.remove(&pid) {
                 let code = exit_code(status);
                 tracing::debug!(pid, code, "process exited");

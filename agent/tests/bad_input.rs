@@ -178,8 +178,8 @@ fn paths_ids_and_specs_it_cannot_honour() {
         .unwrap_err();
     assert_eq!(code_of(e), Code::INVALID_ARGUMENT);
 
-    // bad container ids
-    for id in ["", "../x", "a/b", ".hidden"] {
+    // bad container ids (runc's rule: letters, digits, '_', '+', '-', '.'; not "." or "..")
+    for id in ["", "../x", "a/b", ".", "..", "a b"] {
         let e = c.create_container(id, &spec, &rootfs, vec![]).unwrap_err();
         assert_eq!(code_of(e), Code::INVALID_ARGUMENT, "{id:?}");
     }
@@ -248,6 +248,13 @@ fn paths_ids_and_specs_it_cannot_honour() {
         ),
         Code::NOT_FOUND
     );
+    // exec ids name the agent's console sockets: plain, visible file names only
+    let p =
+        serde_json::to_vec(&common::process_json(&["/bin/true"], false, &["CAP_KILL"])).unwrap();
+    for bad in ["", ".hidden", "../x", "a/b"] {
+        let e = c.exec_process("p1", bad, &p).unwrap_err();
+        assert_eq!(code_of(e), Code::INVALID_ARGUMENT, "{bad:?}");
+    }
     c.remove_container("p1").unwrap();
     assert!(c.check().unwrap());
 }

@@ -52,6 +52,11 @@ fn exec(c: &AgentClient, id: &str, exec_id: &str, args: &[&str]) -> (String, Str
     )
 }
 
+/// The container's stats: hull-container's `Stats`, sent as JSON.
+fn stats_of(c: &AgentClient, id: &str) -> hull_container::Stats {
+    serde_json::from_slice(&c.stats_container(id).unwrap().stats_json).unwrap()
+}
+
 fn code_of(e: AgentClientError) -> Code {
     e.code().unwrap_or_else(|| panic!("not an rpc status: {e}"))
 }
@@ -79,9 +84,9 @@ fn busybox_container_lifecycle() {
     // the container's processes and their metrics
     let pids = c.list_processes(id).unwrap();
     assert!(pids.contains(&pid), "{pids:?} lacks init {pid}");
-    let stats = c.stats_container(id).unwrap();
+    let stats = stats_of(&c, id);
     assert!(stats.pids.current >= 1, "{stats:?}");
-    assert!(stats.memory.usage_bytes > 0, "{stats:?}");
+    assert!(stats.memory.memory.usage > 0, "{stats:?}");
 
     // exec: output, error stream and exit code
     let (out, err, code) = exec(
@@ -165,7 +170,7 @@ fn busybox_container_lifecycle() {
     // update the memory limit
     c.update_container(id, br#"{"memory": {"limit": 67108864}}"#)
         .unwrap();
-    assert_eq!(c.stats_container(id).unwrap().memory.limit_bytes, 64 << 20);
+    assert_eq!(stats_of(&c, id).memory.memory.limit, 64 << 20);
 
     // duplicate ids are refused
     assert_eq!(

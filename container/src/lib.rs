@@ -22,4 +22,4 @@ pub use id::validate_id;
 pub use options::{CreateOptions, ExecOptions, Stdio};
 pub use root::ContainerRoot;
 pub use state::{ContainerState, ExitStatus, Status, OCI_VERSION};
-pub use stats::Stats;
+pub use stats::{OomCounter, Stats};

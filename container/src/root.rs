@@ -21,7 +21,7 @@ use crate::error::{chain, Error, Result};
 use crate::id::validate_id;
 use crate::options::{CreateOptions, ExecOptions, Stdio};
 use crate::state::{ContainerState, ExitStatus, Status, OCI_VERSION};
-use crate::stats::Stats;
+use crate::stats::{self, OomCounter, Stats};
 
 /// The containers whose state lives under `root/<id>/`.
 #[derive(Debug, Clone)]
@@ -323,6 +323,20 @@ impl ContainerRoot {
 
     /// Start another process in a running container. Returns its pid.
     pub fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32> {
+        let text = serde_json::to_vec(&opts.process)
+            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
+        self.exec_json(id, &text, opts)
+    }
+
+    /// [`ContainerRoot::exec`] of a process given as its OCI JSON; `opts.process` is not
+    /// used. The spawn helper's way: libcontainer parses the JSON itself, so the helper need
+    /// not (nor carry a parser of its own for it).
+    pub(crate) fn exec_json(
+        &self,
+        id: &str,
+        process_json: &[u8],
+        opts: ExecOptions,
+    ) -> Result<i32> {
         let c = self.load(id)?;
         if !matches!(
             c.status(),
@@ -340,9 +354,7 @@ impl ContainerRoot {
             std::process::id(),
             chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
         ));
-        let text = serde_json::to_vec(&opts.process)
-            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
-        fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        fs::write(&tmp, process_json).map_err(|e| Error::io(&tmp, e))?;
         let result = self
             .builder(
                 id,
@@ -419,7 +431,8 @@ impl ContainerRoot {
         Ok(pids)
     }
 
-    /// Resource usage of the container's cgroup.
+    /// Resource usage of the container's cgroup. On cgroup v2 without pressure files (see
+    /// [`crate::stats`]'s v2 reader) the plain files give it.
     pub fn stats(&self, id: &str) -> Result<Stats> {
         let c = self.load(id)?;
         if c.status() == ContainerStatus::Stopped {
@@ -429,11 +442,24 @@ impl ContainerRoot {
                 op: "read stats",
             });
         }
-        let stats = self.cgroup(&c)?.stats().map_err(|e| Error::Cgroup {
-            id: id.to_string(),
-            message: chain(&e),
-        })?;
-        Ok(stats.into())
+        let err = match self.cgroup(&c)?.stats() {
+            Ok(stats) => return Ok(stats.into()),
+            Err(e) => e,
+        };
+        let v2 = match c.systemd() {
+            true => None,
+            false => c.spec().ok().and_then(|s| stats::v2_dir(&s.cgroup_path)),
+        };
+        match v2 {
+            Some(dir) => {
+                debug!(container = %id, error = %chain(&err), "cgroup v2 stats from the plain files");
+                Ok(stats::v2_stats(&dir))
+            }
+            None => Err(Error::Cgroup {
+                id: id.to_string(),
+                message: chain(&err),
+            }),
+        }
     }
 
     /// Freeze every process of the container.
@@ -487,13 +513,14 @@ impl ContainerRoot {
 
     /// How many processes of the container the OOM killer has killed so far.
     pub fn oom_kills(&self, id: &str) -> Result<u64> {
+        self.oom_counter(id)?.read()
+    }
+
+    /// The container's OOM kill counter, to read again and again without finding it anew.
+    pub fn oom_counter(&self, id: &str) -> Result<OomCounter> {
         let c = self.load(id)?;
         let config = c.spec().map_err(|e| lc_err("read config of", id, e))?;
-        crate::stats::read_oom_kill(&crate::stats::memory_cgroup_dir(
-            id,
-            &config.cgroup_path,
-            c.systemd(),
-        )?)
+        OomCounter::find(id, &config.cgroup_path, c.systemd())
     }
 
     /// Remove a stopped container (or any, with `force`, killing it first).

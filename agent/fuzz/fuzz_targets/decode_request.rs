@@ -15,7 +15,7 @@ fn decode_payload(method: &str, payload: &[u8]) {
         "DestroySandbox" => drop(pb::DestroySandboxRequest::parse_from_bytes(payload)),
         "CreateContainer" => {
             if let Ok(req) = pb::CreateContainerRequest::parse_from_bytes(payload) {
-                let _ = hull_agent::container::validate_id("container", &req.container_id);
+                let _ = hull_container::validate_id(&req.container_id);
                 let _ = hull_agent::container::prepare_spec(
                     "fuzz",
                     &req.oci_spec_json,

@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use hull_container::spawn::{self, HostTarget};
-use hull_container::ContainerRoot;
+use hull_container::{load_bundle_spec, ContainerRoot};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Spec};
 
@@ -62,13 +61,6 @@ impl HostPod {
     pub fn driver(&self) -> &ContainerRoot {
         &self.root
     }
-
-    fn target(&self) -> HostTarget {
-        HostTarget {
-            root: self.root.root().to_path_buf(),
-            systemd_cgroup: self.root.systemd_cgroup(),
-        }
-    }
 }
 
 impl Containers for HostPod {
@@ -77,12 +69,8 @@ impl Containers for HostPod {
         let pid = match self.spawner {
             Spawner::InProcess => self.root.create(opts)?,
             Spawner::Helper => {
-                let request = spawn::Request::Create {
-                    id: opts.id,
-                    bundle: opts.bundle,
-                    console_socket: opts.console_socket,
-                };
-                spawn::run(&self.target(), request, opts.stdio)?
+                load_bundle_spec(&opts.bundle)?;
+                self.root.create_in_helper(opts)?
             }
         };
         self.created
@@ -107,14 +95,7 @@ impl Containers for HostPod {
     fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32> {
         match self.spawner {
             Spawner::InProcess => Ok(self.root.exec(id, opts)?),
-            Spawner::Helper => {
-                let request = spawn::Request::Exec {
-                    id: id.to_string(),
-                    process: Box::new(opts.process),
-                    console_socket: opts.console_socket,
-                };
-                Ok(spawn::run(&self.target(), request, opts.stdio)?)
-            }
+            Spawner::Helper => Ok(self.root.exec_in_helper(id, opts)?),
         }
     }
 

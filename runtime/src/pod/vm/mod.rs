@@ -419,26 +419,9 @@ impl Containers for VmPod {
             .agent()?
             .stats_container(id)
             .map_err(|e| vm_err(format!("stats of container {id}"), e))?;
-        let mut s = Stats::default();
-        if let Some(cpu) = r.cpu.as_ref() {
-            s.cpu.usage.usage_total = cpu.usage_total_ns;
-            s.cpu.usage.usage_user = cpu.usage_user_ns;
-            s.cpu.usage.usage_kernel = cpu.usage_kernel_ns;
-            s.cpu.throttling.throttled_periods = cpu.throttled_periods;
-            s.cpu.throttling.throttled_time = cpu.throttled_time_ns;
-        }
-        if let Some(m) = r.memory.as_ref() {
-            s.memory.memory.usage = m.usage_bytes;
-            s.memory.memory.max_usage = m.max_usage_bytes;
-            s.memory.memory.limit = m.limit_bytes;
-            s.memory.memory.fail_count = m.fail_count;
-            s.memory.cache = m.cache_bytes;
-        }
-        if let Some(p) = r.pids.as_ref() {
-            s.pids.current = p.current;
-            s.pids.limit = p.limit;
-        }
-        Ok(s)
+        // The agent reads them with the same driver and sends hull's `Stats` as it is.
+        serde_json::from_slice(&r.stats_json)
+            .map_err(|e| vm_err(format!("stats of container {id}: the agent's answer"), e))
     }
 
     fn pause(&self, id: &str) -> Result<()> {
