@@ -10,7 +10,9 @@
 //! claimed before the gate is released, so the reaper never sees it unclaimed.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
@@ -48,30 +50,23 @@ impl Reaper {
 
     /// Hold this while calling into the sandbox (it may fork and wait for its own children).
     pub fn spawning(&self) -> RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
+        self.gate.read()
     }
 
     /// Mark `pid` as waited for by its own waiter; call with the gate held.
     pub fn claim(&self, pid: i32) {
-        if let Ok(mut c) = self.claimed.lock() {
-            c.insert(pid);
-        }
+        self.claimed.lock().insert(pid);
     }
 
     /// The waiter of `pid` has reaped it.
     pub fn release(&self, pid: i32) {
-        if let Ok(mut c) = self.claimed.lock() {
-            c.remove(&pid);
-        }
+        self.claimed.lock().remove(&pid);
     }
 
     /// Reap every zombie child that no waiter owns.
     pub fn reap_unclaimed(&self) {
-        let _exclusive = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        let claimed = match self.claimed.lock() {
-            Ok(c) => c.clone(),
-            Err(_) => return,
-        };
+        let _exclusive = self.gate.write();
+        let claimed = self.claimed.lock().clone();
         for pid in zombie_children() {
             if claimed.contains(&pid) {
                 continue;

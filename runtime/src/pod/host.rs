@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use hull_container::{load_bundle_spec, ContainerRoot};
 use nix::sys::signal::Signal;
@@ -73,10 +75,7 @@ impl Containers for HostPod {
                 self.root.create_in_helper(opts)?
             }
         };
-        self.created
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id);
+        self.created.lock().insert(id);
         Ok(pid)
     }
 
@@ -129,10 +128,7 @@ impl Containers for HostPod {
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
         self.root.delete(id, force)?;
-        self.created
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.created.lock().remove(id);
         Ok(())
     }
 
@@ -151,7 +147,7 @@ impl Pod for HostPod {
     }
 
     fn stop_pod(&self) -> Result<()> {
-        let ids = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        let ids = std::mem::take(&mut *self.created.lock());
         for id in ids {
             match self.root.delete(&id, true) {
                 Ok(()) | Err(hull_container::Error::NotFound(_)) => {}
