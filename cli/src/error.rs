@@ -1,5 +1,5 @@
 //! The CLI's error type: what the library reported, or what went wrong in the CLI itself
-//! (its arguments, files, system calls, the sandbox server). `main` prints it as one line.
+//! (its arguments, the sandbox server; files and system calls are the driver's errors). `main` prints it as one line.
 
 use std::path::PathBuf;
 
@@ -20,24 +20,6 @@ pub enum Error {
     /// A vm container's sandbox server failed or is gone.
     #[error("{0}")]
     Server(String),
-    /// An I/O error on a named path.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A system call failed.
-    #[error("{what}: {source}")]
-    Sys {
-        /// What was being done.
-        what: String,
-        /// errno.
-        #[source]
-        source: nix::Error,
-    },
 }
 
 impl From<hull_container::Error> for Error {
@@ -53,19 +35,13 @@ impl From<hull_runtime::config::ConfigError> for Error {
 }
 
 impl Error {
-    /// An I/O error on a named path.
+    /// An I/O error on a named path (the container driver's kind of error: one way to say it).
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        hull_container::Error::io(path, source).into()
     }
 
     /// A system call failed.
     pub fn sys(what: impl Into<String>, source: nix::Error) -> Self {
-        Error::Sys {
-            what: what.into(),
-            source,
-        }
+        hull_container::Error::sys(what, source).into()
     }
 }

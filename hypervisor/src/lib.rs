@@ -132,14 +132,26 @@ impl VmConfig {
         }
     }
 
-    /// Errors unless the kernel and the initrd are files.
-    pub(crate) fn check_guest_files(&self) -> Result<()> {
+    /// Errors unless the kernel and the initrd are files and the VM has at least 64 MiB and
+    /// one vCPU (and at most `max_vcpus`, where the backend has a limit).
+    pub(crate) fn check_bootable(&self, max_vcpus: Option<u32>) -> Result<()> {
         for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
             if !p.is_file() {
                 return Err(HypervisorError::Config(format!(
                     "{what} {p:?} is not a file (build it with guest-kernel/build.sh / initrd.sh)"
                 )));
             }
+        }
+        let too_many = max_vcpus.is_some_and(|m| self.vcpus > m);
+        if self.memory_mib < 64 || self.vcpus == 0 || too_many {
+            let vcpus = match max_vcpus {
+                Some(m) => format!("1 to {m} vCPUs"),
+                None => "1 vCPU".into(),
+            };
+            return Err(HypervisorError::Config(format!(
+                "need at least 64 MiB and {vcpus} (got {} MiB, {} vCPUs)",
+                self.memory_mib, self.vcpus
+            )));
         }
         Ok(())
     }

@@ -153,15 +153,9 @@ impl BuiltinHypervisor {
 
     fn validate(&self) -> Result<()> {
         let cfg = &self.config;
-        cfg.check_guest_files()?;
-        Backend::Builtin.check_covers(&cfg.needs())?;
-        if cfg.memory_mib < 64 || cfg.vcpus == 0 || cfg.vcpus > u32::from(u8::MAX) {
-            return Err(HypervisorError::Config(format!(
-                "need at least 64 MiB and 1 to 255 vCPUs (got {} MiB, {} vCPUs)",
-                cfg.memory_mib, cfg.vcpus
-            )));
-        }
-        Ok(())
+        // hull-vmm numbers its vCPUs with a u8.
+        cfg.check_bootable(Some(u32::from(u8::MAX)))?;
+        Backend::Builtin.check_covers(&cfg.needs())
     }
 
     fn remove_sockets(&self) {

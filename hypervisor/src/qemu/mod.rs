@@ -413,7 +413,7 @@ impl QemuHypervisor {
 
     fn validate(&self) -> Result<()> {
         let cfg = &self.config;
-        cfg.check_guest_files()?;
+        cfg.check_bootable(None)?;
         for share in &cfg.shares {
             if !share.host_dir.is_dir() {
                 return Err(HypervisorError::Config(format!(
@@ -427,12 +427,6 @@ impl QemuHypervisor {
                     share.tag
                 )));
             }
-        }
-        if cfg.memory_mib < 64 || cfg.vcpus == 0 {
-            return Err(HypervisorError::Config(format!(
-                "need at least 64 MiB and 1 vCPU (got {} MiB, {} vCPUs)",
-                cfg.memory_mib, cfg.vcpus
-            )));
         }
         Ok(())
     }
