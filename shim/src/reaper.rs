@@ -1,10 +1,10 @@
 //! Reaping without stealing exits.
 //!
 //! The shim is the child subreaper of everything it starts. Each container process it
-//! owns (an init or an exec) has one waiter thread blocked in `Sandbox::wait(pid)`, a
+//! owns (an init or an exec) has one waiter thread blocked in `Containers::wait(pid)`, a
 //! waitpid on that pid alone. Anything else that becomes our zombie (an orphan, an
 //! intermediate process nobody waits for) is reaped here, on SIGCHLD, by pid: never
-//! with `waitpid(-1)`, and never while a sandbox call that may fork and wait for its own
+//! with `waitpid(-1)`, and never while a pod call that may fork and wait for its own
 //! children (libcontainer's create and exec, hooks) is in flight. Those calls hold the
 //! spawn gate shared; the reaper takes it exclusively. A pid returned by such a call is
 //! claimed before the gate is released, so the reaper never sees it unclaimed.

@@ -110,7 +110,7 @@ struct Inner {
     pod: Mutex<Option<PodSlot>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     cgroups: CgroupMode,
-    /// Held around `Sandbox::start`: libcontainer chdirs (process-wide) into the
+    /// Held around `Containers::start`: libcontainer chdirs (process-wide) into the
     /// container's dir to reach its notify socket, so two starts must not overlap.
     cwd: Mutex<()>,
     /// OOM kills already published, per container.
