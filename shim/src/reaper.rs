@@ -48,7 +48,7 @@ impl Reaper {
         reaper
     }
 
-    /// Hold this while calling into the sandbox (it may fork and wait for its own children).
+    /// Hold this while calling into the pod (it may fork and wait for its own children).
     pub fn spawning(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read()
     }
