@@ -180,15 +180,18 @@ impl Container {
         let guard = reaper.fork_guard();
         let (streams, stdio, console_socket) =
             Streams::new(terminal, &bundle.join("console.sock"))?;
-        let pid = dirs.driver.create_in_helper(CreateOptions {
-            id: id.to_string(),
-            bundle: bundle.to_path_buf(),
-            console_socket,
-            no_pivot: dirs.no_pivot,
-            detach: true,
-            stdio,
-            ..Default::default()
-        })?;
+        let pid = dirs.driver.create_in_helper(
+            CreateOptions {
+                id: id.to_string(),
+                bundle: bundle.to_path_buf(),
+                console_socket,
+                no_pivot: dirs.no_pivot,
+                detach: true,
+                stdio,
+                ..Default::default()
+            },
+            true,
+        )?;
         reaper.watch(pid);
         drop(guard);
         let init = match streams.into_process("", pid) {

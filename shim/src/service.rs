@@ -194,11 +194,9 @@ impl Service {
         if let Some(p) = slot.as_ref() {
             return Ok((Arc::clone(&p.pod), p.record.clone()));
         }
-        let spec = hull_container::load_bundle_spec(bundle).map_err(hull_runtime::Error::from)?;
-        let annotation = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(ISOLATION_ANNOTATION).cloned());
+        // The annotation alone (a JSON value, not the whole spec: spec parsing would stay
+        // resident in every shim; the pod and the spawn helper read the spec themselves).
+        let annotation = annotation(bundle, ISOLATION_ANNOTATION);
         let isolation = config
             .isolation_for(annotation.as_deref())
             .map_err(hull_runtime::Error::from)?;
@@ -220,7 +218,7 @@ impl Service {
         info!(pod = %id, ?isolation, root = %root.display(), "starting the pod");
         {
             let _gate = self.inner.reaper.spawning();
-            let started = pod.start_pod(&spec);
+            let started = pod.start_pod(bundle);
             for h in pod.helper_pids() {
                 self.inner.reaper.claim(h);
             }

@@ -59,7 +59,7 @@ fn run_vm_container(
     let fg = Foreground::new(&g.root, &a.id, terminal, a.console_socket.clone())?;
     let mut opts = create_options(a, false, fg.console_socket.clone());
     opts.stdio = Stdio::default();
-    pod.start_pod(spec)?;
+    pod.start_pod(&a.bundle)?;
     let pid = match pod.create(opts) {
         Ok(pid) => pid,
         Err(e) => {

@@ -128,8 +128,7 @@ fn start(a: &ServerArgs, dir: &Path) -> Result<(Arc<Server>, UnixListener)> {
         mirrors: Vec::new(),
     }
     .write(dir)?;
-    let spec = hull_container::load_bundle_spec(&a.bundle)?;
-    vm.start_pod(&spec)?;
+    vm.start_pod(&a.bundle)?;
     let init_guest_pid = vm.create(CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),

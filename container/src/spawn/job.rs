@@ -40,6 +40,11 @@ pub(super) enum Job {
         console_socket: Option<PathBuf>,
         /// chroot/move-mount instead of pivot_root.
         no_pivot: bool,
+        /// Check the bundle in the helper ([`ContainerRoot::create`]) rather than trust the
+        /// caller's check: the shim's server never parses a spec itself (that code would stay
+        /// resident in every shim).
+        #[serde(default)]
+        check_bundle: bool,
     },
     /// [`ContainerRoot::exec`].
     Exec {
@@ -111,16 +116,24 @@ pub(super) fn serve(request: &[u8], stdio: Stdio) -> Reply {
             pid_file,
             console_socket,
             no_pivot,
-        } => root.create_checked(CreateOptions {
-            id,
-            bundle,
-            pid_file,
-            console_socket,
-            no_pivot,
-            detach: true,
-            stdio,
-            ..Default::default()
-        }),
+            check_bundle,
+        } => {
+            let opts = CreateOptions {
+                id,
+                bundle,
+                pid_file,
+                console_socket,
+                no_pivot,
+                detach: true,
+                stdio,
+                ..Default::default()
+            };
+            if check_bundle {
+                root.create(opts)
+            } else {
+                root.create_checked(opts)
+            }
+        }
         Job::Exec {
             id,
             process_json,

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use hull_container::{load_bundle_spec, ContainerRoot};
+use hull_container::ContainerRoot;
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{LinuxResources, Spec};
+use oci_spec::runtime::LinuxResources;
 
 use super::{ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Stats};
 use crate::config::Isolation;
@@ -70,10 +70,9 @@ impl Containers for HostPod {
         let id = opts.id.clone();
         let pid = match self.spawner {
             Spawner::InProcess => self.root.create(opts)?,
-            Spawner::Helper => {
-                load_bundle_spec(&opts.bundle)?;
-                self.root.create_in_helper(opts)?
-            }
+            // The helper checks the bundle: a long-lived caller (the shim) keeps no spec
+            // parsing code resident.
+            Spawner::Helper => self.root.create_in_helper(opts, false)?,
         };
         self.created.lock().insert(id);
         Ok(pid)
@@ -142,7 +141,7 @@ impl Pod for HostPod {
         Isolation::Host
     }
 
-    fn start_pod(&self, _first: &Spec) -> Result<()> {
+    fn start_pod(&self, _first_bundle: &Path) -> Result<()> {
         Ok(())
     }
 

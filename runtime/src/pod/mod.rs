@@ -6,7 +6,9 @@
 //! its VM, sized by that container's spec) and stops it after its last (the VM stops).
 
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{LinuxResources, Spec};
+use std::path::Path;
+
+use oci_spec::runtime::LinuxResources;
 
 use crate::config::Isolation;
 use crate::error::Result;
@@ -73,10 +75,11 @@ pub trait Containers: Send + Sync {
 pub trait Pod: Containers {
     /// How the pod's containers are isolated.
     fn isolation(&self) -> Isolation;
-    /// Makes the pod ready for containers; `first` is the spec of its first container (the
-    /// sandbox container under CRI), which sizes a vm pod's VM and names its host. Starting a
-    /// started pod does nothing. On failure nothing is left behind.
-    fn start_pod(&self, first: &Spec) -> Result<()>;
+    /// Makes the pod ready for containers; `first_bundle` is the bundle of its first
+    /// container (the sandbox container under CRI), whose spec sizes a vm pod's VM and names
+    /// its host (a host pod reads nothing). Starting a started pod does nothing. On failure
+    /// nothing is left behind.
+    fn start_pod(&self, first_bundle: &Path) -> Result<()>;
     /// Ends the pod and what it owns: a vm pod's VM stops, and the containers in it with it.
     /// A host pod owns nothing but its containers, which the front deletes one by one.
     /// Stopping a stopped pod does nothing.

@@ -17,7 +17,7 @@ use hull_agent_client::AgentClient;
 use hull_container::{load_bundle_spec, validate_id};
 use hull_hypervisor::Hypervisor;
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{LinuxResources, Spec};
+use oci_spec::runtime::LinuxResources;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::{
@@ -487,11 +487,12 @@ impl Pod for VmPod {
         Isolation::Vm
     }
 
-    fn start_pod(&self, first: &Spec) -> Result<()> {
+    fn start_pod(&self, first_bundle: &Path) -> Result<()> {
         if self.inner.lock().vm.is_some() {
             return Ok(());
         }
-        if let Err(e) = self.boot(first) {
+        let first = load_bundle_spec(first_bundle)?;
+        if let Err(e) = self.boot(&first) {
             // Nothing of a VM that did not come up stays: its dir, shares, sockets, logs.
             self.shut_down();
             return Err(e);
