@@ -55,7 +55,7 @@ impl Backend {
                 templates: true,
                 stops_by_guest_power_off: false,
                 block: DeviceSupport::NONE,
-                nic: DeviceSupport::NONE,
+                nic: DeviceSupport::COLD,
                 vfio: DeviceSupport::NONE,
             },
             Backend::Builtin => Capabilities {
@@ -65,7 +65,7 @@ impl Backend {
                 templates: false,
                 stops_by_guest_power_off: true,
                 block: DeviceSupport::NONE,
-                nic: DeviceSupport::NONE,
+                nic: DeviceSupport::COLD,
                 vfio: DeviceSupport::NONE,
             },
         }
@@ -108,6 +108,11 @@ impl DeviceSupport {
         cold: false,
         hot: false,
     };
+    /// At boot only (microvm and hull-vmm have no hotplug).
+    pub const COLD: DeviceSupport = DeviceSupport {
+        cold: true,
+        hot: false,
+    };
 }
 
 /// What a backend can do, as implemented now (nothing is claimed that is not wired).
@@ -127,7 +132,7 @@ pub struct Capabilities {
     pub stops_by_guest_power_off: bool,
     /// Block devices (drives).
     pub block: DeviceSupport,
-    /// Network interfaces.
+    /// Network interfaces: virtio-net NICs on host taps (`VmConfig::nics`).
     pub nic: DeviceSupport,
     /// Host devices passed through with VFIO.
     pub vfio: DeviceSupport,
@@ -137,9 +142,10 @@ impl Capabilities {
     /// The first thing `needs` asks that these capabilities do not cover.
     pub fn lacks(&self, needs: &Needs) -> Option<Missing> {
         match needs.shared_fs {
-            Some(kind) if !self.shared_fs.contains(&kind) => Some(Missing::SharedFs(kind)),
-            _ => None,
+            Some(kind) if !self.shared_fs.contains(&kind) => return Some(Missing::SharedFs(kind)),
+            _ => {}
         }
+        (needs.nics > 0 && !self.nic.cold).then_some(Missing::Nics)
     }
 }
 
@@ -148,6 +154,8 @@ impl Capabilities {
 pub struct Needs {
     /// A shared filesystem of this kind (the VM shares host directories).
     pub shared_fs: Option<SharedFs>,
+    /// This many NICs at boot (the pod's interfaces); 0: none.
+    pub nics: usize,
 }
 
 /// A capability a VM needs and a backend lacks.
@@ -155,12 +163,15 @@ pub struct Needs {
 pub enum Missing {
     /// No shared filesystem of this kind.
     SharedFs(SharedFs),
+    /// No NICs at boot.
+    Nics,
 }
 
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Missing::SharedFs(kind) => write!(f, "no shared filesystem ({kind})"),
+            Missing::Nics => f.write_str("no network interfaces (virtio-net on a tap)"),
         }
     }
 }
@@ -173,6 +184,7 @@ mod tests {
     fn shares_need_a_backend_with_their_shared_filesystem() {
         let shares = Needs {
             shared_fs: Some(SharedFs::Virtio9p),
+            nics: 0,
         };
         assert_eq!(Backend::Qemu.capabilities().lacks(&shares), None);
         let missing = Backend::Builtin.capabilities().lacks(&shares);
@@ -187,12 +199,35 @@ mod tests {
     }
 
     #[test]
+    fn nics_need_a_backend_that_adds_them_at_boot() {
+        let nics = Needs {
+            shared_fs: None,
+            nics: 2,
+        };
+        for b in Backend::ALL {
+            assert_eq!(b.capabilities().lacks(&nics), None, "{b}");
+        }
+        let without = Capabilities {
+            nic: DeviceSupport::NONE,
+            ..Backend::Qemu.capabilities()
+        };
+        assert_eq!(without.lacks(&nics), Some(Missing::Nics));
+        assert_eq!(
+            Missing::Nics.to_string(),
+            "no network interfaces (virtio-net on a tap)"
+        );
+        assert_eq!(without.lacks(&Needs::default()), None);
+    }
+
+    #[test]
     fn no_backend_claims_a_device_it_cannot_add_yet() {
         for b in Backend::ALL {
             let c = b.capabilities();
-            for d in [c.block, c.nic, c.vfio] {
+            for d in [c.block, c.vfio] {
                 assert_eq!(d, DeviceSupport::NONE, "{b}");
             }
+            // NICs at boot only: microvm and hull-vmm have no hotplug.
+            assert_eq!(c.nic, DeviceSupport::COLD, "{b}");
             assert!(c.pause, "{b}");
         }
         assert!(Backend::Builtin.capabilities().snapshot && !Backend::Qemu.capabilities().snapshot);

@@ -59,6 +59,11 @@ pub struct HostReport {
     pub qemu: Probe,
     /// virtiofsd, which virtio-fs shares would need (shares are virtio-9p today).
     pub virtiofsd: Probe,
+    /// Pod networking for vm pods: /dev/net/tun opens, so a pod's interfaces can get taps.
+    pub pod_networking: Probe,
+    /// /dev/vhost-net, which would move NIC frames in the host kernel (QEMU's NICs run
+    /// with vhost off: QEMU copies frames in user space).
+    pub vhost_net: Probe,
     /// A built guest kernel in the cache.
     pub guest_kernel: Probe,
     /// A built guest initrd in the cache.
@@ -125,6 +130,8 @@ impl HostReport {
             iommu: probe_iommu(Path::new("/sys/kernel/iommu_groups")),
             qemu,
             virtiofsd,
+            pod_networking: probe_tun(Path::new("/dev/net/tun")),
+            vhost_net: probe_vhost_net(Path::new("/dev/vhost-net")),
             guest_kernel,
             guest_initrd,
         }
@@ -187,6 +194,33 @@ fn probe_device(dev: &Path, yes: &str, no: &str) -> Probe {
     } else {
         Probe::no(format!("{} missing: {no}", dev.display()))
     }
+}
+
+/// Pod networking for vm pods needs taps: the tun device `dev` must open.
+pub fn probe_tun(dev: &Path) -> Probe {
+    match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        Ok(_) => Probe::yes(format!(
+            "{} opens: a vm pod's interfaces get taps, joined to the pod's veths by tc redirects",
+            dev.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::no(format!(
+            "{} does not exist: vm pods cannot have network interfaces",
+            dev.display()
+        )),
+        Err(e) => Probe::no(format!(
+            "{}: {e}: vm pods cannot have network interfaces",
+            dev.display()
+        )),
+    }
+}
+
+/// vhost-net (`dev`) would move NIC frames in the host kernel; hull's NICs do without it.
+pub fn probe_vhost_net(dev: &Path) -> Probe {
+    probe_device(
+        dev,
+        "NIC frames could move in the host kernel (hull's QEMU NICs run with vhost off)",
+        "frames are copied by QEMU in user space",
+    )
 }
 
 /// VFIO pass-through needs an IOMMU, visible as groups under /sys/kernel/iommu_groups.
@@ -429,6 +463,7 @@ mod tests {
         // KVM, and the (slow) KVM probe is not even run for it.
         let shares = Needs {
             shared_fs: Some(crate::SharedFs::Virtio9p),
+            ..Needs::default()
         };
         let pick = pick_backend(&shares, || panic!("probed KVM"), || true);
         assert_eq!(pick.backend, Some(Backend::Qemu));
@@ -440,6 +475,36 @@ mod tests {
             "{}",
             nothing.reason
         );
+
+        // A VM with NICs: both backends add them at boot, so it changes nothing.
+        let nics = Needs {
+            nics: 2,
+            ..Needs::default()
+        };
+        assert_eq!(
+            pick_backend(&nics, || true, || true).backend,
+            Some(Backend::Builtin)
+        );
+    }
+
+    #[test]
+    fn pod_networking_needs_the_tun_device_and_vhost_net_is_optional() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = probe_tun(&d.path().join("tun"));
+        assert!(
+            !missing.ok && missing.reason.contains("does not exist"),
+            "{missing:?}"
+        );
+        let tun = probe_tun(Path::new("/dev/null"));
+        assert!(tun.ok, "{tun:?}");
+        assert!(tun.reason.contains("tc redirects"), "{tun:?}");
+        let no_vhost = probe_vhost_net(&d.path().join("vhost-net"));
+        assert!(!no_vhost.ok, "{no_vhost:?}");
+        assert!(
+            no_vhost.reason.contains("copied by QEMU in user space"),
+            "{no_vhost:?}"
+        );
+        assert!(probe_vhost_net(d.path()).ok);
     }
 
     #[test]
@@ -494,11 +559,14 @@ mod tests {
             &r.iommu,
             &r.qemu,
             &r.virtiofsd,
+            &r.pod_networking,
+            &r.vhost_net,
             &r.guest_kernel,
             &r.guest_initrd,
         ] {
             assert!(!p.reason.is_empty());
         }
+        assert_eq!(r.vhost_net.ok, Path::new("/dev/vhost-net").exists());
         assert_eq!(r.qemu.ok, find_qemu().is_ok());
         assert_eq!(r.vhost_vsock.ok, Path::new("/dev/vhost-vsock").exists());
         if !r.kvm.ok {

@@ -2,9 +2,9 @@
 //! starting, watching and stopping that VM: the [`Hypervisor`] trait and what each backend can
 //! do ([`Capabilities`]), [`select`] (the config's choice, `auto` resolved against the host and
 //! the VM's needs), the owned VMM process with the boot wait, the kernel command line, the
-//! host probes `hull check` reports (`detect`), and the backends: `qemu` (QEMU `microvm`, with
-//! templates) and `builtin` (hull's own `hull-vmm`). A booted VM hands back an agent
-//! *channel*; `hull-agent-client` connects over it.
+//! VM's NICs on the pod's taps ([`Nic`]), the host probes `hull check` reports (`detect`), and
+//! the backends: `qemu` (QEMU `microvm`, with templates) and `builtin` (hull's own `hull-vmm`).
+//! A booted VM hands back an agent *channel*; `hull-agent-client` connects over it.
 
 mod builtin;
 mod capabilities;
@@ -14,7 +14,9 @@ mod programs;
 mod qemu;
 mod vmm_process;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use builtin::BuiltinHypervisor;
@@ -67,6 +69,27 @@ pub struct Share {
     pub tag: String,
 }
 
+/// A virtio-net NIC of the VM, on a host tap.
+#[derive(Debug, Clone)]
+pub struct Nic {
+    /// An open tap (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), not persistent: this fd holds it, so
+    /// it vanishes with hull and the VMM. Shared because the same tap is given to every VMM
+    /// of the VM (the QEMU that makes a template, then the one restored from it).
+    pub tap: Arc<OwnedFd>,
+}
+
+/// The MAC NIC `index` has when the guest starts, the same for every VM (so that templates
+/// with NICs restore): the locally administered unicast `02:68:75:6c:00:<index>` ("hul").
+/// The agent finds NIC `index` by it and gives it the pod interface's MAC.
+pub fn nic_device_mac(index: usize) -> [u8; 6] {
+    [0x02, 0x68, 0x75, 0x6c, (index >> 8) as u8, index as u8]
+}
+
+/// `aa:bb:cc:dd:ee:ff`, as QEMU and hull-vmm take a MAC.
+pub(crate) fn mac_string(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -100,6 +123,8 @@ pub struct VmConfig {
     /// later ones are only restored (`template`). Backends without
     /// [`Capabilities::templates`] boot every VM.
     pub template_dir: Option<PathBuf>,
+    /// The VM's NICs, in order: NIC `i` has [`nic_device_mac`]`(i)` when the guest starts.
+    pub nics: Vec<Nic>,
 }
 
 impl VmConfig {
@@ -122,19 +147,34 @@ impl VmConfig {
             extra_cmdline: String::new(),
             acpi: false,
             template_dir: None,
+            nics: Vec::new(),
         }
     }
 
-    /// What this VM needs of its backend: a shared filesystem when it shares directories.
+    /// What this VM needs of its backend: a shared filesystem when it shares directories,
+    /// NICs when it has any.
     pub fn needs(&self) -> Needs {
         Needs {
             shared_fs: (!self.shares.is_empty()).then_some(SharedFs::Virtio9p),
+            nics: self.nics.len(),
         }
     }
 
-    /// Errors unless the kernel and the initrd are files and the VM has at least 64 MiB and
-    /// one vCPU (and at most `max_vcpus`, where the backend has a limit).
+    /// The NICs' tap fds, by their own numbers: the VMM inherits them as they are.
+    pub(crate) fn nic_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.nics.iter().map(|n| n.tap.as_raw_fd()).collect()
+    }
+
+    /// Errors unless the kernel and the initrd are files, the VM has at least 64 MiB and
+    /// one vCPU (and at most `max_vcpus`, where the backend has a limit), and no NIC's tap fd
+    /// is a standard stream's number (the VMM's stdio would replace it).
     pub(crate) fn check_bootable(&self, max_vcpus: Option<u32>) -> Result<()> {
+        if let Some(fd) = self.nic_fds().into_iter().find(|fd| *fd <= 2) {
+            return Err(HypervisorError::Config(format!(
+                "nic tap fd {fd} is a standard stream's number"
+            )));
+        }
         for (what, p) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
             if !p.is_file() {
                 return Err(HypervisorError::Config(format!(

@@ -2,6 +2,7 @@
 //! the handle (killed and reaped on drop) nor this process (`PR_SET_PDEATHSIG`). It also
 //! holds the boot wait: watching the VMM while the guest's agent comes up.
 
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
@@ -23,8 +24,14 @@ struct OwnedChild {
 }
 
 impl OwnedChild {
-    /// Spawns `cmd` (named `what` in logs) from a keeper thread.
-    fn spawn(mut cmd: Command, what: &'static str) -> std::io::Result<OwnedChild> {
+    /// Spawns `cmd` (named `what` in logs) from a keeper thread; the child inherits `inherit`
+    /// (open fds of this process, close-on-exec here) by their numbers, and no other fd.
+    /// The caller keeps them open until this returns.
+    fn spawn(
+        mut cmd: Command,
+        what: &'static str,
+        inherit: Vec<RawFd>,
+    ) -> std::io::Result<OwnedChild> {
         let (tx, rx) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
         let keeper = std::thread::Builder::new()
@@ -33,7 +40,9 @@ impl OwnedChild {
                 // SAFETY: getpid(2) has no preconditions.
                 let parent = unsafe { libc::getpid() };
                 // SAFETY: the closure runs in the forked child before exec and calls only
-                // async-signal-safe functions (prctl, getppid, _exit).
+                // async-signal-safe functions (prctl, getppid, _exit, fcntl), allocating
+                // nothing (`inherit` was built before the fork). The fds it makes inheritable
+                // are the child's copies of fds the caller holds open across the spawn.
                 unsafe {
                     cmd.pre_exec(move || {
                         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -42,6 +51,14 @@ impl OwnedChild {
                         // The parent may have died before prctl took effect.
                         if libc::getppid() != parent {
                             libc::_exit(1);
+                        }
+                        for &fd in &inherit {
+                            let flags = libc::fcntl(fd, libc::F_GETFD);
+                            if flags < 0
+                                || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                            {
+                                return Err(std::io::Error::last_os_error());
+                            }
                         }
                         Ok(())
                     });
@@ -133,13 +150,21 @@ impl VmmProcess {
         }
     }
 
-    /// Starts `cmd` (the program `binary`); returns when it started.
-    pub(crate) fn spawn(&mut self, cmd: Command, binary: &str) -> Result<Instant> {
-        tracing::debug!(?cmd, "starting {}", self.what);
+    /// Starts `cmd` (the program `binary`), which inherits the fds `inherit` by their numbers
+    /// (the caller holds them open meanwhile); returns when it started.
+    pub(crate) fn spawn(
+        &mut self,
+        cmd: Command,
+        binary: &str,
+        inherit: Vec<RawFd>,
+    ) -> Result<Instant> {
+        tracing::debug!(?cmd, ?inherit, "starting {}", self.what);
         let started = Instant::now();
-        let child = OwnedChild::spawn(cmd, self.what).map_err(|source| HypervisorError::Spawn {
-            binary: binary.to_string(),
-            source,
+        let child = OwnedChild::spawn(cmd, self.what, inherit).map_err(|source| {
+            HypervisorError::Spawn {
+                binary: binary.to_string(),
+                source,
+            }
         })?;
         tracing::info!(pid = child.child.id(), "{} started", self.what);
         self.child = Some(child);

@@ -119,6 +119,48 @@ impl std::str::FromStr for BlockConfig {
     }
 }
 
+/// A net device on a tap this VMM inherited as an open fd: `FD` or `FD,mac=MAC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetFdConfig {
+    /// The inherited fd (a tap made with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`); it stays
+    /// open, the device uses a duplicate.
+    pub fd: RawFd,
+    /// The MAC the guest sees (`aa:bb:cc:dd:ee:ff`); random when not given.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl std::str::FromStr for NetFdConfig {
+    type Err = String;
+    /// Parses `FD` or `FD,mac=aa:bb:cc:dd:ee:ff`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (fd, opts) = s.split_once(',').unwrap_or((s, ""));
+        let fd: RawFd = fd
+            .parse()
+            .ok()
+            .filter(|fd| *fd > 2)
+            .ok_or_else(|| format!("net fd {fd:?}: expected a number above 2"))?;
+        let mac =
+            match opts {
+                "" => None,
+                o => Some(o.strip_prefix("mac=").and_then(parse_mac).ok_or_else(|| {
+                    format!("net fd option {o:?}: expected mac=aa:bb:cc:dd:ee:ff")
+                })?),
+            };
+        Ok(NetFdConfig { fd, mac })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().filter(|p| p.len() == 2)?;
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// Everything a VM is made of (Firecracker calls it the same): what to boot, its size and its
 /// devices.
 #[derive(Debug, Clone)]
@@ -139,8 +181,10 @@ pub struct VmResources {
     pub vsock_cid: u64,
     /// Block device.
     pub block: Option<BlockConfig>,
-    /// Host tap interface for the net device.
+    /// Host tap interface for a net device.
     pub tap: Option<String>,
+    /// Net devices on inherited tap fds, after the `tap` one, in this order.
+    pub net_fds: Vec<NetFdConfig>,
     /// Add a virtio entropy device.
     pub rng: bool,
     /// Add a virtio console (output to the serial writer).
@@ -167,6 +211,7 @@ impl Default for VmResources {
             vsock_cid: 3,
             block: None,
             tap: None,
+            net_fds: Vec::new(),
             rng: true,
             virtio_console: false,
             api_sock: None,
@@ -282,6 +327,17 @@ impl Vmm {
                 config.vcpus
             )));
         }
+        let fds = &config.net_fds;
+        if let Some((i, n)) = fds
+            .iter()
+            .enumerate()
+            .find(|(i, n)| fds[..*i].iter().any(|m| m.fd == n.fd))
+        {
+            return Err(BuildError::Config(format!(
+                "net fd {} is given twice (net device {i})",
+                n.fd
+            )));
+        }
         if config.mem_mib < 2 || config.mem_mib > 256 * 1024 {
             return Err(BuildError::Config(format!(
                 "{} MiB of memory: must be 2..=262144",
@@ -351,6 +407,10 @@ impl Vmm {
         }
         if let Some(tap) = self.config.tap.clone() {
             let dev = virtio::net::Net::with_tap(&tap)?;
+            self.add_virtio_device(Box::new(dev))?;
+        }
+        for n in self.config.net_fds.clone() {
+            let dev = virtio::net::Net::with_inherited_fd(n.fd, n.mac)?;
             self.add_virtio_device(Box::new(dev))?;
         }
         if let Some(uds) = self.config.vsock_uds.clone() {
@@ -819,5 +879,33 @@ mod tests {
         );
         assert!(!"a.img".parse::<BlockConfig>().unwrap().read_only);
         assert!("a.img,xx".parse::<BlockConfig>().is_err());
+    }
+
+    #[test]
+    fn net_fd_config_parses_the_fd_and_the_mac() {
+        assert_eq!(
+            "7,mac=02:68:75:6c:00:01".parse::<NetFdConfig>().unwrap(),
+            NetFdConfig {
+                fd: 7,
+                mac: Some([0x02, 0x68, 0x75, 0x6c, 0x00, 0x01])
+            }
+        );
+        assert_eq!(
+            "12".parse::<NetFdConfig>().unwrap(),
+            NetFdConfig { fd: 12, mac: None }
+        );
+        for bad in [
+            "",
+            "x",
+            "1",
+            "-3",
+            "7,mac=02:68:75:6c:00",
+            "7,mac=02:68:75:6c:00:01:02",
+            "7,mac=02:68:75:6c:00:zz",
+            "7,mac=2:68:75:6c:00:01",
+            "7,ro",
+        ] {
+            assert!(bad.parse::<NetFdConfig>().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hull_vmm::{BlockConfig, VmExit, VmResources, Vmm};
+use hull_vmm::{BlockConfig, NetFdConfig, VmExit, VmResources, Vmm};
 
 /// hull's built-in VMM.
 #[derive(Parser, Debug)]
@@ -38,9 +38,14 @@ struct Cli {
     /// Raw disk image as virtio-blk: FILE or FILE,ro.
     #[arg(long)]
     block: Option<BlockConfig>,
-    /// Host tap interface for virtio-net.
+    /// Host tap interface for virtio-net (opened, or created, by name).
     #[arg(long)]
     tap: Option<String>,
+    /// virtio-net on a tap this process inherited open: FD or FD,mac=aa:bb:cc:dd:ee:ff (the
+    /// guest's MAC; random without). The tap must be made with IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR. Repeatable: one device each, in order, after --tap's.
+    #[arg(long = "net-fd", value_name = "FD[,mac=MAC]")]
+    net_fds: Vec<NetFdConfig>,
     /// Unix socket for the JSON-lines control API (pause, resume, snapshot, status).
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -61,8 +66,9 @@ struct Cli {
     no_seccomp: bool,
 }
 
-fn run(cli: Cli) -> Result<VmExit, String> {
-    let config = VmResources {
+/// What `cli` asks to build (all but `--restore`).
+fn resources(cli: Cli) -> VmResources {
+    VmResources {
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,
@@ -72,16 +78,22 @@ fn run(cli: Cli) -> Result<VmExit, String> {
         vsock_cid: cli.vsock_cid,
         block: cli.block,
         tap: cli.tap,
+        net_fds: cli.net_fds,
         rng: !cli.no_rng,
         virtio_console: cli.virtio_console,
         api_sock: cli.api_sock,
         seccomp: !cli.no_seccomp,
         stdin: true,
         id: cli.id,
-    };
+    }
+}
+
+fn run(mut cli: Cli) -> Result<VmExit, String> {
+    let restore = cli.restore.take();
+    let config = resources(cli);
     let seccomp = config.seccomp;
     let out = Box::new(std::io::stdout());
-    let mut vmm = match cli.restore {
+    let mut vmm = match restore {
         Some(dir) => Vmm::restore(&dir, config, out),
         None => Vmm::build(config, out),
     }
@@ -114,5 +126,53 @@ fn main() -> ExitCode {
             eprintln!("hull-vmm: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_fd_is_repeatable_and_makes_one_net_device_each_in_order() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "/k",
+            "--net-fd",
+            "5,mac=02:68:75:6c:00:00",
+            "--tap",
+            "tap9",
+            "--net-fd",
+            "6,mac=02:68:75:6c:00:01",
+            "--net-fd",
+            "9",
+        ])
+        .unwrap();
+        let r = resources(cli);
+        assert_eq!(r.tap.as_deref(), Some("tap9"));
+        let mac = |i| Some([0x02, 0x68, 0x75, 0x6c, 0x00, i]);
+        assert_eq!(
+            r.net_fds,
+            vec![
+                NetFdConfig { fd: 5, mac: mac(0) },
+                NetFdConfig { fd: 6, mac: mac(1) },
+                NetFdConfig { fd: 9, mac: None },
+            ]
+        );
+        let none = Cli::try_parse_from(["hull-vmm", "--kernel", "/k"]).unwrap();
+        assert!(resources(none).net_fds.is_empty());
+        let e = Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--net-fd", "5,mac=x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mac=aa:bb:cc:dd:ee:ff"), "{e}");
+    }
+
+    #[test]
+    fn help_documents_net_fd() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--net-fd <FD[,mac=MAC]>"), "{help}");
+        assert!(help.contains("IFF_VNET_HDR"), "{help}");
     }
 }

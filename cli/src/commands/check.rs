@@ -55,6 +55,8 @@ fn check_report(config: Option<&Path>) -> String {
     line("/dev/kvm", &r.kvm);
     line("KVM hardware-backed", &r.kvm_hardware);
     line("vhost-vsock", &r.vhost_vsock);
+    line("pod networking", &r.pod_networking);
+    line("vhost-net", &r.vhost_net);
     line("VFIO / IOMMU", &r.iommu);
     line("qemu", &r.qemu);
     line("virtiofsd", &r.virtiofsd);

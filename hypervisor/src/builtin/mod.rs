@@ -1,7 +1,7 @@
 //! The `builtin` backend: hull's own VMM (`hull-vmm`, the `vmm` crate) on hardware KVM. The
 //! agent is reached over hull-vmm's hybrid vsock socket (`CONNECT <port>\n` / `OK <n>\n`), the VM
-//! is controlled over hull-vmm's JSON-lines API socket, and it ends cleanly only by the guest
-//! powering itself off.
+//! is controlled over hull-vmm's JSON-lines API socket, NICs are virtio-net on the pod's taps
+//! (`--net-fd`), and it ends cleanly only by the guest powering itself off.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -14,7 +14,7 @@ use crate::capabilities::Backend;
 use crate::error::{HypervisorError, Result};
 use crate::programs::find_in_path;
 use crate::vmm_process::VmmProcess;
-use crate::{detect, BootedVm, Hypervisor, VmConfig};
+use crate::{detect, mac_string, nic_device_mac, BootedVm, Hypervisor, VmConfig};
 use hull_agent_client::{AgentChannel, AgentClient};
 
 /// The VMM binary (found through `HULL_VMM`, next to the running executable, then on PATH).
@@ -107,7 +107,7 @@ impl BuiltinHypervisor {
     pub fn command_args(&self) -> Vec<String> {
         let cfg = &self.config;
         let s = |p: &Path| p.to_string_lossy().into_owned();
-        vec![
+        let mut a: Vec<String> = vec![
             "--kernel".into(),
             s(&cfg.kernel),
             "--initrd".into(),
@@ -124,7 +124,13 @@ impl BuiltinHypervisor {
             s(&self.api_socket()),
             "--id".into(),
             self.vm_id(),
-        ]
+        ];
+        // NIC i: the pod's tap i, inherited by its fd number, with NIC i's device MAC.
+        for (i, fd) in cfg.nic_fds().into_iter().enumerate() {
+            a.push("--net-fd".into());
+            a.push(format!("{fd},mac={}", mac_string(nic_device_mac(i))));
+        }
+        a
     }
 
     /// The hull-vmm to run: `HULL_VMM`, else next to the running executable, else on PATH.
@@ -239,7 +245,10 @@ impl Hypervisor for BuiltinHypervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::from(console))
             .stderr(Stdio::from(log));
-        let started = self.process.spawn(cmd, &binary.display().to_string())?;
+        // The taps stay open (held by `self.config`) until the spawn returned.
+        let started =
+            self.process
+                .spawn(cmd, &binary.display().to_string(), self.config.nic_fds())?;
         Ok(BootedVm {
             channel: self.agent_channel(),
             started,
@@ -433,6 +442,50 @@ mod tests {
     }
 
     #[test]
+    fn each_nic_is_a_net_fd_with_its_device_mac_and_hull_vmm_inherits_the_taps() {
+        use std::os::fd::AsRawFd;
+        let dir = tempdir();
+        // Stand-in taps: files whose paths show through /proc/<hull-vmm>/fd.
+        let taps: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("tap{i}"))).collect();
+        let mut config = bootable_cfg(dir.path());
+        for t in &taps {
+            let f = File::create(t).unwrap();
+            config.nics.push(crate::Nic {
+                tap: Arc::new(f.into()),
+            });
+        }
+        let fds: Vec<i32> = config.nics.iter().map(|n| n.tap.as_raw_fd()).collect();
+        let not_a_nic = File::create(dir.path().join("not-a-nic")).unwrap();
+        let seen = dir.path().join("seen");
+        let body = format!(
+            "for fd in {} {} {}; do readlink /proc/$$/fd/$fd || echo none; done > {s}.tmp\n\
+             mv {s}.tmp {s}\nexec sleep 1000",
+            fds[0],
+            fds[1],
+            not_a_nic.as_raw_fd(),
+            s = seen.display()
+        );
+        let vmm = stand_in(dir.path(), &body);
+        let mut h = hypervisor_for_test(config, vmm);
+        let a = h.command_args().join(" ");
+        assert!(
+            a.ends_with(&format!(
+                " --net-fd {},mac=02:68:75:6c:00:00 --net-fd {},mac=02:68:75:6c:00:01",
+                fds[0], fds[1]
+            )),
+            "{a}"
+        );
+        h.boot().unwrap();
+        let seen = wait_for_file(&seen);
+        let expected = format!("{}\n{}\nnone\n", taps[0].display(), taps[1].display());
+        assert_eq!(
+            seen, expected,
+            "hull-vmm holds the taps at their numbers, nothing else"
+        );
+        h.stop(false).unwrap();
+    }
+
+    #[test]
     fn cmdline_tells_the_agent_to_listen_on_vsock_and_leaves_devices_to_hull_vmm() {
         let mut c = cfg("/run/hull/vm1");
         c.extra_cmdline = "loglevel=7".into();
@@ -564,11 +617,12 @@ mod tests {
         c.vcpus = 300;
         let e = hypervisor_for_test(c, vmm).boot().unwrap_err().to_string();
         assert!(e.contains("1 to 255 vCPUs"), "{e}");
-        // hull-vmm fixes its virtio-mmio devices at boot: nothing to add, cold or hot.
+        // hull-vmm fixes its virtio-mmio devices at boot: NICs then, nothing else, never hot.
         let caps = h.capabilities();
-        for d in [caps.block, caps.nic, caps.vfio] {
+        for d in [caps.block, caps.vfio] {
             assert!(!d.cold && !d.hot, "{caps:?}");
         }
+        assert!(caps.nic.cold && !caps.nic.hot, "{caps:?}");
         assert!(!dir.path().join("vmm.pid").exists(), "hull-vmm ran");
     }
 

@@ -1,6 +1,7 @@
 //! The `qemu` backend: QEMU's `microvm` machine, KVM where this host has hardware
 //! virtualization and TCG elsewhere, controlled over QMP, the agent on a virtio-serial port,
-//! host directories shared over virtio-9p, and VM templates (`template`).
+//! host directories shared over virtio-9p, NICs on the pod's taps (virtio-net, frames copied
+//! by QEMU in user space: vhost off), and VM templates (`template`).
 
 mod qmp;
 pub mod template;
@@ -14,7 +15,7 @@ use crate::capabilities::Backend;
 use crate::error::{HypervisorError, Result};
 use crate::programs::{find_qemu, qemu_binary};
 use crate::vmm_process::VmmProcess;
-use crate::{detect, BootedVm, Hypervisor, VmConfig};
+use crate::{detect, mac_string, nic_device_mac, BootedVm, Hypervisor, VmConfig};
 use hull_agent_client::{AgentChannel, AgentClient};
 use template::Template;
 
@@ -210,6 +211,17 @@ impl QemuHypervisor {
                 share.tag
             ));
         }
+        // NIC i: the pod's tap i, inherited by its fd number; the MAC every VM's NIC i starts
+        // with (templates restore with the pod's own taps behind the same devices).
+        for (i, fd) in cfg.nic_fds().into_iter().enumerate() {
+            a.push("-netdev".into());
+            a.push(format!("tap,id=net{i},fd={fd},vhost=off"));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-net-device,netdev=net{i},mac={}",
+                mac_string(nic_device_mac(i))
+            ));
+        }
         let memory_file = |path: &Path, shared: bool| {
             format!(
                 "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
@@ -245,6 +257,8 @@ impl QemuHypervisor {
             AGENT_SERIAL_DEVICE.into(),
         ];
         facts.extend(cfg.shares.iter().map(|s| format!("9p:{}", s.tag)));
+        // The NICs by count and MAC, not by tap: each VM restores with its own taps.
+        facts.extend((0..cfg.nics.len()).map(|i| format!("nic:{}", mac_string(nic_device_mac(i)))));
         template::key(
             &[
                 ("qemu", &qemu),
@@ -408,7 +422,8 @@ impl QemuHypervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        self.process.spawn(cmd, &binary)
+        // The taps stay open (held by `self.config`) until the spawn returned.
+        self.process.spawn(cmd, &binary, self.config.nic_fds())
     }
 
     fn validate(&self) -> Result<()> {
@@ -598,6 +613,46 @@ mod tests {
         assert!(a.contains("-serial file:/run/hull/vm1/console.log"));
     }
 
+    /// `n` NICs on stand-in fds (/dev/null: the command line only names their numbers).
+    fn nics(n: usize) -> Vec<crate::Nic> {
+        (0..n)
+            .map(|_| crate::Nic {
+                tap: std::sync::Arc::new(File::open("/dev/null").unwrap().into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_nic_is_a_tap_netdev_on_its_inherited_fd_with_its_device_mac() {
+        use std::os::fd::AsRawFd;
+        let mut c = cfg();
+        c.nics = nics(2);
+        let fds: Vec<i32> = c.nics.iter().map(|n| n.tap.as_raw_fd()).collect();
+        let q = QemuHypervisor::new(c);
+        let a = q.command_args().join(" ");
+        for (i, mac) in ["02:68:75:6c:00:00", "02:68:75:6c:00:01"]
+            .iter()
+            .enumerate()
+        {
+            let pair = format!(
+                "-netdev tap,id=net{i},fd={},vhost=off -device virtio-net-device,netdev=net{i},mac={mac}",
+                fds[i]
+            );
+            assert!(a.contains(&pair), "{pair} missing: {a}");
+        }
+        assert_eq!(a.matches("-netdev").count(), 2, "{a}");
+        assert_eq!(
+            q.config.nic_fds(),
+            fds,
+            "qemu inherits the taps by these numbers"
+        );
+        let none = QemuHypervisor::new(cfg()).command_args().join(" ");
+        assert!(
+            !none.contains("-netdev") && !none.contains("virtio-net"),
+            "{none}"
+        );
+    }
+
     #[test]
     fn template_modes_put_the_ram_in_the_template_file() {
         let mut q = QemuHypervisor::new(cfg());
@@ -646,6 +701,18 @@ mod tests {
             tag: "hullshare".into(),
         });
         assert_ne!(base, key(&shared).unwrap(), "devices change the guest");
+        let (mut one, mut two, mut two_others) = (c.clone(), c.clone(), c.clone());
+        one.nics = nics(1);
+        two.nics = nics(2);
+        two_others.nics = nics(2);
+        let k1 = key(&one).unwrap();
+        assert_ne!(base, k1, "a NIC changes the guest");
+        assert_ne!(k1, key(&two).unwrap(), "so does their count");
+        assert_eq!(
+            key(&two).unwrap(),
+            key(&two_others).unwrap(),
+            "not the taps behind them: every pod restores with its own"
+        );
         let mut elsewhere = c.clone();
         elsewhere.state_dir = d.path().join("another-sandbox");
         assert_eq!(

@@ -15,6 +15,7 @@ impl VmPod {
     pub fn vm_needs() -> Needs {
         Needs {
             shared_fs: Some(SharedFs::Virtio9p),
+            ..Needs::default()
         }
     }
 

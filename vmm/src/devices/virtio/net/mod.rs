@@ -1,8 +1,10 @@
 //! virtio-net on a host tap interface (opened with `IFF_VNET_HDR`, so the 12-byte
-//! `virtio_net_hdr_v1` passes through unchanged in both directions).
+//! `virtio_net_hdr_v1` passes through unchanged in both directions): one opened by name, or
+//! one the VMM inherited as an open fd (hull's pod taps).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 
@@ -27,6 +29,7 @@ pub const VNET_HDR_LEN: usize = 12;
 const MAX_FRAME: usize = 65562;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
@@ -66,12 +69,71 @@ pub fn open_tap(name: &str) -> Result<File, VirtioError> {
     if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
+    set_vnet_hdr_len(&tun).map_err(err)?;
+    Ok(tun)
+}
+
+/// Makes the tap `tap` carry [`VNET_HDR_LEN`]-byte headers (its default is 10).
+fn set_vnet_hdr_len(tap: &File) -> std::io::Result<()> {
     let hdr: libc::c_int = VNET_HDR_LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `hdr`.
-    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr) } < 0 {
+    if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A non-blocking duplicate of the inherited fd `fd` (left open) for a net device: a tap made
+/// with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, set to [`VNET_HDR_LEN`]-byte headers; any other
+/// packet fd (a SEQPACKET socket in tests) is used as it is.
+pub fn open_inherited(fd: RawFd) -> Result<File, VirtioError> {
+    let err = |source| VirtioError::Open {
+        what: "inherited net fd",
+        name: fd.to_string(),
+        source,
+    };
+    if fd <= 2 {
+        return Err(err(std::io::Error::from_raw_os_error(libc::EBADF)));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC only reads the fd number; a closed one fails with EBADF.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
-    Ok(tun)
+    // SAFETY: `dup` was just created by F_DUPFD_CLOEXEC and is owned by nothing else.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(dup) });
+    // SAFETY: F_GETFL / F_SETFL on the fd `file` owns.
+    let nonblocking = unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !nonblocking {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes an ifreq, which `req` is laid out as (40 bytes); on an fd that
+    // is no tun device it fails (ENOTTY, EBADFD) and writes nothing.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF as _, &mut req) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // Not a tun device: a packet fd used as it is.
+            Some(libc::ENOTTY) | Some(libc::EINVAL) => Ok(file),
+            _ => Err(err(e)),
+        };
+    }
+    let wanted = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if req.flags & wanted != wanted {
+        return Err(err(std::io::Error::other(format!(
+            "a tun device without IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (flags {:#x})",
+            req.flags
+        ))));
+    }
+    set_vnet_hdr_len(&file).map_err(err)?;
+    Ok(file)
 }
 
 /// The net device.
@@ -86,6 +148,16 @@ impl Net {
     /// A net device on the tap interface `name`.
     pub fn with_tap(name: &str) -> Result<Net, VirtioError> {
         Ok(Net::with_backend(open_tap(name)?))
+    }
+
+    /// A net device on the inherited tap fd `fd` (see [`open_inherited`]), whose guest MAC is
+    /// `mac`, else a random one.
+    pub fn with_inherited_fd(fd: RawFd, mac: Option<[u8; 6]>) -> Result<Net, VirtioError> {
+        let mut net = Net::with_backend(open_inherited(fd)?);
+        if let Some(mac) = mac {
+            net.mac = mac;
+        }
+        Ok(net)
     }
 
     /// A net device on any packet fd (a tap, or a SEQPACKET socket in tests). The fd must be
@@ -276,9 +348,9 @@ mod tests {
         unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
     }
 
-    #[test]
-    fn frames_pass_both_ways() {
-        let (dev_end, mut host) = pair();
+    /// Passes a frame guest -> host and one host -> guest through `dev`, whose backend's
+    /// other end is `host`.
+    fn frames_pass_both_ways_through(mut dev: Net, mut host: File) {
         let m = test_mem();
         let rxq = MockSplitQueue::create(&m, GuestAddress(0), 16);
         let txq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
@@ -289,7 +361,6 @@ mod tests {
         txq.build_desc_chain(&[desc(0x10_0000, 12, 0), desc(0x11_0000, 60, 0)])
             .unwrap();
         let (irq, evt) = test_interrupt();
-        let mut dev = Net::with_backend(dev_end);
         dev.activate(
             m.clone(),
             vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
@@ -315,6 +386,93 @@ mod tests {
         let mut b = [0u8; 60];
         m.read_slice(&mut b, GuestAddress(0x20_0000 + 12)).unwrap();
         assert_eq!(&b[..], &frame[..]);
+    }
+
+    #[test]
+    fn frames_pass_both_ways() {
+        let (dev_end, host) = pair();
+        frames_pass_both_ways_through(Net::with_backend(dev_end), host);
+    }
+
+    #[test]
+    fn a_device_from_net_fd_passes_frames_with_the_given_mac() {
+        let (dev_end, host) = pair();
+        let arg = format!("{},mac=02:68:75:6c:00:01", dev_end.as_raw_fd());
+        let n: crate::builder::NetFdConfig = arg.parse().unwrap();
+        let dev = Net::with_inherited_fd(n.fd, n.mac).unwrap();
+        assert_eq!(dev.mac(), [0x02, 0x68, 0x75, 0x6c, 0x00, 0x01]);
+        let mut cfg = [0u8; 6];
+        dev.read_config(0, &mut cfg);
+        assert_eq!(
+            cfg,
+            dev.mac(),
+            "the guest reads the MAC from the config space"
+        );
+        // The device works on its own duplicate: the inherited fd may close.
+        drop(dev_end);
+        frames_pass_both_ways_through(dev, host);
+        let none = Net::with_inherited_fd(n.fd, None);
+        assert!(none.is_err(), "a closed fd is refused");
+        let e = Net::with_inherited_fd(1, None).err().unwrap().to_string();
+        assert!(e.contains("inherited net fd 1"), "{e}");
+    }
+
+    #[test]
+    fn an_inherited_tap_gets_the_devices_header_size() {
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            panic!("/dev/net/tun is absent: this test needs it");
+        }
+        // A tap made as hull makes a pod's, in a fresh network namespace of a thread.
+        let tap = std::thread::spawn(|| {
+            // SAFETY: unshare(2) on this thread alone (CLONE_NEWNET moves the calling thread).
+            assert_eq!(
+                unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                0,
+                "unshare: {}",
+                std::io::Error::last_os_error()
+            );
+            open_tap("hullnetfd0").unwrap()
+        })
+        .join()
+        .unwrap();
+        let dev = Net::with_inherited_fd(tap.as_raw_fd(), None).unwrap();
+        let mut hdr: libc::c_int = 0;
+        const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
+        // SAFETY: TUNGETVNETHDRSZ writes one int to the pointer, which points at `hdr`.
+        assert_eq!(
+            unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETVNETHDRSZ as _, &mut hdr) },
+            0
+        );
+        assert_eq!(hdr, VNET_HDR_LEN as libc::c_int);
+        assert_eq!(dev.mac()[0], 0x06, "random, locally administered");
+
+        // A tun device without a vnet header is refused.
+        let plain = std::thread::spawn(|| {
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            let tun = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/dev/net/tun")
+                .unwrap();
+            let mut req = IfReq {
+                name: [0; 16],
+                flags: IFF_TAP | IFF_NO_PI,
+                _pad: [0; 22],
+            };
+            req.name[..8].copy_from_slice(b"hullnohd");
+            // SAFETY: TUNSETIFF on an ifreq-shaped `req`, fd open.
+            assert!(unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &mut req) } >= 0);
+            tun
+        })
+        .join()
+        .unwrap();
+        let e = Net::with_inherited_fd(plain.as_raw_fd(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("IFF_VNET_HDR"), "{e}");
     }
 
     #[test]
