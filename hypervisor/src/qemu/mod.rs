@@ -125,6 +125,25 @@ impl QemuHypervisor {
         })
     }
 
+    /// The guest's NICs as QEMU sees them (QMP `query-rx-filter`): each one's name and MAC
+    /// (`aa:bb:cc:dd:ee:ff`, as the guest last set it), in QEMU's order.
+    pub fn query_nics(&mut self) -> Result<Vec<(String, String)>> {
+        let v = self.qmp("query-rx-filter", None)?;
+        let field = |n: &serde_json::Value, k: &str| {
+            n.get(k)
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(v.as_array()
+            .map(|nics| {
+                nics.iter()
+                    .map(|n| (field(n, "name"), field(n, "main-mac")))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     fn qmp(&mut self, command: &str, args: Option<serde_json::Value>) -> Result<serde_json::Value> {
         self.check_running()?;
         qmp::execute(&self.qmp_socket(), command, args, QMP_TIMEOUT)
