@@ -377,6 +377,33 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_needs_as_many_nics_as_it_has() {
+        let mut c = VmConfig::new("/k", "/i", "/s");
+        assert!(c.nics.is_empty() && c.nic_fds().is_empty());
+        for _ in 0..2 {
+            let tap = std::fs::File::open("/dev/null").unwrap();
+            c.nics.push(Nic {
+                tap: Arc::new(tap.into()),
+            });
+        }
+        assert_eq!(c.needs().nics, 2);
+        assert_eq!(c.needs().shared_fs, None);
+        // Clones (one config per VMM start) share the taps.
+        assert_eq!(c.clone().nic_fds(), c.nic_fds());
+    }
+
+    #[test]
+    fn nic_device_macs_are_fixed_distinct_local_unicast_addresses() {
+        assert_eq!(nic_device_mac(0), [0x02, 0x68, 0x75, 0x6c, 0x00, 0x00]);
+        assert_eq!(mac_string(nic_device_mac(1)), "02:68:75:6c:00:01");
+        let macs: std::collections::HashSet<[u8; 6]> = (0..300).map(nic_device_mac).collect();
+        assert_eq!(macs.len(), 300);
+        for m in macs {
+            assert_eq!(m[0] & 0b11, 0b10, "locally administered unicast: {m:02x?}");
+        }
+    }
+
+    #[test]
     fn cmdline_has_the_boot_time_switches_and_ends_with_extra() {
         let c = guest_cmdline("t", "serial:/dev/vport0p1", Some(2_100_000), "loglevel=7");
         let words: Vec<&str> = c.split(' ').collect();

@@ -255,6 +255,25 @@ fn missing_block_image_is_one_clear_error_line() {
 }
 
 #[test]
+fn a_net_fd_not_inherited_is_one_clear_error_line() {
+    if !kvm_available("a_net_fd_not_inherited_is_one_clear_error_line") {
+        return;
+    }
+    let (_d, kernel) = write_temp("serial.elf", &elf(SERIAL64, false));
+    let out = wait_bounded(
+        spawn(&["--kernel", kernel.to_str().unwrap(), "--net-fd", "999"]),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("hull-vmm: cannot open inherited net fd 999: Bad file descriptor"),
+        "{err}"
+    );
+}
+
+#[test]
 fn boots_with_every_device_configured() {
     if !kvm_available("boots_with_every_device_configured") {
         return;
@@ -283,6 +302,19 @@ fn boots_with_every_device_configured() {
     } else {
         eprintln!("boots_with_every_device_configured: /dev/net/tun absent, no --tap");
     }
+    // A second net device on an inherited fd (a SEQPACKET socket standing in for a tap; not
+    // close-on-exec, so hull-vmm inherits it as hull passes a pod's tap).
+    let mut pair = [0; 2];
+    // SAFETY: socketpair writes two fds into the array of two.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, pair.as_mut_ptr()) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let _pair = unsafe {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1]))
+    };
+    let net_fd = format!("{},mac=02:68:75:6c:00:00", pair[0]);
+    args.extend(["--net-fd", &net_fd]);
     let out = wait_bounded(spawn(&args), Duration::from_secs(60));
     assert!(
         out.status.success(),

@@ -298,3 +298,83 @@ fn pause_right_after_start_is_not_lost() {
         vmm.stop();
     }
 }
+
+/// A SEQPACKET socket pair standing in for a tap: (the fd given as `--net-fd`, the host end).
+fn packet_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array of two.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned by nobody else.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+#[test]
+fn each_net_fd_is_a_net_device_with_its_mac_on_the_command_line() {
+    use std::os::fd::AsRawFd;
+    if !kvm_available("each_net_fd_is_a_net_device_with_its_mac_on_the_command_line") {
+        return;
+    }
+    let (_d, kernel) = write_temp("serial.elf", &elf(SERIAL64, false));
+    let (a, _a_host) = packet_pair();
+    let (b, _b_host) = packet_pair();
+    let macs = [
+        [0x02, 0x68, 0x75, 0x6c, 0, 0],
+        [0x02, 0x68, 0x75, 0x6c, 0, 1],
+    ];
+    let net_fds: Vec<hull_vmm::NetFdConfig> = [&a, &b]
+        .iter()
+        .zip(macs)
+        .map(|(fd, mac)| hull_vmm::NetFdConfig {
+            fd: fd.as_raw_fd(),
+            mac: Some(mac),
+        })
+        .collect();
+    let cfg = VmResources {
+        net_fds: net_fds.clone(),
+        ..config(&kernel)
+    };
+    let out = Capture::default();
+    let mut vmm = Vmm::build(cfg, Box::new(out.clone())).unwrap();
+    let devices = vmm.virtio_devices();
+    assert_eq!(devices.len(), 2);
+    for (slot, mac) in devices.iter().zip(macs) {
+        let t = slot.transport.lock().unwrap();
+        assert_eq!(
+            t.device().device_type(),
+            hull_vmm::devices::virtio::TYPE_NET
+        );
+        let mut got = [0u8; 6];
+        t.device().read_config(0, &mut got);
+        assert_eq!(got, mac);
+    }
+    assert_eq!(
+        vmm.cmdline.matches("virtio_mmio.device=").count(),
+        2,
+        "{}",
+        vmm.cmdline
+    );
+    assert_eq!(vmm.run(Some(TIMEOUT)).unwrap(), VmExit::Reset);
+    assert_eq!(out.text(), "HU\n");
+
+    // One fd for two devices is refused before anything is built.
+    let twice = VmResources {
+        net_fds: vec![net_fds[0], net_fds[0]],
+        ..config(&kernel)
+    };
+    let e = Vmm::build(twice, Box::new(std::io::sink())).err().unwrap();
+    assert!(e.to_string().contains("is given twice"), "{e}");
+}
