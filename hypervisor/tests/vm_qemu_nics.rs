@@ -7,52 +7,14 @@
 //! /dev/net/tun with the right to make network namespaces; without them it fails, saying what
 //! is missing.
 
-use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hull_hypervisor::{nic_device_mac, Accel, Hypervisor, Nic, QemuHypervisor, VmConfig};
-
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-/// Opens a new non-persistent tap `name` (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`) in the
-/// calling thread's network namespace.
-fn open_tap(name: &str) -> OwnedFd {
-    let tun = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .unwrap_or_else(|e| panic!("open /dev/net/tun (this test needs it): {e}"));
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is laid out as; the fd is an
-    // open /dev/net/tun.
-    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &mut req) };
-    assert!(
-        rc >= 0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    tun.into()
-}
+// Opens a tap as hull's pod taps are made: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, not persistent.
+use hull_vmm::devices::virtio::net::open_tap;
 
 /// Taps `<prefix>0..n` in a fresh network namespace (made by a thread that ends; the taps'
 /// fds keep the namespace), as hull's NICs.
@@ -68,7 +30,11 @@ fn pod_taps(prefix: &'static str, n: usize) -> Vec<Nic> {
         );
         (0..n)
             .map(|i| Nic {
-                tap: Arc::new(open_tap(&format!("{prefix}{i}"))),
+                tap: Arc::new(
+                    open_tap(&format!("{prefix}{i}"))
+                        .unwrap_or_else(|e| panic!("tap (this test needs /dev/net/tun): {e}"))
+                        .into(),
+                ),
             })
             .collect()
     })
