@@ -79,7 +79,8 @@ pub struct Nic {
 }
 
 /// The MAC NIC `index` has when the guest starts, the same for every VM (so that templates
-/// with NICs restore): the locally administered unicast `02:68:75:6c:00:<index>` ("hul").
+/// with NICs restore): the locally administered unicast `02:68:75:6c:` ("hul") followed by
+/// `index` in 16 bits (`02:68:75:6c:00:01` for NIC 1).
 /// The agent finds NIC `index` by it and gives it the pod interface's MAC.
 pub fn nic_device_mac(index: usize) -> [u8; 6] {
     [0x02, 0x68, 0x75, 0x6c, (index >> 8) as u8, index as u8]
