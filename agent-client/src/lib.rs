@@ -25,9 +25,8 @@ use hull_protocols::health_ttrpc::HealthClient;
 use hull_protocols::ttrpc;
 
 pub use error::{AgentClientError, Result};
-pub use hull_protocols::agent::{
-    GuestDetailsResponse, Interface, IpAddress, Route, StatsContainerResponse, Storage,
-};
+pub use hull_net::PodNetwork;
+pub use hull_protocols::agent::{GuestDetailsResponse, StatsContainerResponse, Storage};
 pub use vsock::HandshakeError;
 
 /// How the host reaches the guest agent (what a hypervisor hands back for its VM).
@@ -464,28 +463,29 @@ impl AgentClient {
         Ok(r.container_id)
     }
 
-    /// Configures a network interface of the guest.
-    pub fn update_interface(&self, interface: Interface) -> Result<Interface> {
-        let req = pb::UpdateInterfaceRequest {
-            interface: Some(interface).into(),
-            ..Default::default()
+    /// Sets the pod's network up in the guest: NIC i (found by `device_macs[i]`, the MAC the
+    /// hypervisor gave it) becomes `network.interfaces[i]`, then the routes and neighbours.
+    /// Returns what the guest applied (IPv6 is left out when the guest has none).
+    pub fn setup_network(
+        &self,
+        network: &PodNetwork,
+        device_macs: &[[u8; 6]],
+    ) -> Result<PodNetwork> {
+        let request = |message: String| AgentClientError::Request {
+            method: "SetupNetwork",
+            message,
         };
-        self.agent
-            .update_interface(self.t(), &req)
-            .map_err(|e| AgentClientError::from_ttrpc("UpdateInterface", e))
-    }
-
-    /// Adds routes in the guest.
-    pub fn update_routes(&self, routes: Vec<Route>) -> Result<Vec<Route>> {
-        let req = pb::UpdateRoutesRequest {
-            routes,
+        let req = pb::SetupNetworkRequest {
+            network_json: serde_json::to_string(network).map_err(|e| request(e.to_string()))?,
+            device_macs: device_macs.iter().map(|m| m.to_vec()).collect(),
             ..Default::default()
         };
         let r = self
             .agent
-            .update_routes(self.t(), &req)
-            .map_err(|e| AgentClientError::from_ttrpc("UpdateRoutes", e))?;
-        Ok(r.routes)
+            .setup_network(self.t(), &req)
+            .map_err(|e| AgentClientError::from_ttrpc("SetupNetwork", e))?;
+        serde_json::from_str(&r.applied_json)
+            .map_err(|e| request(format!("the agent's answer: {e}")))
     }
 }
 

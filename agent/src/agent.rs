@@ -14,10 +14,9 @@ use ttrpc::TtrpcContext;
 
 use crate::container::{self, Container, StateDirs};
 use crate::error::{AgentError, Result};
-use crate::netns::{SpareNetns, Taken};
 use crate::paths::AllowedRoots;
 use crate::reaper::Reaper;
-use crate::{mounts, network, sysinfo};
+use crate::{mounts, sysinfo};
 
 /// How the agent was configured at start.
 #[derive(Debug, Clone)]
@@ -39,10 +38,6 @@ pub struct Agent {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
     oom_seen: Mutex<HashMap<String, u64>>,
-    spare_netns: SpareNetns,
-    /// The spare network namespace's bind mount, held while the container that got it
-    /// exists: its saved spec names that path, and libcontainer checks it on every exec.
-    netns_held: Mutex<HashMap<String, Taken>>,
 }
 
 fn deadline(ctx: &TtrpcContext) -> Option<Duration> {
@@ -69,20 +64,12 @@ fn reply<T>(r: Result<T>) -> ttrpc::Result<T> {
 impl Agent {
     /// A new agent; `reaper` must already be reaping.
     pub fn new(cfg: AgentConfig, reaper: Arc<Reaper>) -> Arc<Self> {
-        Self::with_spare_netns(cfg, reaper, SpareNetns::none())
-    }
-
-    /// A new agent that gives `spare` to the first container asking for a new network
-    /// namespace (see [`crate::netns`]).
-    pub fn with_spare_netns(cfg: AgentConfig, reaper: Arc<Reaper>, spare: SpareNetns) -> Arc<Self> {
         Arc::new(Agent {
             cfg,
             reaper,
             containers: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             oom_seen: Mutex::new(HashMap::new()),
-            spare_netns: spare,
-            netns_held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -123,13 +110,8 @@ impl Agent {
                     req.rootfs
                 )));
             }
-            let mut spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
-            let spare = self.spare_netns.give(&mut spec);
-            let c = Container::create(id, spec, &self.cfg.dirs, &self.reaper)?;
-            if let Some(t) = spare {
-                self.netns_held.lock().insert(id.to_string(), t);
-            }
-            Ok(c)
+            let spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
+            Container::create(id, spec, &self.cfg.dirs, &self.reaper)
         })();
         self.creating.lock().remove(id);
         let c = result?;
@@ -143,8 +125,38 @@ impl Agent {
         c.remove(&self.reaper)?;
         self.containers.write().remove(id);
         self.oom_seen.lock().remove(id);
-        self.netns_held.lock().remove(id);
         Ok(())
+    }
+
+    /// Sets the pod's network up in the guest's network namespace, which every container of
+    /// the pod shares; returns what was applied, as JSON.
+    fn setup_network(&self, req: &pb::SetupNetworkRequest) -> Result<String> {
+        let network: hull_net::PodNetwork = serde_json::from_str(&req.network_json)
+            .map_err(|e| AgentError::InvalidArgument(format!("network: {e}")))?;
+        let macs = req
+            .device_macs
+            .iter()
+            .map(|m| {
+                <[u8; 6]>::try_from(m.as_slice()).map_err(|_| {
+                    AgentError::InvalidArgument(format!("device MAC of {} bytes", m.len()))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if macs.len() != network.interfaces.len() {
+            return Err(AgentError::InvalidArgument(format!(
+                "{} interfaces but {} device MACs",
+                network.interfaces.len(),
+                macs.len()
+            )));
+        }
+        let applied = hull_net::configure(&network, &macs)?;
+        tracing::info!(
+            interfaces = applied.interfaces.len(),
+            routes = applied.routes.len(),
+            "pod network set up"
+        );
+        serde_json::to_string(&applied)
+            .map_err(|e| AgentError::InvalidArgument(format!("network: {e}")))
     }
 
     fn remove_all(&self) {
@@ -511,24 +523,14 @@ impl AgentService for Agent {
         })
     }
 
-    fn update_interface(
+    fn setup_network(
         &self,
         _ctx: &TtrpcContext,
-        req: pb::UpdateInterfaceRequest,
-    ) -> ttrpc::Result<pb::Interface> {
-        let iface = req.interface.into_option().unwrap_or_default();
-        reply(network::update_interface(&iface))?;
-        Ok(iface)
-    }
-
-    fn update_routes(
-        &self,
-        _ctx: &TtrpcContext,
-        req: pb::UpdateRoutesRequest,
-    ) -> ttrpc::Result<pb::Routes> {
-        reply(network::add_routes(&req.routes))?;
-        Ok(pb::Routes {
-            routes: req.routes,
+        req: pb::SetupNetworkRequest,
+    ) -> ttrpc::Result<pb::SetupNetworkResponse> {
+        let applied = reply(self.setup_network(&req))?;
+        Ok(pb::SetupNetworkResponse {
+            applied_json: applied,
             ..Default::default()
         })
     }

@@ -53,6 +53,9 @@ pub enum AgentError {
     /// container and the operation.
     #[error(transparent)]
     Container(#[from] hull_container::Error),
+    /// Setting the pod's network up failed (hull-net names the interface and the step).
+    #[error("pod network: {0}")]
+    Network(#[from] hull_net::NetError),
     /// A system call or file operation failed.
     #[error("{op}: {source}")]
     Io {
@@ -111,7 +114,7 @@ impl AgentError {
                 ErrorKind::Unsupported => Code::UNIMPLEMENTED,
                 ErrorKind::Other => Code::INTERNAL,
             },
-            AgentError::Io { .. } => Code::INTERNAL,
+            AgentError::Io { .. } | AgentError::Network(_) => Code::INTERNAL,
         }
     }
 }

@@ -93,18 +93,8 @@ fn main() -> anyhow::Result<()> {
         resolv_conf: args.resolv_conf,
         is_init,
     };
-    // In the guest, made before the agent answers: a VM template is saved with it ready.
-    let spare = if is_init {
-        let path = args.state_dir.join("spare-netns");
-        hull_agent::netns::SpareNetns::make(&path).unwrap_or_else(|e| {
-            tracing::warn!("no spare network namespace: {e}");
-            hull_agent::netns::SpareNetns::none()
-        })
-    } else {
-        hull_agent::netns::SpareNetns::none()
-    };
     tracing::info!(?listen, is_init, do_init, no_pivot, "hull-agent starting");
-    let agent = Agent::with_spare_netns(cfg, reaper, spare);
+    let agent = Agent::new(cfg, reaper);
     let services = Arc::new(agent.services());
     transport::serve(&listen, services).context("serve")?;
     Ok(())

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::TestAgent;
-use hull_agent_client::{Interface, IpAddress, Route, Storage};
+use hull_agent_client::{PodNetwork, Storage};
+use hull_net::IpNet;
 
 fn nsenter(agent_pid: u32, args: &[&str]) -> String {
     let out = std::process::Command::new("nsenter")
@@ -60,34 +61,76 @@ fn setup_network_and_destroy() {
         vec![agent.shared.canonicalize().unwrap().display().to_string()]
     );
 
-    // networking of the agent's (private) network namespace
-    let iface = Interface {
-        name: "lo".into(),
-        addresses: vec![IpAddress {
-            address: "127.0.0.1".into(),
-            prefix_len: 8,
-            ..Default::default()
+    // The pod's network, in the agent's (private) network namespace: a veth end stands for
+    // the VM's NIC, found by its device MAC, and becomes the pod's eth0.
+    nsenter(
+        pid,
+        &[
+            "-n",
+            "ip",
+            "link",
+            "add",
+            "nic0",
+            "address",
+            "02:68:75:6c:00:00",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "peer0",
+        ],
+    );
+    let mac = [0x0a, 0x58, 0x0a, 0x09, 0x00, 0x05];
+    let network = PodNetwork {
+        interfaces: vec![hull_net::Interface {
+            name: "eth0".into(),
+            mac,
+            mtu: 1400,
+            addresses: vec![
+                IpNet {
+                    addr: "10.9.0.5".parse().unwrap(),
+                    prefix: 24,
+                },
+                IpNet {
+                    addr: "fd00:9::5".parse().unwrap(),
+                    prefix: 64,
+                },
+            ],
         }],
-        mtu: 1400,
-        up: true,
-        ..Default::default()
+        routes: vec![hull_net::Route {
+            destination: None,
+            gateway: Some("10.9.0.1".parse().unwrap()),
+            device: "eth0".into(),
+            source: None,
+            mtu: None,
+            scope: 0,
+            ipv6: false,
+        }],
+        neighbours: vec![],
     };
-    c.update_interface(iface).unwrap();
-    let link = nsenter(pid, &["-n", "ip", "-o", "link", "show", "lo"]);
-    assert!(link.contains("mtu 1400") && link.contains("UP"), "{link}");
-    c.update_routes(vec![Route {
-        destination: "10.9.0.0/16".into(),
-        device: "lo".into(),
-        ..Default::default()
-    }])
-    .unwrap();
+    let device = [0x02, 0x68, 0x75, 0x6c, 0x00, 0x00];
+    let applied = c.setup_network(&network, &[device]).unwrap();
+    assert_eq!(applied.interfaces, network.interfaces);
+    let link = nsenter(pid, &["-n", "ip", "-o", "link", "show", "eth0"]);
+    assert!(
+        link.contains("mtu 1400") && link.contains("0a:58:0a:09:00:05"),
+        "{link}"
+    );
+    let addrs = nsenter(pid, &["-n", "ip", "-o", "addr", "show", "eth0"]);
+    assert!(
+        addrs.contains("10.9.0.5/24") && addrs.contains("fd00:9::5/64"),
+        "{addrs}"
+    );
     let routes = nsenter(pid, &["-n", "ip", "-4", "route", "show"]);
-    assert!(routes.contains("10.9.0.0/16 dev lo"), "{routes}");
-    let bad = Route {
-        destination: "fd00::/64".into(),
-        ..Default::default()
-    };
-    assert!(c.update_routes(vec![bad]).is_err());
+    assert!(routes.contains("default via 10.9.0.1 dev eth0"), "{routes}");
+    // A NIC no link has is refused, naming it.
+    let mut other = network.clone();
+    other.interfaces[0].mac = [0x02, 0, 0, 0, 0, 0x98];
+    let e = c
+        .setup_network(&other, &[[0x02, 0, 0, 0, 0, 0x99]])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("02:00:00:00:00:99"), "{e}");
 
     // a running container, then DestroySandbox powers the (namespace's) machine off
     let rootfs = agent.busybox_rootfs("c1");

@@ -68,7 +68,7 @@ pub mod health_ttrpc {
 }
 
 /// Version of this protocol; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: &str = "2";
+pub const PROTOCOL_VERSION: &str = "3";
 
 /// The largest ttrpc frame body either side accepts (bytes).
 pub const MAX_FRAME_LEN: usize = ttrpc::proto::MESSAGE_LENGTH_MAX;

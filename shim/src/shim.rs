@@ -128,7 +128,9 @@ impl Shim for HullShim {
             ),
         };
         if let Some(dir) = &vm_dir {
-            // The VM died with its shim (PDEATHSIG); its shared dir's mounts did not.
+            // The VM died with its shim (PDEATHSIG); its shared dir's mounts did not, nor
+            // the redirects to its taps on the pod's interfaces.
+            hull_runtime::pod::vm::clean_up_network(dir);
             rootfs::unmount(&self.id, dir);
             let _ = std::fs::remove_dir_all(dir);
         }

@@ -106,6 +106,7 @@ pub fn clean_up_dead(dir: &Path) -> Result<()> {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
             }
         }
+        hull_runtime::pod::vm::clean_up_network(&r.vm_dir);
         unmount_under(&r.vm_dir);
         let _ = std::fs::remove_dir_all(&r.vm_dir);
     }

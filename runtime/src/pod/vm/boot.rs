@@ -1,11 +1,13 @@
 //! Booting a vm pod's VM (sized by its first container) and stopping it.
 
 use std::fs;
+use std::path::Path;
 
-use hull_agent_client::Storage;
-use hull_hypervisor::{Needs, Share, SharedFs, VmConfig};
+use hull_agent_client::{AgentClient, Storage};
+use hull_hypervisor::{Hypervisor, Needs, Share, SharedFs, VmConfig};
 use oci_spec::runtime::Spec;
 
+use super::network::PodNet;
 use super::{vm_err, Vm, VmPod, GUEST_SHARED, SHARE_TAG};
 use crate::error::{Error, Result};
 
@@ -44,12 +46,36 @@ impl VmPod {
         Ok(cfg)
     }
 
-    /// Boots the pod's VM and sets the pod up in it, on the agent connection that answered
-    /// the boot (the pod keeps it).
-    pub(super) fn boot(&self, spec: &Spec) -> Result<()> {
-        let cfg = self.vm_config(spec)?;
+    /// Boots the pod's VM with the pod's network (`network.rs`) and sets the pod up in it,
+    /// on the agent connection that answered the boot (the pod keeps it).
+    pub(super) fn boot(&self, bundle: &Path, spec: &Spec) -> Result<()> {
+        let mut cfg = self.vm_config(spec)?;
         let shared = self.shared();
         fs::create_dir_all(&shared).map_err(|e| Error::io(&shared, e))?;
+        let net = self.set_up_network(bundle, spec)?;
+        if let Some(n) = &net {
+            cfg.nics = n.nics();
+        }
+        match self.boot_with(cfg, spec, net.as_ref()) {
+            Ok((hv, agent)) => {
+                self.inner.lock().vm = Some(Vm { hv, agent, net });
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(n) = net {
+                    self.tear_down_network(n);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn boot_with(
+        &self,
+        cfg: VmConfig,
+        spec: &Spec,
+        net: Option<&PodNet>,
+    ) -> Result<(Box<dyn Hypervisor>, AgentClient)> {
         let booting = format!("boot the pod's vm (kernel {})", cfg.kernel.display());
         let mut hv = hull_hypervisor::select(self.config.hypervisor, cfg)
             .map_err(|e| vm_err("the pod's hypervisor", e))?;
@@ -69,13 +95,19 @@ impl VmPod {
             ..Default::default()
         };
         let hostname = spec.hostname().clone().unwrap_or_else(|| "hull".into());
-        if let Err(e) = agent.setup_sandbox(&self.id, &hostname, &[], vec![storage]) {
+        let set_up = agent
+            .setup_sandbox(&self.id, &hostname, &[], vec![storage])
+            .map_err(|e| vm_err("set up the pod in the vm", e))
+            .and_then(|()| match net {
+                Some(n) => self.configure_guest_network(&agent, n),
+                None => Ok(()),
+            });
+        if let Err(e) = set_up {
             let _ = hv.stop(false);
-            return Err(vm_err("set up the pod in the vm", e));
+            return Err(e);
         }
         self.watch_ooms(agent.clone());
-        self.inner.lock().vm = Some(Vm { hv, agent });
-        Ok(())
+        Ok((hv, agent))
     }
 
     /// Stops the VM and removes its directory. One path for every backend: the agent removes
@@ -94,6 +126,9 @@ impl VmPod {
             };
             if let Err(e) = vm.hv.stop(powering_off) {
                 tracing::warn!(pod = %self.id, "stop the pod's vm: {e}");
+            }
+            if let Some(n) = vm.net {
+                self.tear_down_network(n);
             }
         }
         let _ = fs::remove_dir_all(&self.dir);

@@ -2,7 +2,7 @@
 //! backend (`boot.rs`); the agent in the guest (`hull-agent`) creates every container there.
 //! Root filesystems reach the guest through one shared directory (`shares.rs`), standard
 //! streams through relays over the agent's stream calls (`relay.rs`), OOM kills through the
-//! agent's OOM events (`oom.rs`). Pids are the guest's. Stopping the pod stops the VM.
+//! agent's OOM events (`oom.rs`), the pod's network through taps and NICs (`network.rs`). Pids are the guest's. Stopping the pod stops the VM.
 
 use std::collections::HashMap;
 use std::fs;
@@ -27,9 +27,12 @@ use crate::config::{Isolation, VmSection};
 use crate::error::{Error, Result};
 
 mod boot;
+mod network;
 mod oom;
 mod relay;
 mod shares;
+
+pub use network::clean_up_network;
 
 /// The 9p tag of the shared directory.
 const SHARE_TAG: &str = "hullshare";
@@ -69,6 +72,8 @@ struct VmContainer {
 struct Vm {
     hv: Box<dyn Hypervisor>,
     agent: AgentClient,
+    /// The pod's network on the host, if it has one.
+    net: Option<network::PodNet>,
 }
 
 #[derive(Default)]
@@ -492,7 +497,7 @@ impl Pod for VmPod {
             return Ok(());
         }
         let first = load_bundle_spec(first_bundle)?;
-        if let Err(e) = self.boot(&first) {
+        if let Err(e) = self.boot(first_bundle, &first) {
             // Nothing of a VM that did not come up stays: its dir, shares, sockets, logs.
             self.shut_down();
             return Err(e);
