@@ -188,8 +188,9 @@ fn vm_run_prints_the_guest_kernel_and_returns_the_exit_status() {
 
 #[test]
 fn a_vm_container_gets_a_new_network_namespace_like_runc_gives() {
-    // The agent hands the pod's first container a spare namespace made before the VM was
-    // saved as a template; it must be what unshare would give: only `lo`, and down.
+    // A vm pod's containers share the guest's network namespace; a pod without a network
+    // (a new namespace asked for, nothing in it) has there what unshare would give: only
+    // `lo`, and down.
     let Some(c) = Configs::new() else { return };
     let (h, _cleanup) = hull();
     let b = Bundle::new(&[
@@ -205,6 +206,195 @@ fn a_vm_container_gets_a_new_network_namespace_like_runc_gives() {
         // lo's flags 0x8 = IFF_LOOPBACK only: not up.
         assert_eq!(lines, ["lo", "down", "0x8"], "{text}");
     }
+    nothing_left(&h);
+}
+
+/// A named network namespace with a veth pair: `eth0` inside (the pod's side, as CNI leaves
+/// it) and `hvh<N>` on the host; removed on drop.
+struct PodNetns {
+    name: String,
+    host_if: String,
+}
+
+impl PodNetns {
+    /// Pod `10.201.N.2/24` + `fd00:201:N::2/64`, MTU 1400, default routes via the host's `.1`.
+    fn new(n: u8) -> Self {
+        let name = format!("hullvm-{}-{n}", std::process::id());
+        let host_if = format!("hvh{}{n}", std::process::id() % 10000);
+        let sh = |cmd: String| {
+            let out = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+            assert!(out.status.success(), "{cmd}: {out:?}");
+        };
+        sh(format!("ip netns add {name}"));
+        let ns = PodNetns { name, host_if };
+        let (name, host_if) = (&ns.name, &ns.host_if);
+        sh(format!(
+            "ip link add {host_if} mtu 1400 type veth peer name eth0 mtu 1400 netns {name} && \
+             ip addr add 10.201.{n}.1/24 dev {host_if} && \
+             ip addr add fd00:201:{n}::1/64 dev {host_if} nodad && ip link set {host_if} up && \
+             ip -n {name} addr add 10.201.{n}.2/24 dev eth0 && \
+             ip -n {name} addr add fd00:201:{n}::2/64 dev eth0 nodad && \
+             ip -n {name} link set eth0 up && ip -n {name} link set lo up && \
+             ip -n {name} route add default via 10.201.{n}.1 && \
+             ip -n {name} -6 route add default via fd00:201:{n}::1"
+        ));
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// `ip -n NS ARGS` (or `tc`), its stdout.
+    fn run(&self, tool: &str, args: &str) -> String {
+        let out = Command::new(tool)
+            .args(["-n", &self.name])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn a_vm_pod_gets_the_network_of_its_namespace_and_leaves_no_tap() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let net = PodNetns::new(1);
+    // The host listens on its side of the veth; the container answers through it.
+    let listener = std::net::TcpListener::bind("10.201.1.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener6 = std::net::TcpListener::bind("[fd00:201:1::1]:0").unwrap();
+    let port6 = listener6.local_addr().unwrap().port();
+    let script = format!(
+        "cat /sys/class/net/eth0/mtu /sys/class/net/eth0/address; ip -o addr show eth0; \
+         ip route; echo from-the-vm | nc 10.201.1.1 {port}; echo v6 | nc fd00:201:1::1 {port6}"
+    );
+    let path = net.path();
+    let b = Bundle::with(&["sh", "-c", &script], move |v| {
+        let nss = v["linux"]["namespaces"].as_array_mut().unwrap();
+        nss.retain(|n| n["type"] != "network");
+        nss.push(serde_json::json!({"type": "network", "path": path}));
+    });
+    let accepted = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for l in [listener, listener6] {
+            let (mut s, _) = l.accept().unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            got.push(text.trim().to_string());
+        }
+        got
+    });
+    let mac = net.run("ip", "-o link show eth0");
+    let out = run(&h, &c.vm, &b, &unique_id("podnet"));
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {text}\nstderr: {}",
+        stderr(&out)
+    );
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "1400", "the veth's MTU: {text}");
+    assert!(mac.contains(lines[1]), "the veth's MAC {}: {mac}", lines[1]);
+    assert!(
+        text.contains("10.201.1.2/24") && text.contains("fd00:201:1::2/64"),
+        "{text}"
+    );
+    assert!(text.contains("default via 10.201.1.1 dev eth0"), "{text}");
+    assert_eq!(accepted.join().unwrap(), ["from-the-vm", "v6"]);
+    nothing_left(&h);
+    // The tap went with the VM, the redirects with the pod.
+    assert!(!net.run("ip", "-o link show").contains("hulltap"));
+    assert!(!net.run("tc", "qdisc show dev eth0").contains("ingress"));
+}
+
+/// Docker's way: the spec asks for a new network namespace and a prestart hook moves the
+/// endpoint in, finding the namespace through the state's pid (libnetwork-setkey). hull makes
+/// the namespace and runs the hooks before the VM boots, so the VM has the interface.
+#[test]
+fn a_prestart_hook_fills_the_pods_new_namespace_before_the_vm_boots() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let host_if = format!("hvk{}", std::process::id() % 100000);
+    let hook = c.write(
+        "hook.sh",
+        &format!(
+            "#!/bin/sh\nset -e\npid=$(sed 's/.*\"pid\": *\\([0-9]*\\).*/\\1/')\n\
+             ip link add {host_if} type veth peer name eth0 netns $pid\n\
+             ip addr add 10.202.0.1/24 dev {host_if}\nip link set {host_if} up\n\
+             nsenter -t $pid -n ip addr add 10.202.0.2/24 dev eth0\n\
+             nsenter -t $pid -n ip link set eth0 up\n"
+        ),
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let _gone = Gone(host_if.clone());
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hook_path = hook.to_string_lossy().into_owned();
+    let script = format!("ip -o addr show eth0; echo hooked | nc 10.202.0.1 {port}");
+    let b = Bundle::with(&["sh", "-c", &script], move |v| {
+        v["hooks"] = serde_json::json!({"prestart": [{"path": hook_path, "args": ["hook.sh"]}]});
+    });
+    let accepted = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    });
+    let out = run(&h, &c.vm, &b, &unique_id("hooknet"));
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {text}\nstderr: {}",
+        stderr(&out)
+    );
+    assert!(text.contains("10.202.0.2/24"), "{text}");
+    assert_eq!(accepted.join().unwrap().trim(), "hooked");
+    nothing_left(&h);
+    // The namespace hull made went with the pod, and the veth with it.
+    let gone = wait_until(Duration::from_secs(5), || {
+        !Command::new("ip")
+            .args(["link", "show", &host_if])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
+    assert!(gone, "{host_if} outlived the pod's namespace");
+}
+
+#[test]
+fn a_vm_pod_on_the_hosts_network_is_refused_and_leaves_nothing() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let b = Bundle::with(&["true"], |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network");
+    });
+    let out = run(&h, &c.vm, &b, &unique_id("hostnet"));
+    fails_with(&out, &["host's network", "isolation"]);
     nothing_left(&h);
 }
 
