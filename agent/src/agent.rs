@@ -14,6 +14,7 @@ use ttrpc::TtrpcContext;
 
 use crate::container::{self, Container, StateDirs};
 use crate::error::{AgentError, Result};
+use crate::netns::PodNetns;
 use crate::paths::AllowedRoots;
 use crate::reaper::Reaper;
 use crate::{mounts, sysinfo};
@@ -38,6 +39,7 @@ pub struct Agent {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
     oom_seen: Mutex<HashMap<String, u64>>,
+    pod_netns: PodNetns,
 }
 
 fn deadline(ctx: &TtrpcContext) -> Option<Duration> {
@@ -64,12 +66,19 @@ fn reply<T>(r: Result<T>) -> ttrpc::Result<T> {
 impl Agent {
     /// A new agent; `reaper` must already be reaping.
     pub fn new(cfg: AgentConfig, reaper: Arc<Reaper>) -> Arc<Self> {
+        Self::with_pod_netns(cfg, reaper, PodNetns::none())
+    }
+
+    /// A new agent whose containers all join `netns`, where the pod's network is set up
+    /// (see [`crate::netns`]).
+    pub fn with_pod_netns(cfg: AgentConfig, reaper: Arc<Reaper>, netns: PodNetns) -> Arc<Self> {
         Arc::new(Agent {
             cfg,
             reaper,
             containers: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             oom_seen: Mutex::new(HashMap::new()),
+            pod_netns: netns,
         })
     }
 
@@ -110,7 +119,8 @@ impl Agent {
                     req.rootfs
                 )));
             }
-            let spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
+            let mut spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
+            self.pod_netns.join(&mut spec);
             Container::create(id, spec, &self.cfg.dirs, &self.reaper)
         })();
         self.creating.lock().remove(id);
@@ -128,8 +138,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Sets the pod's network up in the guest's network namespace, which every container of
-    /// the pod shares; returns what was applied, as JSON.
+    /// Sets the pod's network up in the pod's network namespace, which every container of the
+    /// pod joins (or, without one, in the agent's); returns what was applied, as JSON.
     fn setup_network(&self, req: &pb::SetupNetworkRequest) -> Result<String> {
         let network: hull_net::PodNetwork = serde_json::from_str(&req.network_json)
             .map_err(|e| AgentError::InvalidArgument(format!("network: {e}")))?;
@@ -149,7 +159,10 @@ impl Agent {
                 macs.len()
             )));
         }
-        let applied = hull_net::configure(&network, &macs)?;
+        let applied = match self.pod_netns.path() {
+            Some(pod) => hull_net::configure_in(pod, &network, &macs)?,
+            None => hull_net::configure(&network, &macs)?,
+        };
         tracing::info!(
             interfaces = applied.interfaces.len(),
             routes = applied.routes.len(),

@@ -2,7 +2,7 @@
 //! guest: it serves the agent API (hull-protocols) over ttrpc (vsock, virtio-serial or a unix
 //! socket), sets the guest up (mounts, network, clock, entropy), and runs the pod's containers
 //! through hull-container's driver, keeping what only the guest has: the processes it started
-//! and their streams, reaping as PID 1.
+//! and their streams, reaping as PID 1, and the pod's network namespace.
 
 #![warn(missing_docs)]
 
@@ -11,6 +11,7 @@ pub mod container;
 pub mod error;
 pub mod init;
 pub mod mounts;
+pub mod netns;
 pub mod paths;
 pub mod process;
 pub mod reaper;

@@ -93,8 +93,17 @@ fn main() -> anyhow::Result<()> {
         resolv_conf: args.resolv_conf,
         is_init,
     };
+    // In the guest, made before the agent answers: a VM template is saved with it ready.
+    let netns = if is_init {
+        hull_agent::netns::PodNetns::make(&args.state_dir.join("pod-netns")).unwrap_or_else(|e| {
+            tracing::warn!("no pod network namespace: {e}");
+            hull_agent::netns::PodNetns::none()
+        })
+    } else {
+        hull_agent::netns::PodNetns::none()
+    };
     tracing::info!(?listen, is_init, do_init, no_pivot, "hull-agent starting");
-    let agent = Agent::new(cfg, reaper);
+    let agent = Agent::with_pod_netns(cfg, reaper, netns);
     let services = Arc::new(agent.services());
     transport::serve(&listen, services).context("serve")?;
     Ok(())

@@ -109,19 +109,30 @@ fn setup_network_and_destroy() {
         neighbours: vec![],
     };
     let device = [0x02, 0x68, 0x75, 0x6c, 0x00, 0x00];
+    // The agent (PID 1 of its namespaces here) moves the NIC into the pod's network
+    // namespace, which it made at start in its state dir, and sets it up there.
+    let pod_netns = format!(
+        "--net={}",
+        agent.dir.path().join("state/pod-netns").display()
+    );
+    let in_pod_netns = |args: &[&str]| {
+        let mut a = vec!["-m", "nsenter", pod_netns.as_str()];
+        a.extend_from_slice(args);
+        nsenter(pid, &a)
+    };
     let applied = c.setup_network(&network, &[device]).unwrap();
     assert_eq!(applied.interfaces, network.interfaces);
-    let link = nsenter(pid, &["-n", "ip", "-o", "link", "show", "eth0"]);
+    let link = in_pod_netns(&["ip", "-o", "link", "show", "eth0"]);
     assert!(
         link.contains("mtu 1400") && link.contains("0a:58:0a:09:00:05"),
         "{link}"
     );
-    let addrs = nsenter(pid, &["-n", "ip", "-o", "addr", "show", "eth0"]);
+    let addrs = in_pod_netns(&["ip", "-o", "addr", "show", "eth0"]);
     assert!(
         addrs.contains("10.9.0.5/24") && addrs.contains("fd00:9::5/64"),
         "{addrs}"
     );
-    let routes = nsenter(pid, &["-n", "ip", "-4", "route", "show"]);
+    let routes = in_pod_netns(&["ip", "-4", "route", "show"]);
     assert!(routes.contains("default via 10.9.0.1 dev eth0"), "{routes}");
     // A NIC no link has is refused, naming it.
     let mut other = network.clone();

@@ -1,10 +1,14 @@
 //! The guest side: the pod's network set up again on the VM's NICs, in the calling thread's
-//! network namespace (the guest's, which every container of the pod shares).
+//! network namespace ([`configure`]) or in the pod's, which the pod's containers join
+//! ([`configure_in`]).
 
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -16,7 +20,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{NetError, Result};
 use crate::model::{PodNetwork, Route};
-use crate::netlink::{mac_string, Netlink};
+use crate::netlink::{in_netns, mac_string, Netlink};
 
 /// Whether this kernel has IPv6 and it is not disabled.
 pub fn ipv6_enabled() -> bool {
@@ -48,6 +52,31 @@ fn tolerate_exists(r: Result<()>) -> Result<()> {
         Err(e) if exists(&e) => Ok(()),
         r => r,
     }
+}
+
+/// Moves the VM's NICs (found by `device_macs`, or by the interfaces' MACs on a second run)
+/// from here into the network namespace at `netns` (the pod's, which the pod's containers
+/// join) and sets `net` up there, as [`configure`] does.
+pub fn configure_in(netns: &Path, net: &PodNetwork, device_macs: &[[u8; 6]]) -> Result<PodNetwork> {
+    let ns = std::fs::File::open(netns)
+        .map_err(|e| NetError::io(format!("open network namespace {}", netns.display()), e))?;
+    let mut nl = Netlink::open()?;
+    let links = nl.links()?;
+    for (i, iface) in net.interfaces.iter().enumerate() {
+        let device = device_macs.get(i).copied().unwrap_or(iface.mac);
+        if let Some(l) = links.iter().find(|l| l.mac == device || l.mac == iface.mac) {
+            let mut m = LinkMessage::default();
+            m.header.index = l.index;
+            m.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+            nl.request(
+                RouteNetlinkMessage::SetLink(m),
+                0,
+                &format!("move {} into {}", l.name, netns.display()),
+            )?;
+        }
+    }
+    let (net, macs) = (net.clone(), device_macs.to_vec());
+    in_netns(netns, move || configure(&net, &macs))
 }
 
 /// Sets `net` up here: interface i is the link whose MAC is `device_macs[i]` (the MAC the

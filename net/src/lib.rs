@@ -21,6 +21,6 @@ pub mod model;
 pub mod netlink;
 
 pub use error::{NetError, Result};
-pub use guest::{configure, ipv6_enabled};
+pub use guest::{configure, configure_in, ipv6_enabled};
 pub use host::{attach_tap, create_netns, detach_tap, remove_netns, scan, tap_name};
 pub use model::{Interface, IpNet, Neighbour, PodNetwork, Route};

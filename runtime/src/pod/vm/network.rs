@@ -2,8 +2,9 @@
 //! network namespace on the host (a veth from CNI, Docker or Podman) reaches the VM through a
 //! tap per interface in that namespace, joined to the veth by tc redirects both ways
 //! (`hull-net`); the VM has a virtio-net NIC on each tap, and the agent gives each NIC its
-//! interface's name, MAC, MTU, addresses, routes and neighbours. Every container of the pod
-//! shares the guest's network namespace, as they share the pod's on the host.
+//! interface's name, MAC, MTU, addresses, routes and neighbours, in the pod's network
+//! namespace in the guest, which the agent puts every container of the pod in (as they share
+//! the pod's on the host).
 //!
 //! The pod's namespace on the host is the one the first container's spec names (CRI and
 //! Podman make it before they create the pod). A spec asking for a new one with hooks

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 
 use super::{VmPod, GUEST_SHARED};
 use crate::error::{Error, Result};
@@ -52,8 +52,7 @@ impl VmPod {
     }
 
     /// The spec the guest gets: rootfs and bind sources moved into the shared dir, host
-    /// namespace paths, the network namespace (the guest's is the pod's), hooks and host
-    /// cgroup paths dropped. Returns the host mounts made.
+    /// namespace paths, hooks and host cgroup paths dropped. Returns the host mounts made.
     pub(super) fn guest_spec(
         &self,
         id: &str,
@@ -103,12 +102,12 @@ impl VmPod {
         spec.set_hooks(None);
         if let Some(linux) = spec.linux_mut() {
             if let Some(nss) = linux.namespaces().clone() {
-                // The pod's network is the guest's network namespace (`network.rs`): every
-                // container of the pod shares it, so none asks for one. A namespace named
-                // `/proc/<pid>/ns/..` with the pid of a container of this pod (CRI's way to
-                // share the pod's pid/ipc/uts namespaces) names that container's namespace in
-                // the guest too: the pids we hand out are the guest's. Other paths mean
-                // nothing in the guest: the container gets a namespace of its own there.
+                // A namespace named `/proc/<pid>/ns/..` with the pid of a container of this
+                // pod (CRI's way to share the pod's pid/ipc/uts namespaces) names that
+                // container's namespace in the guest too: the pids we hand out are the
+                // guest's. Other paths (a CNI netns on the host) mean nothing in the guest:
+                // the container gets a namespace of its own there; its network namespace is
+                // the pod's, which the agent puts every container of the pod in.
                 let pod_pids: Vec<i32> = self
                     .inner
                     .lock()
@@ -118,7 +117,6 @@ impl VmPod {
                     .collect();
                 let nss = nss
                     .into_iter()
-                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
                     .map(|mut n| {
                         let keep = n
                             .path()
