@@ -106,7 +106,8 @@ impl Cri {
 
     /// ExecSync of `sh -c SCRIPT` in container `id`: exit code and stdout.
     fn sh(&mut self, id: &str, script: &str) -> (i64, String) {
-        let a = self.call(json!({"op": "exec", "id": id, "cmd": ["sh", "-c", script], "timeout": 20}));
+        let a =
+            self.call(json!({"op": "exec", "id": id, "cmd": ["sh", "-c", script], "timeout": 20}));
         (
             a["exit_code"].as_i64().unwrap(),
             a["stdout"].as_str().unwrap().to_string(),
@@ -148,7 +149,8 @@ impl Cri {
             "mkdir -p /www && echo {} > /www/index.html && exec httpd -f -p 80 -h /www",
             marker(name)
         );
-        let w = self.call(json!({"op": "run", "pod": id, "name": "web", "cmd": ["sh", "-c", serve]}));
+        let w =
+            self.call(json!({"op": "run", "pod": id, "name": "web", "cmd": ["sh", "-c", serve]}));
         Pod {
             id,
             v4,
@@ -284,12 +286,21 @@ fn scenario(handler: &str, peer: &str) {
     let p = cri.web_pod("net-peer", peer, &net);
     namespaces.0.push(p.netns.clone());
     let got = cri.fetch_in(&p.web, a.v4);
-    assert!(got.contains(&marker("net-a")), "{peer} -> {handler}: {got:?}");
+    assert!(
+        got.contains(&marker("net-a")),
+        "{peer} -> {handler}: {got:?}"
+    );
     let got = cri.fetch_in(&a.web, p.v4);
-    assert!(got.contains(&marker("net-peer")), "{handler} -> {peer}: {got:?}");
+    assert!(
+        got.contains(&marker("net-peer")),
+        "{handler} -> {peer}: {got:?}"
+    );
     // And over IPv6.
     let got = cri.fetch_in(&p.web, a.v6);
-    assert!(got.contains(&marker("net-a")), "{peer} -> {handler} (IPv6): {got:?}");
+    assert!(
+        got.contains(&marker("net-a")),
+        "{peer} -> {handler} (IPv6): {got:?}"
+    );
 
     let pods = [a, b, p];
     for pod in &pods {
@@ -318,10 +329,17 @@ fn scenario(handler: &str, peer: &str) {
     }
     let vms = common::processes_mentioning(&vm_root);
     assert!(vms.is_empty(), "VMs left: {:?}", net::describe(&vms));
-    assert_eq!(net.bridge_ports(), Vec::<String>::new(), "veths left on the bridge");
+    assert_eq!(
+        net.bridge_ports(),
+        Vec::<String>::new(),
+        "veths left on the bridge"
+    );
     let mut taps = net::host_links(net::TAP_PREFIX);
     taps.retain(|t| !links_before.contains(t));
-    assert!(taps.is_empty(), "taps left in the host's namespace: {taps:?}");
+    assert!(
+        taps.is_empty(),
+        "taps left in the host's namespace: {taps:?}"
+    );
     let mut qdiscs = net::ingress_qdiscs_in_netns("/proc/self/ns/net".as_ref());
     qdiscs.retain(|q| !qdiscs_before.contains(q));
     assert!(qdiscs.is_empty(), "ingress qdiscs left: {qdiscs:?}");

@@ -45,7 +45,8 @@ impl Subnet {
         for i in 0..250u8 {
             let n = ((start as u16 + i as u16) % 250 + 1) as u8;
             let s = Self { n };
-            if routes.contains(&format!("10.217.{n}.")) || Path::new("/sys/class/net").join(s.bridge()).exists()
+            if routes.contains(&format!("10.217.{n}."))
+                || Path::new("/sys/class/net").join(s.bridge()).exists()
             {
                 continue;
             }
@@ -371,7 +372,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-
 /// Network namespaces bind-mounted at these paths (a CRI pod's `/run/netns/cni-*`): dropping
 /// it unmounts and removes any still there, which deletes their veths (a failed test's).
 #[derive(Default)]
@@ -385,5 +385,129 @@ impl Drop for NamespaceFiles {
                 let _ = std::fs::remove_file(p);
             }
         }
+    }
+}
+
+/// The chains `portmap` makes for every network (`CNI-HOSTPORT-*`) and per container
+/// (`CNI-DN-*`), in IPv4 and IPv6 `nat` tables.
+const PORTMAP_CHAINS: [&str; 2] = ["CNI-HOSTPORT-", "CNI-DN-"];
+
+/// portmap's iptables chains that did not exist when it was made: dropping it removes the
+/// jumps to them and the chains (the per-container ones are gone already when CNI DEL ran).
+pub struct PortmapChains {
+    before: Vec<(&'static str, String)>,
+}
+
+impl PortmapChains {
+    /// Note the portmap chains there are now.
+    pub fn snapshot() -> Self {
+        Self {
+            before: portmap_chains(),
+        }
+    }
+}
+
+fn portmap_chains() -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for tool in ["iptables", "ip6tables"] {
+        let Ok(o) = Command::new(tool).args(["-t", "nat", "-S"]).output() else {
+            continue;
+        };
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some(chain) = l.strip_prefix("-N ") {
+                if PORTMAP_CHAINS.iter().any(|p| chain.starts_with(p)) {
+                    out.push((tool, chain.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Drop for PortmapChains {
+    fn drop(&mut self) {
+        let new: Vec<_> = portmap_chains()
+            .into_iter()
+            .filter(|c| !self.before.contains(c))
+            .collect();
+        let nat = |tool: &str, args: &[&str]| {
+            let _ = Command::new(tool).args(["-t", "nat"]).args(args).status();
+        };
+        // Empty them (their jumps to each other go), drop the jumps from other chains,
+        // then delete them.
+        for (tool, chain) in &new {
+            nat(tool, &["-F", chain]);
+        }
+        for (tool, chain) in &new {
+            let rules = Command::new(tool)
+                .args(["-t", "nat", "-S"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for rule in rules
+                .lines()
+                .filter(|l| l.starts_with("-A ") && l.ends_with(&format!("-j {chain}")))
+            {
+                let mut args = vec!["-D".to_string()];
+                args.extend(iptables_words(&rule[3..]));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                nat(tool, &args);
+            }
+        }
+        for (tool, chain) in &new {
+            nat(tool, &["-X", chain]);
+        }
+    }
+}
+
+/// The words of an `iptables -S` rule (double quotes group, `\"` is a quote).
+fn iptables_words(rule: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut escaped, mut any) = (false, false, false);
+    for ch in rule.chars() {
+        match ch {
+            _ if escaped => {
+                cur.push(ch);
+                escaped = false;
+            }
+            '\\' if quoted => escaped = true,
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any || !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iptables_words_keep_quoted_comments_whole() {
+        assert_eq!(
+            super::iptables_words(
+                r#"POSTROUTING -m comment --comment "CNI \"x\" y" -j CNI-HOSTPORT-MASQ"#
+            ),
+            [
+                "POSTROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                r#"CNI "x" y"#,
+                "-j",
+                "CNI-HOSTPORT-MASQ"
+            ]
+        );
     }
 }
