@@ -14,6 +14,12 @@ pub struct Podman {
     pub flags: Vec<String>,
 }
 
+impl Default for Podman {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Podman {
     /// One without networking (`netns = "none"`).
     pub fn new() -> Self {
