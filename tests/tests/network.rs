@@ -47,6 +47,17 @@ fn vm_processes(id: &str) -> Vec<i32> {
     p
 }
 
+/// Neither hull's state for container `id` (Docker's runtime root) nor its VM is left.
+fn assert_no_hull_left(d: &Dockerd, id: &str) {
+    let state = d.dir.path().join("exec/runtime-runc/moby").join(id);
+    assert!(!state.exists(), "hull state left in {}", state.display());
+    assert!(
+        wait_until(Duration::from_secs(10), || vm_processes(id).is_empty()),
+        "VMs left: {:?}",
+        net::describe(&vm_processes(id))
+    );
+}
+
 /// A dockerd with `runtime` (`hull`, or `hull-vm`: hull with a vm config) and a bridge
 /// network on `net`.
 fn dockerd_on(net: &Subnet, runtime: &str, cfg_dir: &std::path::Path) -> Dockerd {
@@ -121,13 +132,7 @@ fn docker_publish(runtime: &str) {
         "eth0's MTU"
     );
     d.ok(&["rm", "-f", "web"]);
-    let state = d.dir.path().join("exec/runtime-runc/moby").join(&id);
-    assert!(!state.exists(), "hull state left in {}", state.display());
-    assert!(
-        wait_until(Duration::from_secs(10), || vm_processes(&id).is_empty()),
-        "VMs left: {:?}",
-        net::describe(&vm_processes(&id))
-    );
+    assert_no_hull_left(&d, &id);
     assert_eq!(net.bridge_ports(), Vec::<String>::new(), "veths left");
     // libnetwork unmounts a sandbox's namespace file a minute later (its garbage
     // collection): what must be gone now is every process in it.
@@ -180,13 +185,7 @@ fn docker_host_network_is_refused_with_runtime_hull_vm() {
         .ok(&["inspect", "-f", "{{.Id}}", "hostnet"])
         .trim()
         .to_string();
-    let state = d.dir.path().join("exec/runtime-runc/moby").join(&id);
-    assert!(!state.exists(), "hull state left in {}", state.display());
-    assert!(
-        wait_until(Duration::from_secs(10), || vm_processes(&id).is_empty()),
-        "VMs left: {:?}",
-        net::describe(&vm_processes(&id))
-    );
+    assert_no_hull_left(&d, &id);
     assert!(
         mounts_mentioning(&id).is_empty(),
         "mounts left: {:?}",
