@@ -161,6 +161,9 @@ fn docker_host_network_is_refused_with_runtime_hull_vm() {
     let net = Subnet::reserve();
     let cfg_dir = tempfile::tempdir().unwrap();
     let d = dockerd_on(&net, "hull-vm", cfg_dir.path());
+    let host_ns = std::path::Path::new("/proc/self/ns/net");
+    let qdiscs_before = net::ingress_qdiscs_in_netns(host_ns);
+    let taps_before = net::host_links(net::TAP_PREFIX);
     let out = d.docker(&[
         "run",
         "--name",
@@ -193,6 +196,17 @@ fn docker_host_network_is_refused_with_runtime_hull_vm() {
         "mounts left: {:?}",
         mounts_mentioning(&id)
     );
+    // Docker names its bind mount of the host's namespace (<exec-root>/netns/default): it
+    // must not have been taken for a pod's own (a tap on the host's eth0 and a redirect).
+    let mut qdiscs = net::ingress_qdiscs_in_netns(host_ns);
+    qdiscs.retain(|q| !qdiscs_before.contains(q));
+    assert!(
+        qdiscs.is_empty(),
+        "ingress qdiscs on the host's links: {qdiscs:?}"
+    );
+    let mut taps = net::host_links(net::TAP_PREFIX);
+    taps.retain(|t| !taps_before.contains(t));
+    assert!(taps.is_empty(), "taps in the host's namespace: {taps:?}");
     d.ok(&["rm", "hostnet"]);
 }
 
