@@ -37,6 +37,7 @@ test: build
 bench: release guest
 	@scripts/bench-host
 	@scripts/bench-vm
+	@scripts/bench-net
 
 fmt:
 	$(CARGO) fmt --all -- --check

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod docker;
+pub mod net;
+pub mod podman;
+
 /// Path of a binary built from this workspace (`hull`, ...): `$HULL_BIN_DIR/NAME`, else
 /// next to the test executable's target dir.
 pub fn bin(name: &str) -> PathBuf {

@@ -1,118 +1,11 @@
 //! Docker 20.10 calls hull the runc way (`--runtime hull`): a private dockerd on its own
 //! socket and directories, a busybox image made by `docker import`, run/exec/stop.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
+use hull_tests::docker::*;
 use hull_tests::*;
-
-/// A private dockerd, stopped and cleaned up on drop.
-struct Dockerd {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Dockerd {
-    fn start(runtimes: serde_json::Value) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hull-docker-")
-            .tempdir()
-            .unwrap();
-        let cfg = dir.path().join("daemon.json");
-        std::fs::write(
-            &cfg,
-            serde_json::json!({"runtimes": runtimes, "storage-driver": "overlay2"}).to_string(),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .arg("--config-file")
-            .arg(&cfg)
-            .arg("--data-root")
-            .arg(dir.path().join("data"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(dir.path().join("docker.pid"))
-            .arg("-H")
-            .arg(format!(
-                "unix://{}",
-                dir.path().join("docker.sock").display()
-            ))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd (apt-get install docker.io)");
-        let d = Self { dir, child };
-        assert!(
-            wait_until(Duration::from_secs(60), || d
-                .docker(&["version"])
-                .status
-                .success()),
-            "dockerd did not come up: {}",
-            std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default()
-        );
-        d
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        let mut c = Command::new("/usr/bin/docker");
-        c.arg("-H")
-            .arg(format!(
-                "unix://{}",
-                self.dir.path().join("docker.sock").display()
-            ))
-            .args(args)
-            .stdin(std::process::Stdio::null());
-        output_with_timeout(c, Duration::from_secs(120))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "hull-d1"]);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        // dockerd leaves its overlay mounts to the next start: unmount them ourselves.
-        unmount_under(self.dir.path());
-    }
-}
-
-/// `docker import` a busybox rootfs as `NAME`.
-fn import_busybox(d: &Dockerd, name: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    busybox_rootfs(tmp.path());
-    let tar = tmp.path().join("rootfs.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(tmp.path())
-        .arg("-cf")
-        .arg(&tar)
-        .args(["bin", "etc", "tmp", "root", "proc", "sys", "dev"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    d.ok(&["import", tar.to_str().unwrap(), name]);
-}
-
-fn hull_path() -> String {
-    bin("hull").to_string_lossy().into_owned()
-}
 
 #[test]
 fn docker_run_exec_stop_with_runtime_hull() {
@@ -191,14 +84,6 @@ fn docker_run_exec_stop_with_runtime_hull() {
         "hull state left in {}",
         state_dir.display()
     );
-}
-
-/// A hull config choosing vm isolation with this machine's guest files (`None`: skip).
-fn vm_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let a = guest_artefacts()?;
-    let path = dir.join("vm.toml");
-    std::fs::write(&path, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
-    Some(path)
 }
 
 fn host_release() -> String {
