@@ -394,15 +394,23 @@ const PORTMAP_CHAINS: [&str; 2] = ["CNI-HOSTPORT-", "CNI-DN-"];
 
 /// portmap's iptables chains that did not exist when it was made: dropping it removes the
 /// jumps to them and the chains (the per-container ones are gone already when CNI DEL ran).
+/// It also holds a lock for its life: portmap's shared chains (CNI-HOSTPORT-DNAT, ...) made by
+/// one test must not be removed under another test of the same binary still using them.
 pub struct PortmapChains {
     before: Vec<(&'static str, String)>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
+static PORTMAP_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl PortmapChains {
-    /// Note the portmap chains there are now.
+    /// Waits until no other test of this binary holds the portmap chains, then notes the
+    /// portmap chains there are now.
     pub fn snapshot() -> Self {
+        let guard = PORTMAP_USERS.lock().unwrap_or_else(|e| e.into_inner());
         Self {
             before: portmap_chains(),
+            _one_at_a_time: guard,
         }
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""cri.py SOCKET HANDLER CGROUP_PARENT LOGDIR: drive containerd's CRI plugin (what kubelet
+"""cri.py SOCKET HANDLER CGROUP_PARENT LOGDIR [NETWORK]: drive containerd's CRI plugin (what kubelet
 would call) through hull: RunPodSandbox with the runtime handler, CreateContainer,
 StartContainer, ExecSync, ContainerStatus, StopPodSandbox, RemovePodSandbox.
 Prints one line per step; exits non-zero on the first failure."""
@@ -11,6 +11,9 @@ from cri_api.v1 import api_pb2 as api
 from cri_api.v1 import api_pb2_grpc as rpc
 
 sock, handler, cgroup_parent, logdir = sys.argv[1:5]
+# "node" (the host's network: no CNI needed) or "pod" (its own, from the CNI config the test
+# wrote: a vm pod cannot have the host's).
+network = sys.argv[5] if len(sys.argv) > 5 else "node"
 channel = grpc.insecure_channel("unix://" + sock)
 rt = rpc.RuntimeServiceStub(channel)
 T = 60
@@ -21,6 +24,15 @@ def step(name, value=""):
 
 
 step("version", rt.Version(api.VersionRequest(), timeout=T).runtime_name)
+if network == "pod":
+    deadline = time.time() + 30
+    while not any(
+        c.type == "NetworkReady" and c.status
+        for c in rt.Status(api.StatusRequest(), timeout=T).status.conditions
+    ):
+        if time.time() > deadline:
+            sys.exit("the CRI plugin's CNI network did not become ready")
+        time.sleep(0.2)
 pod_config = api.PodSandboxConfig(
     metadata=api.PodSandboxMetadata(name="hull-pod", namespace="default", uid="uid-1", attempt=0),
     log_directory=logdir,
@@ -28,7 +40,9 @@ pod_config = api.PodSandboxConfig(
         cgroup_parent=cgroup_parent,
         security_context=api.LinuxSandboxSecurityContext(
             # Host network: no CNI needed (and no hostname: the UTS namespace is the host's).
-            namespace_options=api.NamespaceOption(network=api.NODE, pid=api.POD, ipc=api.POD)
+            namespace_options=api.NamespaceOption(
+                network=api.POD if network == "pod" else api.NODE, pid=api.POD, ipc=api.POD
+            )
         ),
     ),
 )

@@ -76,6 +76,22 @@ enum Netns {
     Empty,
 }
 
+fn host_network(pod: &str) -> Error {
+    Error::invalid(format!(
+        "pod {pod}: a vm pod cannot use the host's network (hostNetwork, --network host): \
+         its VM has a kernel and network of its own; run this pod with isolation \"host\""
+    ))
+}
+
+/// Whether two namespace files name the same namespace.
+fn same_namespace(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// The pod's network namespace as its first container's spec says; an error for the host's.
 fn netns_of(pod: &str, spec: &Spec) -> Result<Netns> {
     let net = spec
@@ -84,12 +100,13 @@ fn netns_of(pod: &str, spec: &Spec) -> Result<Netns> {
         .and_then(|l| l.namespaces().as_ref())
         .and_then(|nss| nss.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
     let Some(net) = net else {
-        return Err(Error::invalid(format!(
-            "pod {pod}: a vm pod cannot use the host's network (hostNetwork, --network host): \
-             its VM has a kernel and network of its own; run this pod with isolation \"host\""
-        )));
+        return Err(host_network(pod));
     };
     if let Some(p) = net.path() {
+        // Docker names its bind mount of the host's own namespace for `--network host`.
+        if same_namespace(p, Path::new("/proc/self/ns/net")) {
+            return Err(host_network(pod));
+        }
         return Ok(Netns::Named(p.clone()));
     }
     let hooks = spec.hooks().as_ref();
@@ -394,5 +411,11 @@ mod tests {
         let host = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"}]}}"#);
         let e = netns_of("p", &host).unwrap_err().to_string();
         assert!(e.contains("host's network") && !e.contains('\n'), "{e}");
+        // Docker's `--network host`: a path to the host's own namespace.
+        let named_host = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network","path":"/proc/self/ns/net"}]}}"#,
+        );
+        let e = netns_of("p", &named_host).unwrap_err().to_string();
+        assert!(e.contains("host's network"), "{e}");
     }
 }
