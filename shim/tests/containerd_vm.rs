@@ -288,3 +288,78 @@ fn exit_status(c: &Containerd, id: &str) -> u32 {
         .expect("task state")
         .exit_status
 }
+
+/// A SIGKILLed shim takes its VM (and the tap) with it; the redirect it put on the pod's veth
+/// goes in the cleanup containerd runs (`shim delete`).
+#[test]
+fn a_killed_shims_pod_network_is_cleaned_up() {
+    assert!(
+        common::usable(),
+        "needs root, containerd 1.6 and busybox-static"
+    );
+    let c = Containerd::start("vmnetkill");
+    let cfg = vm_config(&c, "vm").expect("vm pods need qemu and the guest kernel (make guest)");
+    let ns = format!("hullshim-{}", std::process::id());
+    let host_if = format!("hsk{}", std::process::id() % 100000);
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    struct Gone(String, String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.1])
+                .status();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    sh(&format!("ip netns add {ns}"));
+    let _gone = Gone(ns.clone(), host_if.clone());
+    sh(&format!(
+        "ip link add {host_if} type veth peer name eth0 netns {ns} && \
+         ip -n {ns} addr add 10.203.0.2/24 dev eth0 && ip -n {ns} link set eth0 up"
+    ));
+    let with_ns = format!("network:/var/run/netns/{ns}");
+    let r = c.run(
+        &[
+            "-d",
+            "--runtime-config-path",
+            cfg.to_str().unwrap(),
+            "--with-ns",
+            &with_ns,
+        ],
+        "n1",
+        &["sleep", "1000"],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    c.wait_status("n1", "RUNNING");
+    assert!(sh(&format!("tc -n {ns} qdisc show dev eth0")).contains("ingress"));
+    for pid in c.shims() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    // containerd notices the dead shim, runs its cleanup and drops the task.
+    let gone = (0..200).any(|_| {
+        c.status("n1") != "RUNNING" || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(gone, "task n1 still running after its shim died");
+    let _ = c.ctr(&["task", "delete", "n1"]);
+    assert_eq!(c.ctr(&["container", "rm", "n1"]).code, 0);
+    assert!(!sh(&format!("ip -n {ns} -o link show")).contains("hulltap"));
+    let qdiscs = sh(&format!("tc -n {ns} qdisc show dev eth0"));
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    c.assert_clean();
+    assert_no_vm(&c);
+}

@@ -383,6 +383,49 @@ fn a_prestart_hook_fills_the_pods_new_namespace_before_the_vm_boots() {
     assert!(gone, "{host_if} outlived the pod's namespace");
 }
 
+/// A SIGKILLed sandbox server takes its VM (and so the tap) with it; the redirect it put on the
+/// pod's veth is what `hull delete` finds and removes.
+#[test]
+fn delete_after_a_killed_sandbox_server_removes_the_pods_redirects() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let net = PodNetns::new(3);
+    let path = net.path();
+    let b = Bundle::with(&["sleep", "100"], move |v| {
+        let nss = v["linux"]["namespaces"].as_array_mut().unwrap();
+        nss.retain(|n| n["type"] != "network");
+        nss.push(serde_json::json!({"type": "network", "path": path}));
+    });
+    let id = unique_id("netkill");
+    let out = output_with_timeout(
+        hull_cmd(
+            &h,
+            &c.vm,
+            &["create", "--bundle", b.path().to_str().unwrap(), &id],
+        ),
+        VM_CALL,
+    );
+    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+    assert!(net.run("tc", "qdisc show dev eth0").contains("ingress"));
+    let servers = processes_mentioning(&format!("sandbox-server --id {id}"));
+    assert!(!servers.is_empty(), "no sandbox server for {id}");
+    for pid in servers {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !net
+            .run("ip", "-o link show")
+            .contains("hulltap")),
+        "the tap outlived its VM"
+    );
+    h.ok(&["delete", "--force", &id]);
+    assert!(!net.run("tc", "qdisc show dev eth0").contains("ingress"));
+    nothing_left(&h);
+}
+
 #[test]
 fn a_vm_pod_on_the_hosts_network_is_refused_and_leaves_nothing() {
     let Some(c) = Configs::new() else { return };
