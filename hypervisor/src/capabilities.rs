@@ -54,7 +54,7 @@ impl Backend {
                 snapshot: false,
                 templates: true,
                 stops_by_guest_power_off: false,
-                block: DeviceSupport::NONE,
+                block: DeviceSupport::COLD,
                 nic: DeviceSupport::COLD,
                 vfio: DeviceSupport::NONE,
             },
@@ -64,7 +64,7 @@ impl Backend {
                 snapshot: true,
                 templates: false,
                 stops_by_guest_power_off: true,
-                block: DeviceSupport::NONE,
+                block: DeviceSupport::COLD,
                 nic: DeviceSupport::COLD,
                 vfio: DeviceSupport::NONE,
             },
@@ -130,7 +130,8 @@ pub struct Capabilities {
     /// The clean end of this VM is the guest powering itself off (hull-vmm has no other): ask
     /// the agent for it (`DestroySandbox` with `power_off`), then `Hypervisor::stop(true)`.
     pub stops_by_guest_power_off: bool,
-    /// Block devices (drives).
+    /// Block devices: virtio-blk disks on host block devices or image files
+    /// (`VmConfig::disks`).
     pub block: DeviceSupport,
     /// Network interfaces: virtio-net NICs on host taps (`VmConfig::nics`).
     pub nic: DeviceSupport,
@@ -145,7 +146,10 @@ impl Capabilities {
             Some(kind) if !self.shared_fs.contains(&kind) => return Some(Missing::SharedFs(kind)),
             _ => {}
         }
-        (needs.nics > 0 && !self.nic.cold).then_some(Missing::Nics)
+        if needs.nics > 0 && !self.nic.cold {
+            return Some(Missing::Nics);
+        }
+        (needs.disks > 0 && !self.block.cold).then_some(Missing::Disks)
     }
 }
 
@@ -156,6 +160,8 @@ pub struct Needs {
     pub shared_fs: Option<SharedFs>,
     /// This many NICs at boot (the pod's interfaces); 0: none.
     pub nics: usize,
+    /// This many disks at boot (the pod's block devices); 0: none.
+    pub disks: usize,
 }
 
 /// A capability a VM needs and a backend lacks.
@@ -165,6 +171,8 @@ pub enum Missing {
     SharedFs(SharedFs),
     /// No NICs at boot.
     Nics,
+    /// No disks at boot.
+    Disks,
 }
 
 impl fmt::Display for Missing {
@@ -172,6 +180,7 @@ impl fmt::Display for Missing {
         match self {
             Missing::SharedFs(kind) => write!(f, "no shared filesystem ({kind})"),
             Missing::Nics => f.write_str("no network interfaces (virtio-net on a tap)"),
+            Missing::Disks => f.write_str("no disks (virtio-blk)"),
         }
     }
 }
@@ -184,7 +193,7 @@ mod tests {
     fn shares_need_a_backend_with_their_shared_filesystem() {
         let shares = Needs {
             shared_fs: Some(SharedFs::Virtio9p),
-            nics: 0,
+            ..Needs::default()
         };
         assert_eq!(Backend::Qemu.capabilities().lacks(&shares), None);
         let missing = Backend::Builtin.capabilities().lacks(&shares);
@@ -201,8 +210,8 @@ mod tests {
     #[test]
     fn nics_need_a_backend_that_adds_them_at_boot() {
         let nics = Needs {
-            shared_fs: None,
             nics: 2,
+            ..Needs::default()
         };
         for b in Backend::ALL {
             assert_eq!(b.capabilities().lacks(&nics), None, "{b}");
@@ -220,14 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn disks_need_a_backend_that_adds_them_at_boot() {
+        let disks = Needs {
+            disks: 2,
+            ..Needs::default()
+        };
+        for b in Backend::ALL {
+            assert_eq!(b.capabilities().lacks(&disks), None, "{b}");
+        }
+        let without = Capabilities {
+            block: DeviceSupport::NONE,
+            ..Backend::Qemu.capabilities()
+        };
+        assert_eq!(without.lacks(&disks), Some(Missing::Disks));
+        assert_eq!(Missing::Disks.to_string(), "no disks (virtio-blk)");
+        assert_eq!(without.lacks(&Needs::default()), None);
+    }
+
+    #[test]
     fn no_backend_claims_a_device_it_cannot_add_yet() {
         for b in Backend::ALL {
             let c = b.capabilities();
-            for d in [c.block, c.vfio] {
-                assert_eq!(d, DeviceSupport::NONE, "{b}");
-            }
-            // NICs at boot only: microvm and hull-vmm have no hotplug.
+            assert_eq!(c.vfio, DeviceSupport::NONE, "{b}");
+            // NICs and disks at boot only: microvm and hull-vmm have no hotplug.
             assert_eq!(c.nic, DeviceSupport::COLD, "{b}");
+            assert_eq!(c.block, DeviceSupport::COLD, "{b}");
             assert!(c.pause, "{b}");
         }
         assert!(Backend::Builtin.capabilities().snapshot && !Backend::Qemu.capabilities().snapshot);

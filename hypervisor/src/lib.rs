@@ -2,7 +2,7 @@
 //! starting, watching and stopping that VM: the [`Hypervisor`] trait and what each backend can
 //! do ([`Capabilities`]), [`select`] (the config's choice, `auto` resolved against the host and
 //! the VM's needs), the owned VMM process with the boot wait, the kernel command line, the
-//! VM's NICs on the pod's taps ([`Nic`]), the host probes `hull check` reports (`detect`), and
+//! VM's NICs on the pod's taps ([`Nic`]), its cold-plugged virtio-blk disks ([`Disk`]), the host probes `hull check` reports (`detect`), and
 //! the backends: `qemu` (QEMU `microvm`, with templates) and `builtin` (hull's own `hull-vmm`).
 //! A booted VM hands back an agent *channel*; `hull-agent-client` connects over it.
 
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 pub use builtin::BuiltinHypervisor;
 pub use capabilities::{Backend, Capabilities, DeviceSupport, Missing, Needs, SharedFs};
 pub use error::{HypervisorError, Result};
-pub use qemu::{template, QemuHypervisor, VmRunState};
+pub use qemu::{template, QemuDrive, QemuHypervisor, VmRunState};
 
 use hull_agent_client::{AgentChannel, AgentClient};
 use programs::find_qemu;
@@ -91,6 +91,23 @@ pub(crate) fn mac_string(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
+/// A virtio-blk disk of the VM, cold-plugged at boot, backed by a host block device node
+/// (a disk, a partition, a loop device, an LVM volume) or a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// The host block device node or raw image file.
+    pub path: PathBuf,
+    /// The guest may only read it.
+    pub read_only: bool,
+}
+
+/// The serial of the VM's disk `index` (`hull-disk-{index}`), the same for every VM: the
+/// agent finds disk `index` in the guest by it (`/sys/block/vdX/serial`). At most 20 bytes,
+/// virtio-blk's serial limit (`VIRTIO_BLK_ID_BYTES`), for any index below 10^10.
+pub fn disk_serial(index: usize) -> String {
+    format!("hull-disk-{index}")
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -126,6 +143,9 @@ pub struct VmConfig {
     pub template_dir: Option<PathBuf>,
     /// The VM's NICs, in order: NIC `i` has [`nic_device_mac`]`(i)` when the guest starts.
     pub nics: Vec<Nic>,
+    /// The VM's disks, in order: disk `i` has serial [`disk_serial`]`(i)`. A VM with disks
+    /// boots cold (no template: a template's guest has seen other disks and their sizes).
+    pub disks: Vec<Disk>,
 }
 
 impl VmConfig {
@@ -149,15 +169,17 @@ impl VmConfig {
             acpi: false,
             template_dir: None,
             nics: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
     /// What this VM needs of its backend: a shared filesystem when it shares directories,
-    /// NICs when it has any.
+    /// NICs and disks when it has any.
     pub fn needs(&self) -> Needs {
         Needs {
             shared_fs: (!self.shares.is_empty()).then_some(SharedFs::Virtio9p),
             nics: self.nics.len(),
+            disks: self.disks.len(),
         }
     }
 
@@ -168,8 +190,9 @@ impl VmConfig {
     }
 
     /// Errors unless the kernel and the initrd are files, the VM has at least 64 MiB and
-    /// one vCPU (and at most `max_vcpus`, where the backend has a limit), and no NIC's tap fd
-    /// is a standard stream's number (the VMM's stdio would replace it).
+    /// one vCPU (and at most `max_vcpus`, where the backend has a limit), no NIC's tap fd
+    /// is a standard stream's number (the VMM's stdio would replace it), and every disk's
+    /// path is a block device or a regular file.
     pub(crate) fn check_bootable(&self, max_vcpus: Option<u32>) -> Result<()> {
         if let Some(fd) = self.nic_fds().into_iter().find(|fd| *fd <= 2) {
             return Err(HypervisorError::Config(format!(
@@ -183,6 +206,9 @@ impl VmConfig {
                 )));
             }
         }
+        for (i, d) in self.disks.iter().enumerate() {
+            check_disk(i, &d.path)?;
+        }
         let too_many = max_vcpus.is_some_and(|m| self.vcpus > m);
         if self.memory_mib < 64 || self.vcpus == 0 || too_many {
             let vcpus = match max_vcpus {
@@ -195,6 +221,22 @@ impl VmConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// Errors unless disk `index`'s `path` is a block device or a regular file (one line naming
+/// it: a missing device, a directory, a character device).
+fn check_disk(index: usize, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).map(|m| m.file_type());
+    match kind {
+        Ok(t) if t.is_block_device() || t.is_file() => Ok(()),
+        Ok(_) => Err(HypervisorError::Config(format!(
+            "disk {index}: {path:?} is neither a block device nor a file"
+        ))),
+        Err(e) => Err(HypervisorError::Config(format!(
+            "disk {index}: {path:?}: {e}"
+        ))),
     }
 }
 
@@ -391,6 +433,62 @@ mod tests {
         assert_eq!(c.needs().shared_fs, None);
         // Clones (one config per VMM start) share the taps.
         assert_eq!(c.clone().nic_fds(), c.nic_fds());
+    }
+
+    #[test]
+    fn a_vm_needs_as_many_disks_as_it_has() {
+        let mut c = VmConfig::new("/k", "/i", "/s");
+        assert!(c.disks.is_empty());
+        c.disks = vec![
+            Disk {
+                path: "/dev/loop0".into(),
+                read_only: false,
+            };
+            2
+        ];
+        assert_eq!(c.needs().disks, 2);
+        assert_eq!(c.needs().nics, 0);
+    }
+
+    #[test]
+    fn disk_serials_are_fixed_distinct_and_fit_virtio_blk() {
+        assert_eq!(disk_serial(0), "hull-disk-0");
+        assert_eq!(disk_serial(12), "hull-disk-12");
+        // VIRTIO_BLK_ID_BYTES: the guest sees at most 20 bytes.
+        assert!(disk_serial(9_999_999_999).len() <= 20);
+        let serials: std::collections::HashSet<String> = (0..300).map(disk_serial).collect();
+        assert_eq!(serials.len(), 300);
+    }
+
+    #[test]
+    fn a_missing_or_odd_disk_is_one_line_naming_it_before_anything_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let (k, i) = (d.path().join("vmlinux"), d.path().join("initrd"));
+        std::fs::write(&k, b"k").unwrap();
+        std::fs::write(&i, b"i").unwrap();
+        let img = d.path().join("disk.img");
+        std::fs::write(&img, [0u8; 512]).unwrap();
+        let mut c = VmConfig::new(&k, &i, d.path().join("vm"));
+        let disk = |p: &Path| Disk {
+            path: p.into(),
+            read_only: true,
+        };
+        c.disks = vec![disk(&img)];
+        c.check_bootable(None).unwrap();
+        let missing = d.path().join("gone");
+        c.disks.push(disk(&missing));
+        let e = c.check_bootable(None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("vm config: disk 1: {missing:?}: No such file or directory (os error 2)")
+        );
+        assert!(!e.contains('\n'), "{e}");
+        c.disks[1] = disk(Path::new("/dev/null"));
+        let e = c.check_bootable(None).unwrap_err().to_string();
+        assert!(
+            e.contains("disk 1: \"/dev/null\" is neither a block device nor a file"),
+            "{e}"
+        );
     }
 
     #[test]

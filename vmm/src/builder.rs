@@ -87,35 +87,53 @@ pub enum BuildError {
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
-/// A block device: a raw image file, optionally read-only.
+/// A block device: a raw image file or a host block device node, optionally read-only, with
+/// the serial the guest reads (`VIRTIO_BLK_T_GET_ID`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
-    /// Path of the raw image.
+    /// Path of the raw image or device node.
     pub path: PathBuf,
     /// Whether the guest may only read it.
     pub read_only: bool,
+    /// The disk's serial (at most 20 bytes); without it, the file's name cut to 20 bytes.
+    pub serial: Option<String>,
 }
 
 impl std::str::FromStr for BlockConfig {
     type Err = String;
-    /// Parses `FILE` or `FILE,ro`.
+    /// Parses `FILE[,ro|rw][,serial=S]` (options in any order after the path; a path with a
+    /// comma cannot be named).
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.rsplit_once(',') {
-            Some((path, "ro")) => Ok(BlockConfig {
-                path: path.into(),
-                read_only: true,
-            }),
-            Some((path, "rw")) => Ok(BlockConfig {
-                path: path.into(),
-                read_only: false,
-            }),
-            Some((_, opt)) => Err(format!("unknown block option {opt:?} (expected ro or rw)")),
-            None if s.is_empty() => Err("empty block device path".into()),
-            None => Ok(BlockConfig {
-                path: s.into(),
-                read_only: false,
-            }),
+        let (mut path, mut read_only, mut serial) = (s, false, None);
+        while let Some((rest, opt)) = path.rsplit_once(',') {
+            match opt {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                _ => match opt.strip_prefix("serial=") {
+                    Some(id) if id.len() > virtio::block::ID_BYTES => {
+                        return Err(format!(
+                            "block serial {id:?} is longer than {} bytes",
+                            virtio::block::ID_BYTES
+                        ))
+                    }
+                    Some(id) => serial = Some(id.to_string()),
+                    None => {
+                        return Err(format!(
+                            "unknown block option {opt:?} (expected ro, rw or serial=S)"
+                        ))
+                    }
+                },
+            }
+            path = rest;
         }
+        if path.is_empty() {
+            return Err("empty block device path".into());
+        }
+        Ok(BlockConfig {
+            path: path.into(),
+            read_only,
+            serial,
+        })
     }
 }
 
@@ -179,8 +197,8 @@ pub struct VmResources {
     pub vsock_uds: Option<PathBuf>,
     /// Guest CID of the vsock device.
     pub vsock_cid: u64,
-    /// Block device.
-    pub block: Option<BlockConfig>,
+    /// Block devices, in this order.
+    pub block: Vec<BlockConfig>,
     /// Host tap interface for a net device.
     pub tap: Option<String>,
     /// Net devices on inherited tap fds, after the `tap` one, in this order.
@@ -209,7 +227,7 @@ impl Default for VmResources {
             vcpus: 1,
             vsock_uds: None,
             vsock_cid: 3,
-            block: None,
+            block: Vec::new(),
             tap: None,
             net_fds: Vec::new(),
             rng: true,
@@ -402,8 +420,9 @@ impl Vmm {
             let out = Box::new(std::io::stdout());
             self.add_virtio_device(Box::new(virtio::console::Console::new(out)))?;
         }
-        if let Some(b) = self.config.block.clone() {
-            self.add_virtio_device(Box::new(virtio::block::Block::open(&b.path, b.read_only)?))?;
+        for b in self.config.block.clone() {
+            let dev = virtio::block::Block::open(&b.path, b.read_only, b.serial.as_deref())?;
+            self.add_virtio_device(Box::new(dev))?;
         }
         if let Some(tap) = self.config.tap.clone() {
             let dev = virtio::net::Net::with_tap(&tap)?;
@@ -873,12 +892,38 @@ mod tests {
         assert_eq!(
             "a.img,ro".parse::<BlockConfig>().unwrap(),
             BlockConfig {
+                serial: None,
                 path: "a.img".into(),
                 read_only: true
             }
         );
         assert!(!"a.img".parse::<BlockConfig>().unwrap().read_only);
         assert!("a.img,xx".parse::<BlockConfig>().is_err());
+        assert!(",ro".parse::<BlockConfig>().is_err());
+    }
+
+    #[test]
+    fn block_config_parses_a_serial_in_any_order_and_refuses_a_long_one() {
+        let want = BlockConfig {
+            path: "/dev/loop0".into(),
+            read_only: true,
+            serial: Some("hull-disk-0".into()),
+        };
+        for s in [
+            "/dev/loop0,ro,serial=hull-disk-0",
+            "/dev/loop0,serial=hull-disk-0,ro",
+        ] {
+            assert_eq!(s.parse::<BlockConfig>().unwrap(), want, "{s}");
+        }
+        // A comma ends the path: what follows is an option.
+        assert!("/a,b.img,serial=x".parse::<BlockConfig>().is_err());
+        let e = "a.img,serial=123456789012345678901"
+            .parse::<BlockConfig>()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "block serial \"123456789012345678901\" is longer than 20 bytes"
+        );
     }
 
     #[test]

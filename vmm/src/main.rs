@@ -35,9 +35,11 @@ struct Cli {
     /// Guest CID of the vsock device.
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
-    /// Raw disk image as virtio-blk: FILE or FILE,ro.
-    #[arg(long)]
-    block: Option<BlockConfig>,
+    /// Raw disk image or host block device as virtio-blk: FILE[,ro][,serial=S] (the serial
+    /// the guest reads, at most 20 bytes; the file's name without). Repeatable: one device
+    /// each, in order.
+    #[arg(long, value_name = "FILE[,ro][,serial=S]")]
+    block: Vec<BlockConfig>,
     /// Host tap interface for virtio-net (opened, or created, by name).
     #[arg(long)]
     tap: Option<String>,

@@ -1,7 +1,8 @@
 //! The `builtin` backend: hull's own VMM (`hull-vmm`, the `vmm` crate) on hardware KVM. The
 //! agent is reached over hull-vmm's hybrid vsock socket (`CONNECT <port>\n` / `OK <n>\n`), the VM
 //! is controlled over hull-vmm's JSON-lines API socket, NICs are virtio-net on the pod's taps
-//! (`--net-fd`), and it ends cleanly only by the guest powering itself off.
+//! (`--net-fd`), disks are virtio-blk with their serials (`--block`; through the host page
+//! cache, a guest flush syncs them), and it ends cleanly only by the guest powering itself off.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -14,7 +15,7 @@ use crate::capabilities::Backend;
 use crate::error::{HypervisorError, Result};
 use crate::programs::find_in_path;
 use crate::vmm_process::VmmProcess;
-use crate::{detect, mac_string, nic_device_mac, BootedVm, Hypervisor, VmConfig};
+use crate::{detect, disk_serial, mac_string, nic_device_mac, BootedVm, Hypervisor, VmConfig};
 use hull_agent_client::{AgentChannel, AgentClient};
 
 /// The VMM binary (found through `HULL_VMM`, next to the running executable, then on PATH).
@@ -125,6 +126,16 @@ impl BuiltinHypervisor {
             "--id".into(),
             self.vm_id(),
         ];
+        // Disk i: its host device or file, with disk i's serial.
+        for (i, disk) in cfg.disks.iter().enumerate() {
+            a.push("--block".into());
+            a.push(format!(
+                "{}{},serial={}",
+                s(&disk.path),
+                if disk.read_only { ",ro" } else { "" },
+                disk_serial(i)
+            ));
+        }
         // NIC i: the pod's tap i, inherited by its fd number, with NIC i's device MAC.
         for (i, fd) in cfg.nic_fds().into_iter().enumerate() {
             a.push("--net-fd".into());
@@ -161,6 +172,17 @@ impl BuiltinHypervisor {
         let cfg = &self.config;
         // hull-vmm numbers its vCPUs with a u8.
         cfg.check_bootable(Some(u32::from(u8::MAX)))?;
+        if let Some((i, d)) = cfg
+            .disks
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.path.to_string_lossy().contains(','))
+        {
+            return Err(HypervisorError::Config(format!(
+                "disk {i}: {:?} has a comma, which hull-vmm's --block cannot name",
+                d.path
+            )));
+        }
         Backend::Builtin.check_covers(&cfg.needs())
     }
 
@@ -490,6 +512,48 @@ mod tests {
     }
 
     #[test]
+    fn each_disk_is_a_block_with_its_serial_in_order() {
+        let dir = tempdir();
+        let mut config = bootable_cfg(dir.path());
+        for (name, read_only) in [("a.img", false), ("b.img", true)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, [0u8; 512]).unwrap();
+            config.disks.push(crate::Disk { path: p, read_only });
+        }
+        let h = BuiltinHypervisor::new(config);
+        let a = h.command_args().join(" ");
+        let d = dir.path().display();
+        let want =
+            format!("--block {d}/a.img,serial=hull-disk-0 --block {d}/b.img,ro,serial=hull-disk-1");
+        assert!(a.contains(&want), "{want} missing: {a}");
+        // What hull-vmm parses back.
+        let i = h
+            .command_args()
+            .iter()
+            .position(|x| x == "--block")
+            .unwrap();
+        let b: hull_vmm::BlockConfig = h.command_args()[i + 1].parse().unwrap();
+        assert_eq!(b.serial.as_deref(), Some("hull-disk-0"));
+        assert!(!b.read_only);
+        let missing = {
+            let mut c = bootable_cfg(dir.path());
+            c.disks.push(crate::Disk {
+                path: dir.path().join("gone"),
+                read_only: false,
+            });
+            hypervisor_for_test(c, stand_in(dir.path(), "exit 1"))
+                .boot()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            missing.contains("disk 0:") && missing.contains("gone"),
+            "{missing}"
+        );
+        assert!(!dir.path().join("vmm.pid").exists(), "hull-vmm ran");
+    }
+
+    #[test]
     fn cmdline_tells_the_agent_to_listen_on_vsock_and_leaves_devices_to_hull_vmm() {
         let mut c = cfg("/run/hull/vm1");
         c.extra_cmdline = "loglevel=7".into();
@@ -621,12 +685,12 @@ mod tests {
         c.vcpus = 300;
         let e = hypervisor_for_test(c, vmm).boot().unwrap_err().to_string();
         assert!(e.contains("1 to 255 vCPUs"), "{e}");
-        // hull-vmm fixes its virtio-mmio devices at boot: NICs then, nothing else, never hot.
+        // hull-vmm fixes its virtio-mmio devices at boot: NICs and disks then, never hot.
         let caps = h.capabilities();
-        for d in [caps.block, caps.vfio] {
-            assert!(!d.cold && !d.hot, "{caps:?}");
+        assert!(!caps.vfio.cold && !caps.vfio.hot, "{caps:?}");
+        for d in [caps.nic, caps.block] {
+            assert!(d.cold && !d.hot, "{caps:?}");
         }
-        assert!(caps.nic.cold && !caps.nic.hot, "{caps:?}");
         assert!(!dir.path().join("vmm.pid").exists(), "hull-vmm ran");
     }
 

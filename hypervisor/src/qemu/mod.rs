@@ -1,7 +1,8 @@
 //! The `qemu` backend: QEMU's `microvm` machine, KVM where this host has hardware
 //! virtualization and TCG elsewhere, controlled over QMP, the agent on a virtio-serial port,
 //! host directories shared over virtio-9p, NICs on the pod's taps (virtio-net, frames copied
-//! by QEMU in user space: vhost off), and VM templates (`template`).
+//! by QEMU in user space: vhost off), disks on host block devices or image files (virtio-blk,
+//! no host cache), and VM templates (`template`).
 
 mod qmp;
 pub mod template;
@@ -15,7 +16,9 @@ use crate::capabilities::Backend;
 use crate::error::{HypervisorError, Result};
 use crate::programs::{find_qemu, qemu_binary};
 use crate::vmm_process::VmmProcess;
-use crate::{detect, mac_string, nic_device_mac, BootedVm, Hypervisor, VmConfig};
+use crate::{
+    detect, disk_serial, mac_string, nic_device_mac, BootedVm, Disk, Hypervisor, VmConfig,
+};
 use hull_agent_client::{AgentChannel, AgentClient};
 use template::Template;
 
@@ -61,6 +64,19 @@ pub struct VmRunState {
     pub running: bool,
     /// QEMU's run state (`running`, `paused`, ...).
     pub status: String,
+}
+
+/// A drive of the guest as QEMU has it open (QMP `query-block`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuDrive {
+    /// QEMU's drive id (`disk0` for disk 0).
+    pub id: String,
+    /// The host file or device node behind it.
+    pub file: String,
+    /// Opened read-only.
+    pub read_only: bool,
+    /// Opened with O_DIRECT (no host page cache).
+    pub direct: bool,
 }
 
 /// A QEMU process owned by this handle: it never outlives the handle (killed on drop, and
@@ -142,6 +158,33 @@ impl QemuHypervisor {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// The guest's drives as QEMU has them open (QMP `query-block`), in QEMU's order; drives
+    /// without a medium are left out.
+    pub fn query_drives(&mut self) -> Result<Vec<QemuDrive>> {
+        let v = self.qmp("query-block", None)?;
+        let drives = v.as_array().map(Vec::as_slice).unwrap_or_default();
+        Ok(drives
+            .iter()
+            .filter_map(|d| {
+                let inserted = d.get("inserted")?;
+                let text = |v: &serde_json::Value, k: &str| {
+                    v.get(k)
+                        .and_then(|s| s.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let flag =
+                    |v: Option<&serde_json::Value>| v.and_then(|f| f.as_bool()).unwrap_or(false);
+                Some(QemuDrive {
+                    id: text(d, "device"),
+                    file: text(inserted, "file"),
+                    read_only: flag(inserted.get("ro")),
+                    direct: flag(inserted.get("cache").and_then(|c| c.get("direct"))),
+                })
+            })
+            .collect())
     }
 
     fn qmp(&mut self, command: &str, args: Option<serde_json::Value>) -> Result<serde_json::Value> {
@@ -241,6 +284,23 @@ impl QemuHypervisor {
                 mac_string(nic_device_mac(i))
             ));
         }
+        // Disk i: a raw drive on the host device or file, no host cache where the host allows
+        // it (see `disk_cache`), served by QEMU's thread pool; the guest finds it by its
+        // serial.
+        for (i, disk) in cfg.disks.iter().enumerate() {
+            a.push("-drive".into());
+            a.push(format!(
+                "file={},if=none,id=disk{i},format=raw,cache={},aio=threads{}",
+                s(&disk.path).replace(',', ",,"),
+                disk_cache(disk),
+                if disk.read_only { ",readonly=on" } else { "" }
+            ));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-blk-device,drive=disk{i},serial={}",
+                disk_serial(i)
+            ));
+        }
         let memory_file = |path: &Path, shared: bool| {
             format!(
                 "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
@@ -286,6 +346,21 @@ impl QemuHypervisor {
             ],
             &facts,
         )
+    }
+
+    /// Where this VM's template is kept, if it starts from one: never for a VM with disks,
+    /// which boots cold (a template's guest has seen the disks it was made with, their
+    /// number and sizes, and would not see this VM's).
+    fn template_root(&self) -> Option<PathBuf> {
+        let root = self.config.template_dir.clone()?;
+        if !self.config.disks.is_empty() {
+            tracing::debug!(
+                disks = self.config.disks.len(),
+                "vm with disks boots cold: a template's guest has seen other disks"
+            );
+            return None;
+        }
+        Some(root)
     }
 
     /// Starts QEMU booting the kernel (no template).
@@ -472,6 +547,26 @@ impl QemuHypervisor {
     }
 }
 
+/// QEMU's `cache=` mode for `disk`: `none` (O_DIRECT: no host page cache, so what the guest
+/// flushed is on the device), unless the host refuses to open its path with O_DIRECT (a file
+/// on tmpfs before Linux 6.6, which QEMU would refuse to open with `cache=none`): then
+/// `writethrough` (the host page cache, every write flushed through it). Probed with an
+/// `open(O_RDONLY | O_DIRECT)` of the path; any other error leaves `none` (boot names it).
+fn disk_cache(disk: &Disk) -> &'static str {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&disk.path);
+    match probe {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!(path = ?disk.path, "no O_DIRECT on this disk's file: cache=writethrough");
+            "writethrough"
+        }
+        _ => "none",
+    }
+}
+
 /// The host's TSC frequency in kHz, from /proc/cpuinfo (saves the guest its calibration).
 fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -496,7 +591,7 @@ impl Hypervisor for QemuHypervisor {
             return Err(HypervisorError::Config("vm is already booted".into()));
         }
         self.validate()?;
-        let started = match self.config.template_dir.clone() {
+        let started = match self.template_root() {
             Some(root) => self.start_from_template(&root)?,
             None => self.cold_start()?,
         };
@@ -673,6 +768,82 @@ mod tests {
     }
 
     #[test]
+    fn each_disk_is_a_raw_uncached_drive_on_a_virtio_blk_device_with_its_serial() {
+        let d = tempfile::tempdir().unwrap();
+        let (img, odd) = (d.path().join("a.img"), d.path().join("b,c.img"));
+        std::fs::write(&img, [0u8; 512]).unwrap();
+        std::fs::write(&odd, [0u8; 512]).unwrap();
+        let mut c = cfg();
+        c.disks = vec![
+            Disk {
+                path: img.clone(),
+                read_only: false,
+            },
+            Disk {
+                path: odd.clone(),
+                read_only: true,
+            },
+        ];
+        let a = QemuHypervisor::new(c).command_args().join(" ");
+        let dir = d.path().display();
+        for want in [
+            format!("-drive file={dir}/a.img,if=none,id=disk0,format=raw,cache=none,aio=threads -device virtio-blk-device,drive=disk0,serial=hull-disk-0"),
+            // QEMU's option syntax doubles a comma in a value.
+            format!("-drive file={dir}/b,,c.img,if=none,id=disk1,format=raw,cache=none,aio=threads,readonly=on -device virtio-blk-device,drive=disk1,serial=hull-disk-1"),
+        ] {
+            assert!(a.contains(&want), "{want} missing: {a}");
+        }
+        assert_eq!(a.matches("-drive").count(), 2, "{a}");
+        let none = QemuHypervisor::new(cfg()).command_args().join(" ");
+        assert!(
+            !none.contains("-drive") && !none.contains("virtio-blk"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn disks_are_opened_without_host_cache_where_the_host_allows_o_direct() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("a.img");
+        std::fs::write(&img, [0u8; 4096]).unwrap();
+        let disk = |path: &Path| Disk {
+            path: path.into(),
+            read_only: false,
+        };
+        // This host's /tmp (ext4) and /dev/shm (tmpfs since Linux 6.6) take O_DIRECT.
+        assert_eq!(disk_cache(&disk(&img)), "none");
+        // A missing path is left for boot to name.
+        assert_eq!(disk_cache(&disk(&d.path().join("gone"))), "none");
+        // /proc files refuse O_DIRECT with EINVAL, as tmpfs did before Linux 6.6.
+        assert_eq!(
+            disk_cache(&disk(Path::new("/proc/self/status"))),
+            "writethrough"
+        );
+    }
+
+    #[test]
+    fn a_vm_with_disks_boots_cold_without_its_template() {
+        let mut c = cfg();
+        c.template_dir = Some("/var/lib/hull/templates".into());
+        assert_eq!(
+            QemuHypervisor::new(c.clone()).template_root(),
+            Some(PathBuf::from("/var/lib/hull/templates"))
+        );
+        c.disks.push(Disk {
+            path: "/dev/loop0".into(),
+            read_only: false,
+        });
+        let q = QemuHypervisor::new(c);
+        assert_eq!(q.template_root(), None);
+        assert_eq!(q.start, Start::Boot);
+        let a = q.command_args().join(" ");
+        assert!(
+            !a.contains("memory-backend") && !a.contains("-incoming"),
+            "{a}"
+        );
+    }
+
+    #[test]
     fn template_modes_put_the_ram_in_the_template_file() {
         let mut q = QemuHypervisor::new(cfg());
         q.start = Start::BootForTemplate {
@@ -761,10 +932,10 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_and_devices_are_not_claimed_and_snapshot_says_not_supported() {
+    fn snapshot_and_hot_devices_are_not_claimed_and_snapshot_says_not_supported() {
         let mut q = QemuHypervisor::new(cfg());
         let caps = q.capabilities();
-        assert!(!caps.snapshot && !caps.block.hot && !caps.block.cold);
+        assert!(!caps.snapshot && !caps.block.hot && caps.block.cold);
         let e = q.snapshot(Path::new("/tmp")).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -31,7 +31,8 @@ pub const S_OK: u8 = 0;
 pub const S_IOERR: u8 = 1;
 /// Request type not supported.
 pub const S_UNSUPP: u8 = 2;
-const ID_BYTES: usize = 20;
+/// The longest serial (`VIRTIO_BLK_ID_BYTES`): `GET_ID` answers at most this many bytes.
+pub const ID_BYTES: usize = 20;
 
 /// The block device.
 pub struct Block {
@@ -43,8 +44,9 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens the raw image at `path`.
-    pub fn open(path: &Path, read_only: bool) -> Result<Block, VirtioError> {
+    /// Opens the raw image or device node at `path`; `serial` is what `GET_ID` answers (cut
+    /// to [`ID_BYTES`]), the file's name without one.
+    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Block, VirtioError> {
         let open_err = |source| VirtioError::Open {
             what: "block image",
             name: path.display().to_string(),
@@ -57,10 +59,13 @@ impl Block {
             .map_err(open_err)?;
         let len = file.metadata().map_err(open_err)?.len();
         let mut id = [0u8; ID_BYTES];
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = match serial {
+            Some(s) => s.to_string(),
+            None => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
         let n = name.len().min(ID_BYTES);
         id[..n].copy_from_slice(&name.as_bytes()[..n]);
         Ok(Block {
@@ -281,7 +286,7 @@ mod tests {
     #[test]
     fn reads_a_sector() {
         let img = image();
-        let mut dev = Block::open(img.as_path(), false).unwrap();
+        let mut dev = Block::open(img.as_path(), false, None).unwrap();
         assert_eq!(dev.sectors(), 8);
         let m = test_mem();
         header(&m, T_IN, 1);
@@ -312,10 +317,10 @@ mod tests {
             desc(0x20_0000, 512, 0),
             desc(0x30_0000, 1, VRING_DESC_F_WRITE),
         ];
-        let mut ro = Block::open(img.as_path(), true).unwrap();
+        let mut ro = Block::open(img.as_path(), true, None).unwrap();
         assert_ne!(ro.avail_features() & VIRTIO_BLK_F_RO, 0);
         assert_eq!(run(&mut ro, &m, &chain).1, S_IOERR);
-        let mut rw = Block::open(img.as_path(), false).unwrap();
+        let mut rw = Block::open(img.as_path(), false, None).unwrap();
         assert_eq!(run(&mut rw, &m, &chain).1, S_OK);
         let mut b = [0u8; 4];
         img.as_file().read_exact_at(&mut b, 1024).unwrap();
@@ -325,7 +330,7 @@ mod tests {
     #[test]
     fn out_of_bounds_sector_fails() {
         let img = image();
-        let mut dev = Block::open(img.as_path(), false).unwrap();
+        let mut dev = Block::open(img.as_path(), false, None).unwrap();
         let m = test_mem();
         header(&m, T_IN, 8);
         let (_, st) = run(
@@ -354,7 +359,7 @@ mod tests {
     #[test]
     fn unknown_request_is_unsupported_and_get_id_works() {
         let img = image();
-        let mut dev = Block::open(img.as_path(), false).unwrap();
+        let mut dev = Block::open(img.as_path(), false, None).unwrap();
         let m = test_mem();
         header(&m, 77, 0);
         let (_, st) = run(
@@ -378,5 +383,36 @@ mod tests {
         );
         assert_eq!(st, S_OK);
         assert_eq!(u[0].1, 21);
+    }
+
+    #[test]
+    fn get_id_answers_the_given_serial_zero_padded() {
+        let img = image();
+        let m = test_mem();
+        let get_id = |dev: &mut Block| {
+            m.write_slice(&[0xffu8; ID_BYTES], GuestAddress(0x20_0000))
+                .unwrap();
+            header(&m, T_GET_ID, 0);
+            let (_, st) = run(
+                dev,
+                &m,
+                &[
+                    desc(0x10_0000, 16, 0),
+                    desc(0x20_0000, ID_BYTES as u32, VRING_DESC_F_WRITE),
+                    desc(0x30_0000, 1, VRING_DESC_F_WRITE),
+                ],
+            );
+            assert_eq!(st, S_OK);
+            let mut id = [0u8; ID_BYTES];
+            m.read_slice(&mut id, GuestAddress(0x20_0000)).unwrap();
+            id
+        };
+        let mut dev = Block::open(img.as_path(), true, Some("hull-disk-1")).unwrap();
+        let mut want = [0u8; ID_BYTES];
+        want[..11].copy_from_slice(b"hull-disk-1");
+        assert_eq!(get_id(&mut dev), want);
+        // A serial of the full 20 bytes has no terminating zero (as the spec allows).
+        let mut full = Block::open(img.as_path(), false, Some("abcdefghijklmnopqrst")).unwrap();
+        assert_eq!(&get_id(&mut full), b"abcdefghijklmnopqrst");
     }
 }
