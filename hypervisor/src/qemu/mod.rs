@@ -77,6 +77,8 @@ pub struct QemuDrive {
     pub read_only: bool,
     /// Opened with O_DIRECT (no host page cache).
     pub direct: bool,
+    /// The serial its virtio-blk device gives the guest (empty: none).
+    pub serial: String,
 }
 
 /// A QEMU process owned by this handle: it never outlives the handle (killed on drop, and
@@ -160,31 +162,39 @@ impl QemuHypervisor {
             .unwrap_or_default())
     }
 
-    /// The guest's drives as QEMU has them open (QMP `query-block`), in QEMU's order; drives
-    /// without a medium are left out.
+    /// The guest's drives as QEMU has them open (QMP `query-block`), in QEMU's order, each
+    /// with its device's serial (QMP `qom-get`); drives without a medium are left out.
     pub fn query_drives(&mut self) -> Result<Vec<QemuDrive>> {
         let v = self.qmp("query-block", None)?;
-        let drives = v.as_array().map(Vec::as_slice).unwrap_or_default();
-        Ok(drives
-            .iter()
-            .filter_map(|d| {
-                let inserted = d.get("inserted")?;
-                let text = |v: &serde_json::Value, k: &str| {
-                    v.get(k)
-                        .and_then(|s| s.as_str())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let flag =
-                    |v: Option<&serde_json::Value>| v.and_then(|f| f.as_bool()).unwrap_or(false);
-                Some(QemuDrive {
-                    id: text(d, "device"),
-                    file: text(inserted, "file"),
-                    read_only: flag(inserted.get("ro")),
-                    direct: flag(inserted.get("cache").and_then(|c| c.get("direct"))),
-                })
-            })
-            .collect())
+        let text = |v: &serde_json::Value, k: &str| {
+            v.get(k)
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let flag = |v: Option<&serde_json::Value>| v.and_then(|f| f.as_bool()).unwrap_or(false);
+        let mut drives = Vec::new();
+        for d in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let Some(inserted) = d.get("inserted") else {
+                continue;
+            };
+            let serial = match text(d, "qdev") {
+                qdev if qdev.is_empty() => String::new(),
+                qdev => {
+                    let args = serde_json::json!({"path": qdev, "property": "serial"});
+                    let s = self.qmp("qom-get", Some(args))?;
+                    s.as_str().unwrap_or_default().to_string()
+                }
+            };
+            drives.push(QemuDrive {
+                id: text(d, "device"),
+                file: text(inserted, "file"),
+                read_only: flag(inserted.get("ro")),
+                direct: flag(inserted.get("cache").and_then(|c| c.get("direct"))),
+                serial,
+            });
+        }
+        Ok(drives)
     }
 
     fn qmp(&mut self, command: &str, args: Option<serde_json::Value>) -> Result<serde_json::Value> {
