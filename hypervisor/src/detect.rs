@@ -55,6 +55,10 @@ pub struct HostReport {
     pub vhost_vsock: Probe,
     /// An IOMMU with groups, for VFIO device pass-through.
     pub iommu: Probe,
+    /// The IOMMU groups' PCI devices and their drivers; yes when one is bound to vfio-pci.
+    pub vfio_devices: Probe,
+    /// Host block devices passed to vm pods as disks (what the backends can do).
+    pub block: Probe,
     /// The QEMU binary (`HULL_QEMU`, else qemu-system-x86_64 on PATH).
     pub qemu: Probe,
     /// virtiofsd, which virtio-fs shares would need (shares are virtio-9p today).
@@ -128,6 +132,8 @@ impl HostReport {
                 "no vsock agent channel (qemu's is virtio-serial, which needs none)",
             ),
             iommu: probe_iommu(Path::new("/sys/kernel/iommu_groups")),
+            vfio_devices: probe_vfio_devices(Path::new("/sys/kernel/iommu_groups")),
+            block: probe_block(),
             qemu,
             virtiofsd,
             pod_networking: probe_tun(Path::new("/dev/net/tun")),
@@ -243,6 +249,71 @@ pub fn probe_iommu(groups: &Path) -> Probe {
             "{}: {e}: no IOMMU, no VFIO pass-through",
             groups.display()
         )),
+    }
+}
+
+/// Block passthrough as the backends implement it: virtio-blk disks at boot, and whether
+/// any backend adds them to a running VM.
+pub fn probe_block() -> Probe {
+    let caps = Backend::ALL.map(|b| (b, b.capabilities().block));
+    let names = |f: fn(&crate::DeviceSupport) -> bool| {
+        let n: Vec<&str> = caps
+            .iter()
+            .filter(|(_, d)| f(d))
+            .map(|(b, _)| b.name())
+            .collect();
+        match n.is_empty() {
+            true => "no".to_string(),
+            false => n.join(", "),
+        }
+    };
+    let (cold, hot) = (names(|d| d.cold), names(|d| d.hot));
+    let reason = format!("virtio-blk, cold-plugged at boot ({cold}); hot-add: {hot}");
+    match caps.iter().any(|(_, d)| d.cold) {
+        true => Probe::yes(reason),
+        false => Probe::no(reason),
+    }
+}
+
+/// The PCI devices of each IOMMU group under `groups` and the driver each is bound to
+/// (`group 3: 0000:01:00.0 vfio-pci, 0000:01:00.1 ahci`); yes when one is bound to
+/// vfio-pci (ready to pass to a VM), `none` without groups.
+pub fn probe_vfio_devices(groups: &Path) -> Probe {
+    let Ok(dir) = std::fs::read_dir(groups) else {
+        return Probe::no(format!("none ({} cannot be read)", groups.display()));
+    };
+    let mut listed: Vec<(u64, String)> = Vec::new();
+    let mut bound = 0;
+    for group in dir.flatten() {
+        let name = group.file_name().to_string_lossy().into_owned();
+        let mut devices: Vec<String> = std::fs::read_dir(group.path().join("devices"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| {
+                let driver = std::fs::read_link(d.path().join("driver"))
+                    .ok()
+                    .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "no driver".into());
+                bound += usize::from(driver == "vfio-pci");
+                format!("{} {driver}", d.file_name().to_string_lossy())
+            })
+            .collect();
+        devices.sort();
+        listed.push((
+            name.parse().unwrap_or(u64::MAX),
+            format!("group {name}: {}", devices.join(", ")),
+        ));
+    }
+    if listed.is_empty() {
+        return Probe::no("none (no IOMMU groups)");
+    }
+    listed.sort();
+    let groups: Vec<String> = listed.into_iter().map(|(_, g)| g).collect();
+    let reason = format!("{bound} bound to vfio-pci; {}", groups.join("; "));
+    match bound > 0 {
+        true => Probe::yes(reason),
+        false => Probe::no(reason),
     }
 }
 
@@ -429,6 +500,54 @@ fn run_tiny_guest() -> std::result::Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn vfio_devices_lists_each_groups_devices_and_their_drivers() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let groups = d.path().join("iommu_groups");
+        let none = probe_vfio_devices(&groups);
+        assert!(!none.ok && none.reason.starts_with("none"), "{none:?}");
+        std::fs::create_dir(&groups).unwrap();
+        assert_eq!(
+            probe_vfio_devices(&groups),
+            Probe::no("none (no IOMMU groups)")
+        );
+        // As sysfs has them: groups/N/devices/ADDR -> the device, whose driver -> the driver.
+        let (pci, drivers) = (d.path().join("pci"), d.path().join("drivers"));
+        for (group, addr, driver) in [
+            ("10", "0000:01:00.1", Some("ahci")),
+            ("10", "0000:01:00.0", Some("vfio-pci")),
+            ("2", "0000:00:02.0", None),
+        ] {
+            let dev = pci.join(addr);
+            std::fs::create_dir_all(&dev).unwrap();
+            if let Some(driver) = driver {
+                std::fs::create_dir_all(drivers.join(driver)).unwrap();
+                symlink(drivers.join(driver), dev.join("driver")).unwrap();
+            }
+            let devices = groups.join(group).join("devices");
+            std::fs::create_dir_all(&devices).unwrap();
+            symlink(&dev, devices.join(addr)).unwrap();
+        }
+        let p = probe_vfio_devices(&groups);
+        assert!(p.ok, "{p:?}");
+        assert_eq!(
+            p.reason,
+            "1 bound to vfio-pci; group 2: 0000:00:02.0 no driver; \
+             group 10: 0000:01:00.0 vfio-pci, 0000:01:00.1 ahci"
+        );
+    }
+
+    #[test]
+    fn block_passthrough_is_cold_plugged_only() {
+        let p = probe_block();
+        assert!(p.ok, "{p:?}");
+        assert_eq!(
+            p.reason,
+            "virtio-blk, cold-plugged at boot (builtin, qemu); hot-add: no"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -1,5 +1,5 @@
 //! `hull check`: what this host can run (cgroups, KVM and whether it is hardware-backed,
-//! vhost-vsock, IOMMU, qemu, the guest kernel), and which hypervisor `auto` picks for a pod.
+//! vhost-vsock, block passthrough, IOMMU groups and vfio-pci devices, qemu, the guest kernel), and which hypervisor `auto` picks for a pod.
 
 use std::path::Path;
 
@@ -57,7 +57,9 @@ fn check_report(config: Option<&Path>) -> String {
     line("vhost-vsock", &r.vhost_vsock);
     line("pod networking", &r.pod_networking);
     line("vhost-net", &r.vhost_net);
+    line("block passthrough", &r.block);
     line("VFIO / IOMMU", &r.iommu);
+    line("vfio-pci devices", &r.vfio_devices);
     line("qemu", &r.qemu);
     line("virtiofsd", &r.virtiofsd);
     // What a vm pod would boot, from the config this command was given (or the default).
