@@ -1,6 +1,7 @@
-//! virtio-blk on a raw image file, optionally read-only.
+//! virtio-blk on a raw image file or a host block device, optionally read-only, with a serial.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -57,7 +58,8 @@ impl Block {
             .write(!read_only)
             .open(path)
             .map_err(open_err)?;
-        let len = file.metadata().map_err(open_err)?.len();
+        // A block device node's metadata says 0 bytes; its end is its size (a file's too).
+        let len = (&file).seek(SeekFrom::End(0)).map_err(open_err)?;
         let mut id = [0u8; ID_BYTES];
         let name = match serial {
             Some(s) => s.to_string(),
