@@ -26,7 +26,9 @@ use hull_protocols::ttrpc;
 
 pub use error::{AgentClientError, Result};
 pub use hull_net::PodNetwork;
-pub use hull_protocols::agent::{GuestDetailsResponse, StatsContainerResponse, Storage};
+pub use hull_protocols::agent::{
+    BlockDevice, GuestDetailsResponse, StatsContainerResponse, Storage,
+};
 pub use vsock::HandshakeError;
 
 /// How the host reaches the guest agent (what a hypervisor hands back for its VM).
@@ -210,11 +212,24 @@ impl AgentClient {
         rootfs: &str,
         storages: Vec<Storage>,
     ) -> Result<u32> {
+        self.create_container_with_disks(container_id, oci_spec_json, rootfs, storages, vec![])
+    }
+
+    /// [`Self::create_container`] whose spec names block devices that are disks of the VM.
+    pub fn create_container_with_disks(
+        &self,
+        container_id: &str,
+        oci_spec_json: &[u8],
+        rootfs: &str,
+        storages: Vec<Storage>,
+        block_devices: Vec<BlockDevice>,
+    ) -> Result<u32> {
         let req = pb::CreateContainerRequest {
             container_id: container_id.to_string(),
             oci_spec_json: oci_spec_json.to_vec(),
             rootfs: rootfs.to_string(),
             storages,
+            block_devices,
             ..Default::default()
         };
         let r = self

@@ -1,7 +1,7 @@
 //! The agent's services: the state of the sandbox and the handlers of every request.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,7 @@ impl Agent {
             }
             let mut spec = container::prepare_spec(id, &req.oci_spec_json, &rootfs)?;
             self.pod_netns.join(&mut spec);
+            crate::devices::attach_disks(&mut spec, &req.block_devices, Path::new("/sys/block"))?;
             Container::create(id, spec, &self.cfg.dirs, &self.reaper)
         })();
         self.creating.lock().remove(id);

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod container;
+pub mod devices;
 pub mod error;
 pub mod init;
 pub mod mounts;

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use hull_agent_client::{AgentClient, Storage};
-use hull_hypervisor::{Hypervisor, Needs, Share, SharedFs, VmConfig};
+use hull_hypervisor::{Disk, Hypervisor, Needs, Share, SharedFs, VmConfig};
 use oci_spec::runtime::Spec;
 
 use super::network::PodNet;
@@ -46,19 +46,33 @@ impl VmPod {
         Ok(cfg)
     }
 
-    /// Boots the pod's VM with the pod's network (`network.rs`) and sets the pod up in it,
+    /// Boots the pod's VM with the first container's block devices as its disks
+    /// (`devices.rs`) and the pod's network (`network.rs`), and sets the pod up in it,
     /// on the agent connection that answered the boot (the pod keeps it).
     pub(super) fn boot(&self, bundle: &Path, spec: &Spec) -> Result<()> {
         let mut cfg = self.vm_config(spec)?;
         let shared = self.shared();
         fs::create_dir_all(&shared).map_err(|e| Error::io(&shared, e))?;
+        let disks = self.claim_disks(spec)?;
+        cfg.disks = disks
+            .iter()
+            .map(|d| Disk {
+                path: d.host.clone(),
+                read_only: d.read_only,
+            })
+            .collect();
         let net = self.set_up_network(bundle, spec)?;
         if let Some(n) = &net {
             cfg.nics = n.nics();
         }
         match self.boot_with(cfg, spec, net.as_ref()) {
             Ok((hv, agent)) => {
-                self.inner.lock().vm = Some(Vm { hv, agent, net });
+                self.inner.lock().vm = Some(Vm {
+                    hv,
+                    agent,
+                    net,
+                    disks,
+                });
                 Ok(())
             }
             Err(e) => {

@@ -2,7 +2,8 @@
 //! backend (`boot.rs`); the agent in the guest (`hull-agent`) creates every container there.
 //! Root filesystems reach the guest through one shared directory (`shares.rs`), standard
 //! streams through relays over the agent's stream calls (`relay.rs`), OOM kills through the
-//! agent's OOM events (`oom.rs`), the pod's network through taps and NICs (`network.rs`). Pids are the guest's. Stopping the pod stops the VM.
+//! agent's OOM events (`oom.rs`), the pod's network through taps and NICs (`network.rs`),
+//! host block devices as the VM's disks (`devices.rs`). Pids are the guest's. Stopping the pod stops the VM.
 
 use std::collections::HashMap;
 use std::fs;
@@ -27,6 +28,7 @@ use crate::config::{Isolation, VmSection};
 use crate::error::{Error, Result};
 
 mod boot;
+mod devices;
 mod network;
 mod oom;
 mod relay;
@@ -74,6 +76,8 @@ struct Vm {
     agent: AgentClient,
     /// The pod's network on the host, if it has one.
     net: Option<network::PodNet>,
+    /// Host block devices that are the VM's disks, in order.
+    disks: Vec<devices::PodDisk>,
 }
 
 #[derive(Default)]
@@ -197,9 +201,10 @@ impl Containers for VmPod {
                 self.guest_spec(&id, &opts.bundle, spec.clone(), &mut mounts)?;
             let json = serde_json::to_vec(&gspec)
                 .map_err(|e| Error::invalid(format!("container {id}: spec: {e}")))?;
+            let disks = self.disks_for(&id, &spec)?;
             let agent = self.agent()?;
             let pid = agent
-                .create_container(&id, &json, &guest_rootfs, Vec::new())
+                .create_container_with_disks(&id, &json, &guest_rootfs, Vec::new(), disks)
                 .map_err(|e| vm_err(format!("create container {id} in the vm"), e))?
                 as i32;
             let relayed = self.relay(
