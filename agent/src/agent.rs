@@ -258,6 +258,10 @@ impl AgentService for Agent {
     ) -> ttrpc::Result<pb::Empty> {
         tracing::info!(sandbox_id = %req.sandbox_id, power_off = req.power_off, "destroying sandbox");
         self.remove_all();
+        // What the containers wrote to the pod's disks reaches them before the VM goes (a
+        // backend may end the VM without a power-off).
+        // SAFETY: sync(2) takes no arguments.
+        unsafe { libc::sync() };
         if req.power_off {
             let is_init = self.cfg.is_init;
             // Answer first, then go down.

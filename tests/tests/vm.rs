@@ -528,6 +528,35 @@ fn a_host_block_device_is_a_disk_of_the_vm_written_through_to_the_host() {
         "{text}"
     );
     nothing_left(&h);
+
+    // Written and still open when the pod is deleted: on the host afterwards (flush on stop).
+    let b = disk.bundle(
+        "exec 3>/dev/xdisk; echo hull-flushed-ok >&3; echo open; exec sleep 100",
+        "rwm",
+    );
+    let id = unique_id("blkflush");
+    let out = output_with_timeout(
+        hull_cmd(
+            &h,
+            &c.vm,
+            &["create", "--bundle", b.path().to_str().unwrap(), &id],
+        ),
+        VM_CALL,
+    );
+    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+    h.ok(&["start", &id]);
+    std::thread::sleep(Duration::from_secs(1));
+    h.ok(&["delete", "--force", &id]);
+    let mut head = [0u8; 15];
+    std::fs::File::open(&disk.file)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(
+        &head, b"hull-flushed-ok",
+        "the host's file after delete --force"
+    );
+    nothing_left(&h);
 }
 
 #[test]
