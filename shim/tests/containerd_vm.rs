@@ -363,3 +363,38 @@ fn a_killed_shims_pod_network_is_cleaned_up() {
     c.assert_clean();
     assert_no_vm(&c);
 }
+
+/// `ctr run --device`: the host block device is a disk of the pod's VM, written through.
+#[test]
+fn ctr_device_is_a_disk_of_the_vm() {
+    assert!(
+        common::usable(),
+        "needs root, containerd 1.6 and busybox-static"
+    );
+    let c = Containerd::start("vmdev");
+    let cfg = vm_config(&c, "vm").expect("vm pods need qemu and the guest kernel (make guest)");
+    let disk = hull_tests::Loop::new();
+    let r = c.run(
+        &[
+            "--rm",
+            "--runtime-config-path",
+            cfg.to_str().unwrap(),
+            "--device",
+            &disk.dev,
+        ],
+        "d1",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo hull-ctr-blk | dd of={} bs=512 count=1 conv=sync,fsync && echo ok",
+                disk.dev
+            ),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.out.contains("ok"), "{}", r.out);
+    assert_eq!(disk.head(12), b"hull-ctr-blk");
+    c.assert_clean();
+    assert_no_vm(&c);
+}

@@ -462,3 +462,61 @@ pub fn vm_config_text(isolation: &str, kernel: &Path, initrd: &Path) -> String {
         initrd.to_str().unwrap()
     )
 }
+
+/// A loop device over a 16 MiB sparse file in a temp dir (a host block device for tests),
+/// detached on drop.
+pub struct Loop {
+    _dir: tempfile::TempDir,
+    /// The backing file.
+    pub file: PathBuf,
+    /// The device node (`/dev/loopN`).
+    pub dev: String,
+    /// Its major:minor.
+    pub number: (u64, u64),
+}
+
+impl Loop {
+    /// Sets one up (`losetup -f`); panics saying why if it cannot.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(&dev).unwrap().rdev();
+        let number = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+        Loop {
+            _dir: dir,
+            file,
+            dev,
+            number,
+        }
+    }
+
+    /// The first `n` bytes of the backing file.
+    pub fn head(&self, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut buf = vec![0u8; n];
+        std::fs::File::open(&self.file)
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
+        buf
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}

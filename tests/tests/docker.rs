@@ -285,3 +285,64 @@ fn tty_output(d: &Dockerd, args: &[&str], image_args: &[&str]) -> (Option<i32>, 
     let (status, out) = output_on_pty(c);
     (status.code(), out)
 }
+
+/// `docker run --device HOST:CONTAINER[:r]` with hull-vm: the host block device is a disk of
+/// the container's VM; what it writes is on the host device afterwards; `:r` refuses writes.
+#[test]
+fn docker_device_with_runtime_hull_vm_is_a_disk_of_the_vm() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = vm_config(cfg_dir.path())
+        .expect("vm containers need qemu-system-x86_64 and the guest kernel (make guest)");
+    let d = Dockerd::start(serde_json::json!({
+        "hull-vm": {"path": hull_path(), "runtimeArgs": ["--config", cfg.to_str().unwrap()]}
+    }));
+    import_busybox(&d, "hull-busybox:test");
+    let disk = Loop::new();
+    let device = format!("{}:/dev/xdisk", disk.dev);
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull-vm",
+        "--device",
+        &device,
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "uname -r; echo hull-docker-blk | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kernel = String::from_utf8_lossy(&out.stdout);
+    assert!(kernel.starts_with("6.1."), "not the guest kernel: {kernel}");
+    assert_eq!(disk.head(15), b"hull-docker-blk");
+
+    let device_ro = format!("{device}:r");
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull-vm",
+        "--device",
+        &device_ro,
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "head -c 15 /dev/xdisk; echo; echo x | dd of=/dev/xdisk 2>/dev/null && echo wrote || echo refused",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("hull-docker-blk") && text.contains("refused"),
+        "{text}"
+    );
+}

@@ -426,61 +426,20 @@ fn delete_after_a_killed_sandbox_server_removes_the_pods_redirects() {
     nothing_left(&h);
 }
 
-/// A loop device over a sparse file in a temp dir, detached on drop.
-struct Loop {
-    _dir: tempfile::TempDir,
-    file: PathBuf,
-    dev: String,
-    number: (u64, u64),
-}
-
-impl Loop {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("disk.img");
-        std::fs::File::create(&file)
-            .unwrap()
-            .set_len(16 << 20)
-            .unwrap();
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "losetup: {out:?}");
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        use std::os::unix::fs::MetadataExt;
-        let rdev = std::fs::metadata(&dev).unwrap().rdev();
-        let number = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-        Loop {
-            _dir: dir,
-            file,
-            dev,
-            number,
-        }
-    }
-
-    /// A bundle running `script` with this device at /dev/xdisk, `access` its cgroup rule.
-    fn bundle(&self, script: &str, access: &'static str) -> Bundle {
-        let (maj, min) = self.number;
-        Bundle::with(&["sh", "-c", script], move |v| {
-            v["linux"]["devices"] = serde_json::json!([
-                {"path": "/dev/xdisk", "type": "b", "major": maj, "minor": min, "fileMode": 432}
-            ]);
-            let rules = v["linux"]["resources"]["devices"]
-                .as_array_mut()
-                .expect("the bundle's device rules");
-            rules.push(serde_json::json!(
-                {"allow": true, "type": "b", "major": maj, "minor": min, "access": access}
-            ));
-        })
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
+/// A bundle running `script` with `disk` at /dev/xdisk, `access` its cgroup rule.
+fn disk_bundle(disk: &Loop, script: &str, access: &'static str) -> Bundle {
+    let (maj, min) = disk.number;
+    Bundle::with(&["sh", "-c", script], move |v| {
+        v["linux"]["devices"] = serde_json::json!([
+            {"path": "/dev/xdisk", "type": "b", "major": maj, "minor": min, "fileMode": 432}
+        ]);
+        let rules = v["linux"]["resources"]["devices"]
+            .as_array_mut()
+            .expect("the bundle's device rules");
+        rules.push(serde_json::json!(
+            {"allow": true, "type": "b", "major": maj, "minor": min, "access": access}
+        ));
+    })
 }
 
 #[test]
@@ -488,7 +447,7 @@ fn a_host_block_device_is_a_disk_of_the_vm_written_through_to_the_host() {
     let Some(c) = Configs::new() else { return };
     let (h, _cleanup) = hull();
     let disk = Loop::new();
-    let b = disk.bundle(
+    let b = disk_bundle(&disk,
         "echo hull-blk-data | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync 2>/dev/null \
          && echo written; cat /sys/class/block/$(basename $(readlink -f /dev/xdisk))/dev 2>/dev/null; ls -l /dev/xdisk",
         "rwm",
@@ -511,7 +470,7 @@ fn a_host_block_device_is_a_disk_of_the_vm_written_through_to_the_host() {
     nothing_left(&h);
 
     // Read-only where the rule says "r": reads work, a write is refused.
-    let b = disk.bundle(
+    let b = disk_bundle(&disk,
         "head -c 13 /dev/xdisk; echo; echo x | dd of=/dev/xdisk 2>/dev/null && echo wrote || echo refused",
         "r",
     );
@@ -530,7 +489,8 @@ fn a_host_block_device_is_a_disk_of_the_vm_written_through_to_the_host() {
     nothing_left(&h);
 
     // Written and still open when the pod is deleted: on the host afterwards (flush on stop).
-    let b = disk.bundle(
+    let b = disk_bundle(
+        &disk,
         "exec 3>/dev/xdisk; echo hull-flushed-ok >&3; echo open; exec sleep 100",
         "rwm",
     );
@@ -585,7 +545,7 @@ fn devices_a_vm_pod_cannot_have_are_refused_and_leave_nothing() {
     nothing_left(&h);
     // A device another running pod holds.
     let disk = Loop::new();
-    let holder = disk.bundle("sleep 100", "rwm");
+    let holder = disk_bundle(&disk, "sleep 100", "rwm");
     let id = unique_id("blkhold");
     let out = output_with_timeout(
         hull_cmd(
@@ -596,7 +556,7 @@ fn devices_a_vm_pod_cannot_have_are_refused_and_leave_nothing() {
         VM_CALL,
     );
     assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
-    let second = disk.bundle("true", "rwm");
+    let second = disk_bundle(&disk, "true", "rwm");
     fails_with(
         &run(&h, &c.vm, &second, &unique_id("blk2")),
         &["/dev/xdisk", "in use by another vm pod"],
