@@ -77,7 +77,7 @@ fn wanted(id: &str, spec: &Spec) -> Result<Vec<Wanted>> {
                 // The last matching rule decides, as the device cgroup does.
                 let writable = rules
                     .iter()
-                    .filter(|r| {
+                    .rfind(|r| {
                         matches!(
                             r.typ(),
                             None | Some(LinuxDeviceType::A | LinuxDeviceType::B)
@@ -85,7 +85,6 @@ fn wanted(id: &str, spec: &Spec) -> Result<Vec<Wanted>> {
                             && r.minor().is_none_or(|m| m == number.1)
                             && r.access().as_deref().unwrap_or("rwm").contains('w')
                     })
-                    .next_back()
                     .is_some_and(|r| r.allow());
                 out.push(Wanted {
                     container_path: path,
