@@ -203,18 +203,18 @@ fn pod_reaches_host(cri: &mut Cri, ctr: &str, addr: IpAddr, from: IpAddr) {
     assert_eq!(out.trim(), "bye", "the pod did not get the host's answer");
 }
 
-fn scenario(handler: &str, peer: &str) {
-    assert!(
-        common::usable(),
-        "needs root, containerd 1.6 and busybox-static"
-    );
-    let net = Subnet::reserve();
-    // Dropped after containerd: the pods' namespaces a failed test left.
-    let mut namespaces = net::NamespaceFiles::default();
-    let links_before = net::host_links(net::TAP_PREFIX);
-    let qdiscs_before = net::ingress_qdiscs_in_netns("/proc/self/ns/net".as_ref());
-    let c = Containerd::start_cri(&format!("crinet-{handler}"));
-    let vm_root = c.hull_root.to_string_lossy().into_owned();
+/// The tests of this file one at a time: run side by side, a finishing one has taken a
+/// running one's bridge with it (seen 3 runs in 4; not understood yet: see the closing note
+/// of issue 15), and they share CRI's `k8s.io` namespace names and portmap's chains.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A private containerd with CRI and CNI on `net`, vm configs where `handlers` ask for
+/// hull-vm, and the CRI client, once the CNI network is ready.
+fn cri_on(net: &Subnet, handler: &str, peer: &str) -> (Containerd, Cri) {
+    let c = Containerd::start_cri(&format!("crinet-{handler}-{peer}"));
     if [handler, peer].contains(&"hull-vm") {
         let (kernel, initrd) = common::guest_files()
             .expect("vm pods need qemu-system-x86_64 and the guest kernel (make guest)");
@@ -238,6 +238,67 @@ fn scenario(handler: &str, peer: &str) {
     .unwrap();
     let mut cri = Cri::start(&c);
     cri.call(json!({"op": "network_ready"}));
+    (c, cri)
+}
+
+/// CRI `devices` in a ContainerConfig: the host block device is the container's (a disk of
+/// the pod's VM for hull-vm); what it writes is on the host device; "r" refuses writes.
+fn cri_devices(handler: &str) {
+    let _one = one_at_a_time();
+    assert!(
+        common::usable(),
+        "needs root, containerd 1.6 and busybox-static"
+    );
+    let net = Subnet::reserve();
+    let mut namespaces = net::NamespaceFiles::default();
+    let (c, mut cri) = cri_on(&net, handler, handler);
+    let disk = hull_tests::Loop::new();
+    let pod = cri.call(json!({
+        "op": "pod", "name": "dev-a", "handler": handler, "hostname": "dev-a",
+        "dns": {"servers": [dns_server(&net)], "searches": ["hull.test"]},
+    }));
+    let id = pod["id"].as_str().unwrap().to_string();
+    namespaces
+        .0
+        .push(pod["netns"].as_str().unwrap_or_default().into());
+    let device = |perm: &str| json!([{"container_path": "/dev/xdisk", "host_path": disk.dev, "permissions": perm}]);
+    let rw = cri.call(json!({"op": "run", "pod": id, "name": "rw", "cmd": ["sleep", "1000"], "devices": device("rwm")}));
+    let rw = rw["id"].as_str().unwrap().to_string();
+    cri.sh_ok(
+        &rw,
+        "echo hull-cri-blk | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync",
+    );
+    assert_eq!(disk.head(12), b"hull-cri-blk");
+    let ro = cri.call(json!({"op": "run", "pod": id, "name": "ro", "cmd": ["sleep", "1000"], "devices": device("r")}));
+    let ro = ro["id"].as_str().unwrap().to_string();
+    let out = cri.sh_ok(&ro, "head -c 12 /dev/xdisk; echo; echo x | dd of=/dev/xdisk 2>/dev/null && echo wrote || echo refused");
+    assert!(
+        out.contains("hull-cri-blk") && out.contains("refused"),
+        "{out}"
+    );
+    cri.call(json!({"op": "rmpod", "pod": id}));
+    drop(cri);
+    c.assert_clean();
+}
+
+#[test]
+fn cri_devices_with_the_hull_handler() {
+    cri_devices("hull");
+}
+
+fn scenario(handler: &str, peer: &str) {
+    let _one = one_at_a_time();
+    assert!(
+        common::usable(),
+        "needs root, containerd 1.6 and busybox-static"
+    );
+    let net = Subnet::reserve();
+    // Dropped after containerd: the pods' namespaces a failed test left.
+    let mut namespaces = net::NamespaceFiles::default();
+    let links_before = net::host_links(net::TAP_PREFIX);
+    let qdiscs_before = net::ingress_qdiscs_in_netns("/proc/self/ns/net".as_ref());
+    let (c, mut cri) = cri_on(&net, handler, peer);
+    let vm_root = c.hull_root.to_string_lossy().into_owned();
 
     let a = cri.web_pod("net-a", handler, &net);
     namespaces.0.push(a.netns.clone());
@@ -344,7 +405,7 @@ fn scenario(handler: &str, peer: &str) {
     qdiscs.retain(|q| !qdiscs_before.contains(q));
     assert!(qdiscs.is_empty(), "ingress qdiscs left: {qdiscs:?}");
     // host-local released every address (only its bookkeeping files are left).
-    let leases: Vec<String> = std::fs::read_dir(ipam.join(net.network()))
+    let leases: Vec<String> = std::fs::read_dir(c.dir.join("cni-ipam").join(net.network()))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

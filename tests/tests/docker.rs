@@ -346,3 +346,31 @@ fn docker_device_with_runtime_hull_vm_is_a_disk_of_the_vm() {
         "{text}"
     );
 }
+
+/// `docker run --device` in host isolation: the container writes the host's device.
+#[test]
+fn docker_device_with_runtime_hull() {
+    let d = Dockerd::start(serde_json::json!({"hull": {"path": hull_path()}}));
+    import_busybox(&d, "hull-busybox:test");
+    let disk = Loop::new();
+    let device = format!("{}:/dev/xdisk", disk.dev);
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hull",
+        "--device",
+        &device,
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "echo hull-docker-hst | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(disk.head(15), b"hull-docker-hst");
+}

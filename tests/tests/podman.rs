@@ -117,3 +117,47 @@ fn podman_vm_isolation_through_the_sandbox_server() {
         "sandbox servers left"
     );
 }
+
+/// `podman run --device HOST:CONTAINER`: in host isolation the container writes the host's
+/// device itself; in vm isolation it is a disk of the container's VM; either way the bytes
+/// are on the host device afterwards.
+fn podman_device(vm: bool) {
+    let mut p = Podman::new();
+    if vm {
+        let a = guest_artefacts()
+            .expect("vm containers need qemu-system-x86_64 and the guest kernel (make guest)");
+        let cfg = p.dir.path().join("vm.toml");
+        std::fs::write(&cfg, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
+        p.flags.push(format!("config={}", cfg.display()));
+    }
+    import_busybox(&p);
+    let disk = Loop::new();
+    let device = format!("{}:/dev/xdisk", disk.dev);
+    let out = p.podman(&[
+        "run",
+        "--rm",
+        "--device",
+        &device,
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "echo hull-podman-blk | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(disk.head(15), b"hull-podman-blk");
+}
+
+#[test]
+fn podman_device_with_runtime_hull() {
+    podman_device(false);
+}
+
+#[test]
+fn podman_device_in_a_vm() {
+    podman_device(true);
+}

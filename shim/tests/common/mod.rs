@@ -91,7 +91,8 @@ impl Containerd {
 
     fn start_with(name: &str, cri: bool) -> Self {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("{}-{}-{n}", name, std::process::id());
+        // Zero-padded: no tag is a prefix of another (cleanup matches paths and cgroups by it).
+        let tag = format!("{}-{}-{n:03}", name, std::process::id());
         let dir = PathBuf::from(format!("/tmp/hull-shim-test-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

@@ -7,7 +7,7 @@ Requests (op):
   network_ready                    wait until the CRI plugin's CNI network is ready
   pod name handler hostname dns    RunPodSandbox in a POD network namespace; answers
                                    id, ips (PodSandboxStatus), netns (its path)
-  run pod name cmd                 CreateContainer + StartContainer of busybox; answers id
+  run pod name cmd [devices]       CreateContainer + StartContainer of busybox; answers id
   exec id cmd [timeout]            ExecSync; answers exit_code, stdout, stderr
   rmpod pod                        StopPodSandbox + RemovePodSandbox
   list                             answers pods, containers (ids)
@@ -74,6 +74,7 @@ def run(r):
         command=r["cmd"],
         log_path=f"{r['name']}.log",
         linux=api.LinuxContainerConfig(),
+        devices=[api.Device(**d) for d in r.get("devices", [])],
     )
     cid = rt.CreateContainer(
         api.CreateContainerRequest(pod_sandbox_id=r["pod"], config=cfg, sandbox_config=pods[r["pod"]]),
