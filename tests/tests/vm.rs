@@ -282,11 +282,7 @@ fn a_vm_pod_gets_the_network_of_its_namespace_and_leaves_no_tap() {
          ip route; echo from-the-vm | nc 10.201.1.1 {port}; echo v6 | nc fd00:201:1::1 {port6}"
     );
     let path = net.path();
-    let b = Bundle::with(&["sh", "-c", &script], move |v| {
-        let nss = v["linux"]["namespaces"].as_array_mut().unwrap();
-        nss.retain(|n| n["type"] != "network");
-        nss.push(serde_json::json!({"type": "network", "path": path}));
-    });
+    let b = netns_bundle(&["sh", "-c", &script], path);
     let accepted = std::thread::spawn(move || {
         let mut got = Vec::new();
         for l in [listener, listener6] {
@@ -391,21 +387,9 @@ fn delete_after_a_killed_sandbox_server_removes_the_pods_redirects() {
     let (h, _cleanup) = hull();
     let net = PodNetns::new(3);
     let path = net.path();
-    let b = Bundle::with(&["sleep", "100"], move |v| {
-        let nss = v["linux"]["namespaces"].as_array_mut().unwrap();
-        nss.retain(|n| n["type"] != "network");
-        nss.push(serde_json::json!({"type": "network", "path": path}));
-    });
+    let b = netns_bundle(&["sleep", "100"], path);
     let id = unique_id("netkill");
-    let out = output_with_timeout(
-        hull_cmd(
-            &h,
-            &c.vm,
-            &["create", "--bundle", b.path().to_str().unwrap(), &id],
-        ),
-        VM_CALL,
-    );
-    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+    create_detached(&h, &c.vm, &b, &id);
     assert!(net.run("tc", "qdisc show dev eth0").contains("ingress"));
     let servers = processes_mentioning(&format!("sandbox-server --id {id}"));
     assert!(!servers.is_empty(), "no sandbox server for {id}");
@@ -424,6 +408,28 @@ fn delete_after_a_killed_sandbox_server_removes_the_pods_redirects() {
     h.ok(&["delete", "--force", &id]);
     assert!(!net.run("tc", "qdisc show dev eth0").contains("ingress"));
     nothing_left(&h);
+}
+
+/// `hull create` of `b` as `id`, detached (a sandbox server owns the VM); must succeed.
+fn create_detached(h: &Hull, cfg: &Path, b: &Bundle, id: &str) {
+    let out = output_with_timeout(
+        hull_cmd(
+            h,
+            cfg,
+            &["create", "--bundle", b.path().to_str().unwrap(), id],
+        ),
+        VM_CALL,
+    );
+    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+}
+
+/// A bundle running `args` in the network namespace at `path`.
+fn netns_bundle(args: &[&str], path: String) -> Bundle {
+    Bundle::with(args, move |v| {
+        let nss = v["linux"]["namespaces"].as_array_mut().unwrap();
+        nss.retain(|n| n["type"] != "network");
+        nss.push(serde_json::json!({"type": "network", "path": path}));
+    })
 }
 
 /// A bundle running `script` with `disk` at /dev/xdisk, `access` its cgroup rule.
@@ -495,15 +501,7 @@ fn a_host_block_device_is_a_disk_of_the_vm_written_through_to_the_host() {
         "rwm",
     );
     let id = unique_id("blkflush");
-    let out = output_with_timeout(
-        hull_cmd(
-            &h,
-            &c.vm,
-            &["create", "--bundle", b.path().to_str().unwrap(), &id],
-        ),
-        VM_CALL,
-    );
-    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+    create_detached(&h, &c.vm, &b, &id);
     h.ok(&["start", &id]);
     std::thread::sleep(Duration::from_secs(1));
     h.ok(&["delete", "--force", &id]);
@@ -547,15 +545,7 @@ fn devices_a_vm_pod_cannot_have_are_refused_and_leave_nothing() {
     let disk = Loop::new();
     let holder = disk_bundle(&disk, "sleep 100", "rwm");
     let id = unique_id("blkhold");
-    let out = output_with_timeout(
-        hull_cmd(
-            &h,
-            &c.vm,
-            &["create", "--bundle", holder.path().to_str().unwrap(), &id],
-        ),
-        VM_CALL,
-    );
-    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+    create_detached(&h, &c.vm, &holder, &id);
     let second = disk_bundle(&disk, "true", "rwm");
     fails_with(
         &run(&h, &c.vm, &second, &unique_id("blk2")),
