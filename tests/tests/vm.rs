@@ -294,14 +294,7 @@ fn a_vm_pod_gets_the_network_of_its_namespace_and_leaves_no_tap() {
         got
     });
     let mac = net.run("ip", "-o link show eth0");
-    let out = run(&h, &c.vm, &b, &unique_id("podnet"));
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {text}\nstderr: {}",
-        stderr(&out)
-    );
+    let text = run_ok(&h, &c.vm, &b, &unique_id("podnet"));
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     assert_eq!(lines[0], "1400", "the veth's MTU: {text}");
     assert!(mac.contains(lines[1]), "the veth's MAC {}: {mac}", lines[1]);
@@ -356,14 +349,7 @@ fn a_prestart_hook_fills_the_pods_new_namespace_before_the_vm_boots() {
         s.read_to_string(&mut text).unwrap();
         text
     });
-    let out = run(&h, &c.vm, &b, &unique_id("hooknet"));
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {text}\nstderr: {}",
-        stderr(&out)
-    );
+    let text = run_ok(&h, &c.vm, &b, &unique_id("hooknet"));
     assert!(text.contains("10.202.0.2/24"), "{text}");
     assert_eq!(accepted.join().unwrap().trim(), "hooked");
     nothing_left(&h);
@@ -408,6 +394,19 @@ fn delete_after_a_killed_sandbox_server_removes_the_pods_redirects() {
     h.ok(&["delete", "--force", &id]);
     assert!(!net.run("tc", "qdisc show dev eth0").contains("ingress"));
     nothing_left(&h);
+}
+
+/// `hull --config CFG run` that must exit 0: its stdout.
+fn run_ok(h: &Hull, cfg: &Path, b: &Bundle, id: &str) -> String {
+    let out = run(h, cfg, b, id);
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {text}\nstderr: {}",
+        stderr(&out)
+    );
+    text
 }
 
 /// `hull create` of `b` as `id`, detached (a sandbox server owns the VM); must succeed.
@@ -458,14 +457,7 @@ fn a_host_block_device_is_a_disk_of_the_vm_written_through_to_the_host() {
          && echo written; cat /sys/class/block/$(basename $(readlink -f /dev/xdisk))/dev 2>/dev/null; ls -l /dev/xdisk",
         "rwm",
     );
-    let out = run(&h, &c.vm, &b, &unique_id("blk"));
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {text}\nstderr: {}",
-        stderr(&out)
-    );
+    let text = run_ok(&h, &c.vm, &b, &unique_id("blk"));
     assert!(text.contains("written"), "{text}");
     let mut head = [0u8; 13];
     std::fs::File::open(&disk.file)
@@ -480,14 +472,7 @@ fn a_host_block_device_is_a_disk_of_the_vm_written_through_to_the_host() {
         "head -c 13 /dev/xdisk; echo; echo x | dd of=/dev/xdisk 2>/dev/null && echo wrote || echo refused",
         "r",
     );
-    let out = run(&h, &c.vm, &b, &unique_id("blkro"));
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {text}\nstderr: {}",
-        stderr(&out)
-    );
+    let text = run_ok(&h, &c.vm, &b, &unique_id("blkro"));
     assert!(
         text.contains("hull-blk-data") && text.contains("refused"),
         "{text}"
