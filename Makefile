@@ -38,6 +38,7 @@ bench: release guest
 	@scripts/bench-host
 	@scripts/bench-vm
 	@scripts/bench-net
+	@scripts/bench-blk
 
 fmt:
 	$(CARGO) fmt --all -- --check
