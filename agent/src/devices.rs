@@ -12,7 +12,8 @@ use oci_spec::runtime::{LinuxDeviceType, Spec};
 
 use crate::error::{AgentError, Result};
 
-/// How long a disk may take to appear (it was cold-plugged: normally there already).
+/// How long a disk may take to appear (cold-plugged: there already; in a slot: the guest
+/// takes the resize).
 const FIND: Duration = Duration::from_secs(5);
 
 /// The `major:minor` of the disk whose serial is `serial`, under `sys_block`.
@@ -25,6 +26,12 @@ fn find_disk(sys_block: &Path, serial: &str, within: Duration) -> Result<(i64, i
                 let s = std::fs::read_to_string(dir.join("serial")).unwrap_or_default();
                 if s.trim() != serial {
                     continue;
+                }
+                // A disk slot filled while the VM runs grows from 0 when the guest has taken
+                // the resize; until then it is not the device yet.
+                let size = std::fs::read_to_string(dir.join("size")).unwrap_or_default();
+                if size.trim() == "0" {
+                    break;
                 }
                 let dev = std::fs::read_to_string(dir.join("dev"))
                     .map_err(|e| AgentError::io(format!("read {}/dev", dir.display()), e))?;

@@ -54,7 +54,7 @@ impl Backend {
                 snapshot: false,
                 templates: true,
                 stops_by_guest_power_off: false,
-                block: DeviceSupport::COLD,
+                block: DeviceSupport::COLD_AND_SLOTS,
                 nic: DeviceSupport::COLD,
                 vfio: DeviceSupport::NONE,
             },
@@ -112,6 +112,11 @@ impl DeviceSupport {
     pub const COLD: DeviceSupport = DeviceSupport {
         cold: true,
         hot: false,
+    };
+    /// At boot, and into a running VM's empty slots made at boot.
+    pub const COLD_AND_SLOTS: DeviceSupport = DeviceSupport {
+        cold: true,
+        hot: true,
     };
 }
 
@@ -251,9 +256,14 @@ mod tests {
         for b in Backend::ALL {
             let c = b.capabilities();
             assert_eq!(c.vfio, DeviceSupport::NONE, "{b}");
-            // NICs and disks at boot only: microvm and hull-vmm have no hotplug.
+            // NICs at boot only: microvm and hull-vmm have no hotplug. Disks at boot, and
+            // for QEMU into the empty slots a VM boots with.
             assert_eq!(c.nic, DeviceSupport::COLD, "{b}");
-            assert_eq!(c.block, DeviceSupport::COLD, "{b}");
+            let block = match b {
+                Backend::Qemu => DeviceSupport::COLD_AND_SLOTS,
+                Backend::Builtin => DeviceSupport::COLD,
+            };
+            assert_eq!(c.block, block, "{b}");
             assert!(c.pause, "{b}");
         }
         assert!(Backend::Builtin.capabilities().snapshot && !Backend::Qemu.capabilities().snapshot);

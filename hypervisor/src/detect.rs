@@ -268,7 +268,8 @@ pub fn probe_block() -> Probe {
         }
     };
     let (cold, hot) = (names(|d| d.cold), names(|d| d.hot));
-    let reason = format!("virtio-blk, cold-plugged at boot ({cold}); hot-add: {hot}");
+    let reason =
+        format!("virtio-blk, cold-plugged at boot ({cold}); into empty slots while running: {hot}");
     match caps.iter().any(|(_, d)| d.cold) {
         true => Probe::yes(reason),
         false => Probe::no(reason),
@@ -539,12 +540,12 @@ mod tests {
     }
 
     #[test]
-    fn block_passthrough_is_cold_plugged_only() {
+    fn block_passthrough_is_cold_plugged_and_slotted() {
         let p = probe_block();
         assert!(p.ok, "{p:?}");
         assert_eq!(
             p.reason,
-            "virtio-blk, cold-plugged at boot (builtin, qemu); hot-add: no"
+            "virtio-blk, cold-plugged at boot (builtin, qemu); into empty slots while running: qemu"
         );
     }
 

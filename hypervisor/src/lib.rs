@@ -146,6 +146,16 @@ pub struct VmConfig {
     /// The VM's disks, in order: disk `i` has serial [`disk_serial`]`(i)`. A VM with disks
     /// boots cold (no template: a template's guest has seen other disks and their sizes).
     pub disks: Vec<Disk>,
+    /// Empty disk slots the VM boots with (size 0, serial [`disk_slot_serial`]`(i)`), which
+    /// [`Hypervisor::attach_disk`] fills while it runs: microvm has no hotplug, so a disk for
+    /// a container created after the VM started takes a slot. Slots are part of a template.
+    pub disk_slots: usize,
+}
+
+/// The serial of empty disk slot `index` (see [`VmConfig::disk_slots`]): the agent finds the
+/// disk attached there by it.
+pub fn disk_slot_serial(index: usize) -> String {
+    format!("hull-slot-{index}")
 }
 
 impl VmConfig {
@@ -170,6 +180,7 @@ impl VmConfig {
             template_dir: None,
             nics: Vec::new(),
             disks: Vec::new(),
+            disk_slots: 0,
         }
     }
 
@@ -286,6 +297,23 @@ pub trait Hypervisor: Send {
     fn console_log(&self) -> PathBuf;
     /// The host process running the VM, while it runs (a subreaper must leave it alone).
     fn pid(&self) -> Option<u32>;
+    /// Puts `disk` into empty disk slot `slot` of the running VM (see
+    /// [`VmConfig::disk_slots`]); the guest sees the slot's disk grow to the disk's size.
+    fn attach_disk(&mut self, slot: usize, disk: &Disk) -> Result<()> {
+        let _ = (slot, disk);
+        Err(HypervisorError::NotSupported {
+            operation: "adding a disk to a running VM",
+            backend: self.backend().name(),
+        })
+    }
+    /// Empties disk slot `slot` again (the guest sees a disk of size 0).
+    fn detach_disk(&mut self, slot: usize) -> Result<()> {
+        let _ = slot;
+        Err(HypervisorError::NotSupported {
+            operation: "removing a disk from a running VM",
+            backend: self.backend().name(),
+        })
+    }
 }
 
 /// The guest kernel's command line, the same for every backend but for how a reboot ends

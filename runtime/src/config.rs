@@ -124,6 +124,10 @@ pub struct VmSection {
     pub template: bool,
     /// Where templates are kept (each holds its guest's touched RAM).
     pub template_dir: PathBuf,
+    /// Empty disk slots every VM boots with, for host block devices of containers created
+    /// after the VM started (CRI's app containers, a second container of a pod): QEMU's
+    /// microvm has no hotplug, a slot is filled while the VM runs.
+    pub disk_slots: usize,
 }
 
 impl Default for VmSection {
@@ -141,6 +145,7 @@ impl Default for VmSection {
             acpi: None,
             template: true,
             template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
+            disk_slots: 2,
         }
     }
 }
@@ -265,6 +270,7 @@ impl VmSection {
         c.agent_call_timeout = Duration::from_secs(self.agent_timeout_s.max(1));
         c.extra_cmdline = self.kernel_params.clone();
         c.template_dir = self.template.then(|| self.template_dir.clone());
+        c.disk_slots = self.disk_slots;
         Ok(c)
     }
 }

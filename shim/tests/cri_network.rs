@@ -286,6 +286,13 @@ fn cri_devices_with_the_hull_handler() {
     cri_devices("hull");
 }
 
+/// The app containers of a CRI pod are created after its VM started: their devices fill the
+/// VM's empty disk slots.
+#[test]
+fn cri_devices_with_the_hull_vm_handler() {
+    cri_devices("hull-vm");
+}
+
 fn scenario(handler: &str, peer: &str) {
     let _one = one_at_a_time();
     assert!(

@@ -311,6 +311,19 @@ impl QemuHypervisor {
                 disk_serial(i)
             ));
         }
+        // Empty disk slots: a raw node over a 0-byte null device, which `attach_disk` points
+        // at a host disk while the VM runs (blockdev-reopen) and resizes, so the guest sees it.
+        for i in 0..cfg.disk_slots {
+            a.push("-blockdev".into());
+            a.push(format!("driver=null-co,node-name=slot{i}-empty,size=0"));
+            a.push("-blockdev".into());
+            a.push(format!("driver=raw,node-name=slot{i},file=slot{i}-empty"));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-blk-device,drive=slot{i},serial={}",
+                crate::disk_slot_serial(i)
+            ));
+        }
         let memory_file = |path: &Path, shared: bool| {
             format!(
                 "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
@@ -348,6 +361,7 @@ impl QemuHypervisor {
         facts.extend(cfg.shares.iter().map(|s| format!("9p:{}", s.tag)));
         // The NICs by count and MAC, not by tap: each VM restores with its own taps.
         facts.extend((0..cfg.nics.len()).map(|i| format!("nic:{}", mac_string(nic_device_mac(i)))));
+        facts.extend((0..cfg.disk_slots).map(|i| format!("slot:{}", crate::disk_slot_serial(i))));
         template::key(
             &[
                 ("qemu", &qemu),
@@ -577,6 +591,14 @@ fn disk_cache(disk: &Disk) -> &'static str {
     }
 }
 
+/// The size in bytes of a disk (a block device's `st_size` is 0: seek to its end).
+fn disk_size(path: &Path) -> Result<u64> {
+    use std::io::Seek;
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+        .map_err(|e| HypervisorError::io(format!("size of disk {path:?}"), e))
+}
+
 /// The host's TSC frequency in kHz, from /proc/cpuinfo (saves the guest its calibration).
 fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -676,6 +698,75 @@ impl Hypervisor for QemuHypervisor {
             operation: "snapshot",
             backend: "qemu",
         })
+    }
+
+    fn attach_disk(&mut self, slot: usize, disk: &Disk) -> Result<()> {
+        if slot >= self.config.disk_slots {
+            return Err(HypervisorError::Config(format!(
+                "no disk slot {slot} (the vm has {})",
+                self.config.disk_slots
+            )));
+        }
+        let size = disk_size(&disk.path)?;
+        let node = format!("slot{slot}-disk");
+        let driver = if disk.path.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        }) {
+            "host_device"
+        } else {
+            "file"
+        };
+        self.qmp(
+            "blockdev-add",
+            Some(serde_json::json!({
+                "driver": driver,
+                "node-name": node,
+                "filename": disk.path,
+                "read-only": disk.read_only,
+                "cache": {"direct": disk_cache(disk) == "none"},
+                "aio": "threads",
+            })),
+        )?;
+        let swapped = self
+            .qmp(
+                "blockdev-reopen",
+                Some(serde_json::json!({"options": [{
+                    "driver": "raw", "node-name": format!("slot{slot}"), "file": node,
+                    "read-only": disk.read_only,
+                }]})),
+            )
+            .and_then(|_| {
+                self.qmp(
+                    "block_resize",
+                    Some(serde_json::json!({"node-name": format!("slot{slot}"), "size": size})),
+                )
+            });
+        if let Err(e) = swapped {
+            let _ = self.qmp("blockdev-del", Some(serde_json::json!({"node-name": node})));
+            return Err(e);
+        }
+        tracing::info!(slot, path = ?disk.path, size, "disk attached to a running vm");
+        Ok(())
+    }
+
+    fn detach_disk(&mut self, slot: usize) -> Result<()> {
+        let slot_node = format!("slot{slot}");
+        self.qmp(
+            "blockdev-reopen",
+            Some(serde_json::json!({"options": [{
+                "driver": "raw", "node-name": slot_node, "file": format!("slot{slot}-empty"),
+            }]})),
+        )?;
+        let _ = self.qmp(
+            "block_resize",
+            Some(serde_json::json!({"node-name": slot_node, "size": 0})),
+        );
+        self.qmp(
+            "blockdev-del",
+            Some(serde_json::json!({"node-name": format!("slot{slot}-disk")})),
+        )?;
+        Ok(())
     }
 
     fn check_running(&mut self) -> Result<()> {
@@ -901,6 +992,18 @@ mod tests {
             tag: "hullshare".into(),
         });
         assert_ne!(base, key(&shared).unwrap(), "devices change the guest");
+        let mut slots = c.clone();
+        slots.disk_slots = 2;
+        assert_ne!(
+            base,
+            key(&slots).unwrap(),
+            "disk slots are part of the template"
+        );
+        let a = QemuHypervisor::new(slots).command_args().join(" ");
+        assert!(
+            a.contains("-blockdev driver=null-co,node-name=slot1-empty,size=0 -blockdev driver=raw,node-name=slot1,file=slot1-empty -device virtio-blk-device,drive=slot1,serial=hull-slot-1"),
+            "{a}"
+        );
         let (mut one, mut two, mut two_others) = (c.clone(), c.clone(), c.clone());
         one.nics = nics(1);
         two.nics = nics(2);
@@ -945,7 +1048,7 @@ mod tests {
     fn snapshot_and_hot_devices_are_not_claimed_and_snapshot_says_not_supported() {
         let mut q = QemuHypervisor::new(cfg());
         let caps = q.capabilities();
-        assert!(!caps.snapshot && !caps.block.hot && caps.block.cold);
+        assert!(!caps.snapshot && caps.block.hot && caps.block.cold);
         let e = q.snapshot(Path::new("/tmp")).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -54,6 +54,7 @@ impl VmPod {
         let shared = self.shared();
         fs::create_dir_all(&shared).map_err(|e| Error::io(&shared, e))?;
         let disks = self.claim_disks(spec)?;
+        let slots = (0..cfg.disk_slots).map(|_| None).collect();
         cfg.disks = disks
             .iter()
             .map(|d| Disk {
@@ -72,6 +73,7 @@ impl VmPod {
                     agent,
                     net,
                     disks,
+                    slots,
                 });
                 Ok(())
             }

@@ -6,13 +6,16 @@
 //! at a time (an exclusive lock under `/run/hull/devices`). Character devices the guest kernel
 //! provides itself (`/dev/null`, `/dev/fuse`, `/dev/net/tun`, `/dev/kvm`, ...) are made from
 //! its own drivers; any other host character device is refused with one line naming it: a
-//! node with the host's numbers would point at nothing in the guest.
+//! node with the host's numbers would point at nothing in the guest. A block device of a
+//! container created after the VM started (CRI's app containers) fills one of the VM's empty
+//! disk slots (`[vm] disk_slots`): microvm has no hotplug, a slot's disk is swapped in.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use hull_agent_client::BlockDevice;
+use hull_hypervisor::Disk;
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
 use super::VmPod;
@@ -40,8 +43,6 @@ const GUEST_CHAR_DEVICES: &[(i64, i64)] = &[
 pub(super) struct PodDisk {
     /// The host's node.
     pub host: PathBuf,
-    /// Its path in the container.
-    pub container_path: String,
     /// The host's major:minor.
     pub number: (i64, i64),
     /// Only reads are allowed.
@@ -136,61 +137,139 @@ impl VmPod {
     /// The first container's block devices, each checked and taken for this pod: the disks
     /// its VM boots with.
     pub(super) fn claim_disks(&self, spec: &Spec) -> Result<Vec<PodDisk>> {
-        let mut disks = Vec::new();
-        for w in wanted(&self.id, spec)? {
-            let host = host_node(w.number).ok_or_else(|| {
-                Error::invalid(format!(
-                    "pod {}: device {} ({}:{}): no such block device on the host",
-                    self.id, w.container_path, w.number.0, w.number.1
-                ))
-            })?;
-            let lock = lock(w.number, &host, &w.container_path)?;
-            disks.push(PodDisk {
-                host,
-                container_path: w.container_path,
-                number: w.number,
-                read_only: w.read_only,
-                _lock: lock,
-            });
-        }
-        Ok(disks)
+        wanted(&self.id, spec)?
+            .iter()
+            .map(|w| claim(&self.id, w))
+            .collect()
     }
 
-    /// What the agent needs to give container `id` its block devices: each must be one of
-    /// the pod's disks (the VM has no disk hotplug: a device the VM did not boot with is
-    /// refused with one line).
+    /// What the agent needs to give container `id` its block devices: the pod's disks the
+    /// VM booted with, and, for a device the VM did not boot with, an empty disk slot filled
+    /// now (taken for this pod, freed with the container: [`Self::release_slots`]).
     pub(super) fn disks_for(&self, id: &str, spec: &Spec) -> Result<Vec<BlockDevice>> {
         let wanted = wanted(id, spec)?;
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let g = self.inner.lock();
-        let disks =
-            g.vm.as_ref()
-                .map(|v| v.disks.as_slice())
-                .unwrap_or_default();
-        wanted
-            .iter()
-            .map(|w| {
-                let i = disks
+        let mut out = Vec::new();
+        let result = (|| {
+            for w in &wanted {
+                let mut g = self.inner.lock();
+                let vm = g
+                    .vm
+                    .as_mut()
+                    .ok_or_else(|| Error::Vm(format!("pod {}: its vm is not running", self.id)))?;
+                if let Some(i) = vm.disks.iter().position(|d| d.number == w.number) {
+                    out.push(BlockDevice {
+                        serial: hull_hypervisor::disk_serial(i),
+                        container_path: w.container_path.clone(),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+                // Another container of the pod has it in a slot already: the same disk.
+                if let Some(slot) = vm
+                    .slots
                     .iter()
-                    .position(|d| d.number == w.number && d.container_path == w.container_path)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "container {id}: block device {} ({}:{}) was not given to the pod's \
-                             VM when it started (its first container's devices are its disks; \
-                             adding a disk to a running VM is not supported yet)",
-                            w.container_path, w.number.0, w.number.1
-                        ))
+                    .position(|x| x.as_ref().is_some_and(|(_, d)| d.number == w.number))
+                {
+                    if let Some((users, d)) = vm.slots[slot].as_mut() {
+                        if d.read_only && !w.read_only {
+                            return Err(Error::invalid(format!(
+                                "container {id}: block device {} is in the pod's VM read-only \
+                                 (another container asked for it so)",
+                                w.container_path
+                            )));
+                        }
+                        users.push(id.to_string());
+                    }
+                    out.push(BlockDevice {
+                        serial: hull_hypervisor::disk_slot_serial(slot),
+                        container_path: w.container_path.clone(),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+                let slot = vm.slots.iter().position(Option::is_none).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "container {id}: block device {} ({}:{}): the pod's VM has no free disk \
+                         slot left ([vm] disk_slots = {})",
+                        w.container_path,
+                        w.number.0,
+                        w.number.1,
+                        vm.slots.len()
+                    ))
+                })?;
+                let disk = claim(&self.id, w)?;
+                vm.hv
+                    .attach_disk(
+                        slot,
+                        &Disk {
+                            path: disk.host.clone(),
+                            read_only: disk.read_only,
+                        },
+                    )
+                    .map_err(|e| {
+                        super::vm_err(format!("add {} to the pod's vm", disk.host.display()), e)
                     })?;
-                Ok(BlockDevice {
-                    serial: hull_hypervisor::disk_serial(i),
+                vm.slots[slot] = Some((vec![id.to_string()], disk));
+                out.push(BlockDevice {
+                    serial: hull_hypervisor::disk_slot_serial(slot),
                     container_path: w.container_path.clone(),
                     ..Default::default()
-                })
-            })
-            .collect()
+                });
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.release_slots(id);
+                Err(e)
+            }
+        }
     }
+
+    /// Lets go of the disk slots container `id` used; a slot no container uses any more is
+    /// emptied and its device freed.
+    pub(super) fn release_slots(&self, id: &str) {
+        let mut g = self.inner.lock();
+        let Some(vm) = g.vm.as_mut() else {
+            return;
+        };
+        for slot in 0..vm.slots.len() {
+            let last = match vm.slots[slot].as_mut() {
+                Some((users, _)) if users.iter().any(|u| u == id) => {
+                    users.retain(|u| u != id);
+                    users.is_empty()
+                }
+                _ => false,
+            };
+            if last {
+                if let Err(e) = vm.hv.detach_disk(slot) {
+                    tracing::warn!(pod = %self.id, container = %id, slot, "empty a disk slot: {e}");
+                }
+                vm.slots[slot] = None;
+            }
+        }
+    }
+}
+
+/// Checks and takes a device for pod `pod`.
+fn claim(pod: &str, w: &Wanted) -> Result<PodDisk> {
+    let host = host_node(w.number).ok_or_else(|| {
+        Error::invalid(format!(
+            "pod {pod}: device {} ({}:{}): no such block device on the host",
+            w.container_path, w.number.0, w.number.1
+        ))
+    })?;
+    let lock = lock(w.number, &host, &w.container_path)?;
+    Ok(PodDisk {
+        host,
+        number: w.number,
+        read_only: w.read_only,
+        _lock: lock,
+    })
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ struct Vm {
     net: Option<network::PodNet>,
     /// Host block devices that are the VM's disks, in order.
     disks: Vec<devices::PodDisk>,
+    /// The VM's disk slots: the containers using a filled one, and its device.
+    slots: Vec<Option<(Vec<String>, devices::PodDisk)>>,
 }
 
 #[derive(Default)]
@@ -226,6 +228,7 @@ impl Containers for VmPod {
         let (pid, proc_) = match result {
             Ok(r) => r,
             Err(e) => {
+                self.release_slots(&id);
                 Self::unmount_all(&mounts);
                 let _ = fs::remove_dir_all(self.shared().join(&id));
                 return Err(e);
@@ -483,6 +486,7 @@ impl Containers for VmPod {
         if let Some(c) = c {
             Self::forget(&c);
         }
+        self.release_slots(id);
         let _ = fs::remove_dir_all(self.shared().join(id));
         Ok(())
     }
