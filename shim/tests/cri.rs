@@ -5,25 +5,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::Containerd;
 
 fn python_cri_client() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import grpc, cri_api.v1.api_pb2_grpc"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    // Not a skip: the set-up script installs it, and a CRI path nobody tested is a hidden gap.
-    assert!(
-        ok,
-        "needs python3 with `pip install container-runtime-interface-api` (scripts/setup-host)"
-    );
-    ok
+    common::assert_python_cri_client();
+    true
 }
 
 #[test]
@@ -107,26 +97,16 @@ fn drive_pod(
 ) -> Vec<String> {
     let logs = c.dir.join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let mut client = Command::new("timeout")
-        .args(["-s", "KILL", "120", "python3"])
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "KILL", "120", "python3"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/cri.py"))
         .arg(&c.sock)
         .arg(handler)
         .arg(format!("/{}", c.cgroup_parent))
         .arg(&logs)
         .arg(network)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let (tx, rx) = mpsc::channel();
-    let out = client.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+        .stderr(Stdio::piped());
+    let (mut client, rx) = common::spawn_lines(cmd);
     let mut seen = Vec::new();
     let wait_for = |want: &str, seen: &mut Vec<String>| loop {
         match rx.recv_timeout(Duration::from_secs(90)) {

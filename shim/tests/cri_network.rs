@@ -11,10 +11,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -53,36 +53,19 @@ struct Pod {
 
 impl Cri {
     fn start(c: &Containerd) -> Self {
-        let ok = Command::new("python3")
-            .args(["-c", "import grpc, cri_api.v1.api_pb2_grpc"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "needs python3 with `pip install container-runtime-interface-api`"
-        );
+        common::assert_python_cri_client();
         let logs = c.dir.join("pod-logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let mut child = Command::new("timeout")
-            .args(["-s", "KILL", "300", "python3"])
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", "300", "python3"])
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/support/cri_net.py"
             ))
             .arg(&c.sock)
             .arg(format!("/{}", c.cgroup_parent))
-            .arg(&logs)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let (tx, answers) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+            .arg(&logs);
+        let (child, answers) = common::spawn_lines(cmd);
         Self { child, answers }
     }
 

@@ -299,7 +299,7 @@ fn docker_device_with_runtime_hull_vm_is_a_disk_of_the_vm() {
     import_busybox(&d, "hull-busybox:test");
     let disk = Loop::new();
     let device = format!("{}:/dev/xdisk", disk.dev);
-    let out = d.docker(&[
+    let out = d.ok(&[
         "run",
         "--rm",
         "--runtime",
@@ -311,18 +311,11 @@ fn docker_device_with_runtime_hull_vm_is_a_disk_of_the_vm() {
         "-c",
         "uname -r; echo hull-docker-blk | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kernel = String::from_utf8_lossy(&out.stdout);
-    assert!(kernel.starts_with("6.1."), "not the guest kernel: {kernel}");
+    assert!(out.starts_with("6.1."), "not the guest kernel: {out}");
     assert_eq!(disk.head(15), b"hull-docker-blk");
 
     let device_ro = format!("{device}:r");
-    let out = d.docker(&[
+    let text = d.ok(&[
         "run",
         "--rm",
         "--runtime",
@@ -334,13 +327,6 @@ fn docker_device_with_runtime_hull_vm_is_a_disk_of_the_vm() {
         "-c",
         "head -c 15 /dev/xdisk; echo; echo x | dd of=/dev/xdisk 2>/dev/null && echo wrote || echo refused",
     ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         text.contains("hull-docker-blk") && text.contains("refused"),
         "{text}"
@@ -354,7 +340,7 @@ fn docker_device_with_runtime_hull() {
     import_busybox(&d, "hull-busybox:test");
     let disk = Loop::new();
     let device = format!("{}:/dev/xdisk", disk.dev);
-    let out = d.docker(&[
+    d.ok(&[
         "run",
         "--rm",
         "--runtime",
@@ -366,11 +352,5 @@ fn docker_device_with_runtime_hull() {
         "-c",
         "echo hull-docker-hst | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(disk.head(15), b"hull-docker-hst");
 }

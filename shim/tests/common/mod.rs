@@ -481,3 +481,39 @@ pub fn guest_files() -> Option<(PathBuf, PathBuf)> {
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     hull_tests::processes_mentioning(needle)
 }
+
+/// Fails, saying what to install, unless python3 has the CRI v1 stubs (PyPI
+/// `container-runtime-interface-api`, which scripts/setup-host installs).
+#[allow(dead_code)]
+pub fn assert_python_cri_client() {
+    let ok = Command::new("python3")
+        .args(["-c", "import grpc, cri_api.v1.api_pb2_grpc"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    // Not a skip: a CRI path nobody tested is a hidden gap.
+    assert!(
+        ok,
+        "needs python3 with `pip install container-runtime-interface-api` (scripts/setup-host)"
+    );
+}
+
+/// Spawns `cmd` with piped stdin and stdout; its stdout's lines arrive on the receiver.
+#[allow(dead_code)]
+pub fn spawn_lines(mut cmd: Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
