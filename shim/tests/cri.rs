@@ -42,27 +42,10 @@ fn cri_pod_in_a_vm_with_the_hull_vm_handler() {
         return;
     }
     let c = Containerd::start_cri("crivm");
-    let Some((kernel, initrd)) = common::guest_files() else {
-        return;
-    };
-    std::fs::write(
-        c.dir.join("hull-vm.toml"),
-        format!(
-            "{}[shim]\nroot = \"{}/hull-root\"\n",
-            hull_tests::vm_config_text("vm", &kernel, &initrd),
-            c.dir.display()
-        ),
-    )
-    .unwrap();
+    c.write_vm_handler_config();
     // A vm pod cannot have the host's network: its own, from CNI on a private bridge.
     let net = hull_tests::net::Subnet::reserve();
-    hull_tests::net::link_cni_plugins(&c.dir.join("cni-bin"));
-    std::fs::create_dir_all(c.dir.join("cni-conf")).unwrap();
-    std::fs::write(
-        c.dir.join("cni-conf/10-hull.conflist"),
-        net.cni_conflist(&c.dir.join("cni-ipam")),
-    )
-    .unwrap();
+    c.use_cni(&net);
     let root = c.hull_root.to_string_lossy().into_owned();
     let seen = drive_pod(&c, "hull-vm", "pod", || {
         let vms = common::processes_mentioning(&root);

@@ -199,26 +199,9 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 fn cri_on(net: &Subnet, handler: &str, peer: &str) -> (Containerd, Cri) {
     let c = Containerd::start_cri(&format!("crinet-{handler}-{peer}"));
     if [handler, peer].contains(&"hull-vm") {
-        let (kernel, initrd) = common::guest_files()
-            .expect("vm pods need qemu-system-x86_64 and the guest kernel (make guest)");
-        std::fs::write(
-            c.dir.join("hull-vm.toml"),
-            format!(
-                "{}[shim]\nroot = \"{}/hull-root\"\n",
-                hull_tests::vm_config_text("vm", &kernel, &initrd),
-                c.dir.display()
-            ),
-        )
-        .unwrap();
+        c.write_vm_handler_config();
     }
-    net::link_cni_plugins(&c.dir.join("cni-bin"));
-    let ipam = c.dir.join("cni-ipam");
-    std::fs::create_dir_all(c.dir.join("cni-conf")).unwrap();
-    std::fs::write(
-        c.dir.join("cni-conf/10-hull.conflist"),
-        net.cni_conflist(&ipam),
-    )
-    .unwrap();
+    c.use_cni(net);
     let mut cri = Cri::start(&c);
     cri.call(json!({"op": "network_ready"}));
     (c, cri)

@@ -517,3 +517,34 @@ pub fn spawn_lines(mut cmd: Command) -> (std::process::Child, std::sync::mpsc::R
     });
     (child, rx)
 }
+
+impl Containerd {
+    /// Writes the config of the CRI handler `hull-vm` (vm isolation with this machine's guest
+    /// files, the test's hull root); fails saying what is missing.
+    #[allow(dead_code)]
+    pub fn write_vm_handler_config(&self) {
+        let (kernel, initrd) = guest_files()
+            .expect("vm pods need qemu-system-x86_64 and the guest kernel (make guest)");
+        std::fs::write(
+            self.dir.join("hull-vm.toml"),
+            format!(
+                "{}[shim]\nroot = \"{}/hull-root\"\n",
+                hull_tests::vm_config_text("vm", &kernel, &initrd),
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Gives the CRI plugin a CNI network on `net` (Debian's plugins, a private bridge).
+    #[allow(dead_code)]
+    pub fn use_cni(&self, net: &hull_tests::net::Subnet) {
+        hull_tests::net::link_cni_plugins(&self.dir.join("cni-bin"));
+        std::fs::create_dir_all(self.dir.join("cni-conf")).unwrap();
+        std::fs::write(
+            self.dir.join("cni-conf/10-hull.conflist"),
+            net.cni_conflist(&self.dir.join("cni-ipam")),
+        )
+        .unwrap();
+    }
+}
