@@ -65,3 +65,29 @@ impl NetError {
 
 /// Result alias of hull-net.
 pub type Result<T, E = NetError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_in_a_namespace_names_it_and_keeps_its_errno() {
+        let e = NetError::InNetns {
+            netns: "/run/netns/cni-1".into(),
+            source: Box::new(NetError::io(
+                "add an ingress qdisc on eth0",
+                std::io::Error::from_raw_os_error(libc::EEXIST),
+            )),
+        };
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(
+                "in network namespace /run/netns/cni-1: add an ingress qdisc on eth0: "
+            ),
+            "{shown}"
+        );
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+        assert!(e.is(&[libc::ENOENT, libc::EEXIST]));
+        assert!(!NetError::NoSuchLink("eth0".into()).is(&[libc::ENOENT]));
+    }
+}

@@ -46,27 +46,24 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `ip ARGS` in the namespace at `ns`; panics with its output on failure.
-fn ip(ns: &Path, args: &str) -> String {
+/// Runs `PROGRAM ARGS` in the namespace at `ns`; panics with its output on failure.
+fn nsenter(ns: &Path, program: &str, args: &str) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", ns.display()))
-        .arg("ip")
+        .arg(program)
         .args(args.split_whitespace())
         .output()
-        .expect("nsenter ip (iproute2)");
-    assert!(out.status.success(), "ip {args}: {out:?}");
+        .unwrap_or_else(|e| panic!("nsenter {program} (util-linux, iproute2, procps): {e}"));
+    assert!(out.status.success(), "{program} {args}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn ip(ns: &Path, args: &str) -> String {
+    nsenter(ns, "ip", args)
+}
+
 fn tc(ns: &Path, args: &str) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .arg("tc")
-        .args(args.split_whitespace())
-        .output()
-        .expect("nsenter tc (iproute2)");
-    assert!(out.status.success(), "tc {args}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    nsenter(ns, "tc", args)
 }
 
 /// A veth pair: `eth0` in the pod namespace (what CNI leaves there), `peer0` in the peer.
@@ -143,10 +140,11 @@ fn normalised(mut n: PodNetwork) -> PodNetwork {
     n
 }
 
-#[test]
-fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
-    let n = Nets::new();
-    // The "NIC": a veth end with the MAC a hypervisor would give it.
+/// The MAC a hypervisor gives the VM's NIC.
+const NIC_MAC: [u8; 6] = [0x02, 0x68, 0x75, 0x6c, 0x00, 0x00];
+
+/// The "NIC": a veth end `nic0` in the pod namespace with [`NIC_MAC`].
+fn nic(n: &Nets) {
     ip(
         &n.pod,
         &format!(
@@ -154,8 +152,14 @@ fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
             n.peer.display()
         ),
     );
+}
+
+#[test]
+fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
+    let n = Nets::new();
+    nic(&n);
     let want = pod_network();
-    let device = [0x02, 0x68, 0x75, 0x6c, 0x00, 0x00];
+    let device = NIC_MAC;
     let pod = n.pod.clone();
     let w = want.clone();
     let applied = in_ns(&pod, move || hull_net::configure(&w, &[device])).unwrap();
@@ -183,35 +187,16 @@ fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
 #[test]
 fn configure_leaves_ipv6_out_cleanly_where_the_link_has_none() {
     let n = Nets::new();
-    ip(
-        &n.pod,
-        &format!(
-            "link add nic0 address 02:68:75:6c:00:00 type veth peer name peer0 netns {}",
-            n.peer.display()
-        ),
-    );
-    sysctl(&n.pod, "net.ipv6.conf.nic0.disable_ipv6=1");
+    nic(&n);
+    nsenter(&n.pod, "sysctl", "-qw net.ipv6.conf.nic0.disable_ipv6=1");
     let want = pod_network();
     let w = want.clone();
-    let applied = in_ns(&n.pod, move || {
-        hull_net::configure(&w, &[[0x02, 0x68, 0x75, 0x6c, 0x00, 0x00]])
-    })
-    .unwrap();
+    let applied = in_ns(&n.pod, move || hull_net::configure(&w, &[NIC_MAC])).unwrap();
     let mut v4 = want;
     v4.interfaces[0].addresses.retain(|a| a.addr.is_ipv4());
     v4.routes.retain(|r| !r.ipv6);
     assert_eq!(normalised(applied), normalised(v4.clone()));
     assert_eq!(normalised(hull_net::scan(&n.pod).unwrap()), normalised(v4));
-}
-
-/// Runs `sysctl -w SETTING` in the namespace at `ns`.
-fn sysctl(ns: &Path, setting: &str) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(["sysctl", "-qw", setting])
-        .output()
-        .expect("nsenter sysctl (procps)");
-    assert!(out.status.success(), "sysctl {setting}: {out:?}");
 }
 
 /// Runs `f` on a thread in the namespace at `ns` (configure works where it is called).

@@ -153,3 +153,64 @@ fn route_of(r: &RouteMessage, names: &HashMap<u32, String>) -> Option<Route> {
     }
     Some(route)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> HashMap<u32, String> {
+        HashMap::from([(2, "eth0".to_string())])
+    }
+
+    fn route(family: AddressFamily, dest: Option<(IpAddr, u8)>, oif: u32) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.kind = RouteType::Unicast;
+        if let Some((addr, prefix)) = dest {
+            m.header.destination_prefix_length = prefix;
+            m.attributes
+                .push(RouteAttribute::Destination(crate::netlink::route_address(
+                    addr,
+                )));
+        }
+        m.attributes.push(RouteAttribute::Oif(oif));
+        m
+    }
+
+    #[test]
+    fn a_gateway_route_with_an_mtu_is_kept() {
+        let mut m = route(
+            AddressFamily::Inet,
+            Some(("10.10.0.0".parse().unwrap(), 16)),
+            2,
+        );
+        m.attributes
+            .push(RouteAttribute::Gateway(crate::netlink::route_address(
+                "10.9.0.1".parse().unwrap(),
+            )));
+        m.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(1300)]));
+        let r = route_of(&m, &names()).unwrap();
+        assert_eq!(r.device, "eth0");
+        assert_eq!(r.gateway, Some("10.9.0.1".parse().unwrap()));
+        assert_eq!(r.mtu, Some(1300));
+        assert!(!r.ipv6);
+    }
+
+    #[test]
+    fn routes_the_guest_makes_itself_or_on_other_links_are_left_out() {
+        let v6 = |d: &str, p| route(AddressFamily::Inet6, Some((d.parse().unwrap(), p)), 2);
+        assert!(route_of(&v6("fe80::", 64), &names()).is_none());
+        assert!(route_of(&v6("ff00::", 8), &names()).is_none());
+        assert!(route_of(&v6("fd00:9::", 64), &names()).is_some());
+        let mut kernel = route(AddressFamily::Inet, None, 2);
+        kernel.header.protocol = RouteProtocol::Kernel;
+        assert!(route_of(&kernel, &names()).is_none());
+        let mut local = route(AddressFamily::Inet, None, 2);
+        local.header.table = 255; // RT_TABLE_LOCAL
+        assert!(route_of(&local, &names()).is_none());
+        assert!(route_of(&route(AddressFamily::Inet, None, 7), &names()).is_none());
+    }
+}

@@ -124,3 +124,13 @@ fn detach_here(nl: &mut Netlink, iface: &str, tap: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tap_names_fit_a_link_name() {
+        assert_eq!(super::tap_name(0), "hulltap0");
+        // IFNAMSIZ is 16 with the NUL: 15 bytes, enough for any index a pod has.
+        assert!(super::tap_name(99_999_999).len() < libc::IFNAMSIZ);
+    }
+}
