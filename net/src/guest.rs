@@ -2,56 +2,39 @@
 //! network namespace ([`configure`]) or in the pod's, which the pod's containers join
 //! ([`configure_in`]).
 
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{NetError, Result};
-use crate::model::{PodNetwork, Route};
-use crate::netlink::{in_netns, mac_string, Netlink};
+use crate::model::{IpNet, Neighbour, PodNetwork, Route};
+use crate::netlink::{
+    family, in_netns, mac_string, neighbour_address, route_address, tolerate, Netlink,
+};
 
-/// Whether this kernel has IPv6 and it is not disabled.
+/// Whether this kernel has IPv6 and it is not disabled for all links.
 pub fn ipv6_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+    sysctl_is_zero("all")
+}
+
+/// Whether IPv6 is on for the link named `name` (in the calling thread's namespace).
+fn link_ipv6_enabled(name: &str) -> bool {
+    sysctl_is_zero("all") && sysctl_is_zero(name)
+}
+
+/// `/proc/sys/net/ipv6/conf/<conf>/disable_ipv6` reads 0 (missing: no IPv6 at all). Net
+/// sysctls show the namespace of the thread that opens them.
+fn sysctl_is_zero(conf: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"))
         .is_ok_and(|s| s.trim() == "0")
-}
-
-fn family(ip: &IpAddr) -> AddressFamily {
-    match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    }
-}
-
-fn route_address(ip: IpAddr) -> RouteAddress {
-    match ip {
-        IpAddr::V4(a) => RouteAddress::Inet(a),
-        IpAddr::V6(a) => RouteAddress::Inet6(a),
-    }
-}
-
-/// An "already there" answer, which a second run of the same set-up gets.
-fn exists(e: &NetError) -> bool {
-    matches!(e, NetError::Io { source, .. } if source.raw_os_error() == Some(libc::EEXIST))
-}
-
-fn tolerate_exists(r: Result<()>) -> Result<()> {
-    match r {
-        Err(e) if exists(&e) => Ok(()),
-        r => r,
-    }
 }
 
 /// Moves the VM's NICs (found by `device_macs`, or by the interfaces' MACs on a second run)
@@ -82,11 +65,10 @@ pub fn configure_in(netns: &Path, net: &PodNetwork, device_macs: &[[u8; 6]]) -> 
 /// Sets `net` up here: interface i is the link whose MAC is `device_macs[i]` (the MAC the
 /// hypervisor gave the NIC); it gets the interface's name, MAC, MTU and addresses and goes
 /// up; `lo` goes up; then the routes (on-link ones before those through a gateway) and the
-/// permanent neighbours. Without IPv6 in this kernel its addresses, routes and neighbours
-/// are left out, with a warning. Returns what was applied; running it again is harmless.
+/// permanent neighbours. An interface without IPv6 (none in this kernel, or `disable_ipv6`
+/// for its link) gets no IPv6 addresses, routes or neighbours: they are left out, with a
+/// warning. Returns what was applied; running it again is harmless.
 pub fn configure(net: &PodNetwork, device_macs: &[[u8; 6]]) -> Result<PodNetwork> {
-    let v6 = ipv6_enabled();
-    let keep = |ip: &IpAddr| v6 || ip.is_ipv4();
     let mut applied = PodNetwork::default();
     let mut nl = Netlink::open()?;
     let links = nl.links()?;
@@ -112,6 +94,8 @@ pub fn configure(net: &PodNetwork, device_macs: &[[u8; 6]]) -> Result<PodNetwork
             &format!("a temporary name for {}", link.name),
         )?;
     }
+    // The interfaces whose link has IPv6 on.
+    let mut v6 = Vec::new();
     for (iface, link) in net.interfaces.iter().zip(&found) {
         let name = &iface.name;
         nl.set_link(
@@ -126,105 +110,143 @@ pub fn configure(net: &PodNetwork, device_macs: &[[u8; 6]]) -> Result<PodNetwork
                 iface.mtu
             ),
         )?;
+        if link_ipv6_enabled(name) {
+            v6.push(name.clone());
+        }
         let mut done = iface.clone();
         done.addresses.clear();
         for a in &iface.addresses {
-            if !keep(&a.addr) {
-                tracing::warn!(address = %a.addr, interface = %name, "the guest has no IPv6: address left out");
+            if a.addr.is_ipv6() && !v6.contains(name) {
+                tracing::warn!(address = %a.addr, interface = %name, "the guest has no IPv6 on this interface: address left out");
                 continue;
             }
-            let mut m = AddressMessage::default();
-            m.header.family = family(&a.addr);
-            m.header.prefix_len = a.prefix;
-            m.header.index = link.index;
-            if a.addr.is_ipv6() {
-                // Usable at once: the pod's address was checked for duplicates on the host.
-                m.header.flags = AddressHeaderFlags::Nodad;
-            } else {
-                m.attributes.push(AddressAttribute::Local(a.addr));
-            }
-            m.attributes.push(AddressAttribute::Address(a.addr));
-            tolerate_exists(nl.request(
-                RouteNetlinkMessage::NewAddress(m),
-                NLM_F_CREATE | NLM_F_EXCL,
-                &format!("add {}/{} to {name}", a.addr, a.prefix),
-            ))?;
+            add_address(&mut nl, link.index, name, a)?;
             done.addresses.push(*a);
         }
         nl.set_up(link.index, true, name)?;
+        tracing::info!(interface = %name, was = %link.name, mac = %mac_string(&iface.mac), mtu = iface.mtu, addresses = ?done.addresses, "interface set up");
         applied.interfaces.push(done);
     }
     if let Ok(lo) = nl.link("lo") {
         nl.set_up(lo.index, true, "lo")?;
     }
-    let index_of = |nl: &mut Netlink, name: &str| nl.link(name).map(|l| l.index);
+    let has_ipv6 = |ip: bool, device: &str| !ip || v6.iter().any(|d| d == device);
+    // On-link routes first: a gateway must be reachable when its route is added.
     let mut routes: Vec<&Route> = net.routes.iter().collect();
     routes.sort_by_key(|r| r.gateway.is_some());
     for r in routes {
-        if r.ipv6 && !v6 {
-            tracing::warn!(?r, "the guest has no IPv6: route left out");
+        if !has_ipv6(r.ipv6, &r.device) {
+            tracing::warn!(route = ?r, "the guest has no IPv6 on its interface: route left out");
             continue;
         }
-        let oif = index_of(&mut nl, &r.device)?;
-        let mut m = RouteMessage::default();
-        m.header.address_family = if r.ipv6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Boot;
-        m.header.kind = RouteType::Unicast;
-        m.header.scope = RouteScope::from(r.scope);
-        if let Some(d) = r.destination {
-            m.header.destination_prefix_length = d.prefix;
-            m.attributes
-                .push(RouteAttribute::Destination(route_address(d.addr)));
-        }
-        if let Some(g) = r.gateway {
-            m.attributes.push(RouteAttribute::Gateway(route_address(g)));
-        }
-        if let Some(s) = r.source {
-            m.attributes
-                .push(RouteAttribute::PrefSource(route_address(s)));
-        }
-        m.attributes.push(RouteAttribute::Oif(oif));
-        if let Some(mtu) = r.mtu {
-            m.attributes
-                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
-        }
-        let what = match r.destination {
-            Some(d) => format!("{}/{}", d.addr, d.prefix),
-            None => "default".into(),
-        };
-        tolerate_exists(nl.request(
-            RouteNetlinkMessage::NewRoute(m),
-            NLM_F_CREATE | NLM_F_EXCL,
-            &format!("add route {what} dev {}", r.device),
-        ))?;
+        add_route(&mut nl, r)?;
         applied.routes.push(r.clone());
     }
     for n in &net.neighbours {
-        if !keep(&n.address) {
+        if !has_ipv6(n.address.is_ipv6(), &n.device) {
+            tracing::warn!(neighbour = ?n, "the guest has no IPv6 on its interface: neighbour left out");
             continue;
         }
-        let mut m = NeighbourMessage::default();
-        m.header.family = family(&n.address);
-        m.header.ifindex = index_of(&mut nl, &n.device)?;
-        m.header.state = NeighbourState::Permanent;
-        m.attributes
-            .push(NeighbourAttribute::Destination(match n.address {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
-        m.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
-        nl.request(
-            RouteNetlinkMessage::NewNeighbour(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-            &format!("add neighbour {} on {}", n.address, n.device),
-        )?;
+        add_neighbour(&mut nl, n)?;
         applied.neighbours.push(n.clone());
     }
+    tracing::info!(
+        routes = applied.routes.len(),
+        neighbours = applied.neighbours.len(),
+        "pod network set up"
+    );
     Ok(applied)
+}
+
+/// Adds `a` to link `index` (named `name`); already there is fine.
+fn add_address(nl: &mut Netlink, index: u32, name: &str, a: &IpNet) -> Result<()> {
+    let mut m = AddressMessage::default();
+    m.header.family = family(&a.addr);
+    m.header.prefix_len = a.prefix;
+    m.header.index = index;
+    if a.addr.is_ipv6() {
+        // Usable at once: the pod's address was checked for duplicates on the host.
+        m.header.flags = AddressHeaderFlags::Nodad;
+    } else {
+        m.attributes.push(AddressAttribute::Local(a.addr));
+    }
+    m.attributes.push(AddressAttribute::Address(a.addr));
+    tolerate(
+        nl.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("add {}/{} to {name}", a.addr, a.prefix),
+        ),
+        &[libc::EEXIST],
+    )
+}
+
+/// Adds route `r` to the main table; already there is fine.
+fn add_route(nl: &mut Netlink, r: &Route) -> Result<()> {
+    let oif = nl.link(&r.device)?.index;
+    let mut m = RouteMessage::default();
+    m.header.address_family = if r.ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Boot;
+    m.header.kind = RouteType::Unicast;
+    m.header.scope = RouteScope::from(r.scope);
+    if let Some(d) = r.destination {
+        m.header.destination_prefix_length = d.prefix;
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(d.addr)));
+    }
+    if let Some(g) = r.gateway {
+        m.attributes.push(RouteAttribute::Gateway(route_address(g)));
+    }
+    if let Some(s) = r.source {
+        m.attributes
+            .push(RouteAttribute::PrefSource(route_address(s)));
+    }
+    m.attributes.push(RouteAttribute::Oif(oif));
+    if let Some(mtu) = r.mtu {
+        m.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
+    let what = match r.destination {
+        Some(d) => format!("{}/{}", d.addr, d.prefix),
+        None => "default".into(),
+    };
+    let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+    tracing::debug!(route = %what, %via, device = %r.device, mtu = ?r.mtu, "adding a route");
+    tolerate(
+        nl.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("add route {what}{via} dev {}", r.device),
+        ),
+        &[libc::EEXIST],
+    )
+}
+
+/// Adds (or replaces) permanent neighbour entry `n`.
+fn add_neighbour(nl: &mut Netlink, n: &Neighbour) -> Result<()> {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family(&n.address);
+    m.header.ifindex = nl.link(&n.device)?.index;
+    m.header.state = NeighbourState::Permanent;
+    m.attributes
+        .push(NeighbourAttribute::Destination(neighbour_address(
+            n.address,
+        )));
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
+    nl.request(
+        RouteNetlinkMessage::NewNeighbour(m),
+        NLM_F_CREATE | NLM_F_REPLACE,
+        &format!(
+            "add neighbour {} lladdr {} on {}",
+            n.address,
+            mac_string(&n.mac),
+            n.device
+        ),
+    )
 }

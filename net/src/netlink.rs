@@ -1,7 +1,9 @@
-//! A small synchronous rtnetlink client (requests with an acknowledgement, dumps) and the
-//! dumps both sides read, plus running code inside another network namespace.
+//! A small synchronous rtnetlink client (requests with an acknowledgement, dumps), the link
+//! and address requests both sides make, the address conversions both sides need, and running
+//! code inside another network namespace.
 
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -10,7 +12,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::neighbour::NeighbourAddress;
+use netlink_packet_route::route::RouteAddress;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{NetError, Result};
@@ -208,6 +212,26 @@ impl Netlink {
         }
         self.request(RouteNetlinkMessage::SetLink(m), 0, &format!("set {what}"))
     }
+
+    /// Deletes a link.
+    pub fn del_link(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.request(
+            RouteNetlinkMessage::DelLink(m),
+            0,
+            &format!("delete {name}"),
+        )
+    }
+}
+
+/// `r`, with the errors whose errno is one of `codes` taken as success (an "already there"
+/// or "already gone" answer).
+pub fn tolerate(r: Result<()>, codes: &[i32]) -> Result<()> {
+    match r {
+        Err(e) if e.is(codes) => Ok(()),
+        r => r,
+    }
 }
 
 /// What a link dump says of one link.
@@ -226,6 +250,11 @@ pub struct Link {
 }
 
 impl Link {
+    /// Its MAC, if it is an Ethernet-like link (6-byte link-layer address).
+    pub fn mac6(&self) -> Option<[u8; 6]> {
+        self.mac.as_slice().try_into().ok()
+    }
+
     fn from_message(l: &LinkMessage) -> Link {
         let mut link = Link {
             index: l.header.index,
@@ -246,6 +275,48 @@ impl Link {
     }
 }
 
+/// The address family of `ip`.
+pub fn family(ip: &IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// `ip` as a route attribute's address.
+pub fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+/// A route attribute's address as an IP address (`None` for other families).
+pub fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+/// `ip` as a neighbour attribute's address.
+pub fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }
+}
+
+/// A neighbour attribute's address as an IP address (`None` for other families).
+pub fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(mac: &[u8]) -> String {
     mac.iter()
@@ -255,30 +326,36 @@ pub fn mac_string(mac: &[u8]) -> String {
 }
 
 /// Runs `f` on a new thread that joined the network namespace at `netns` (a
-/// `/proc/PID/ns/net` path or a bind-mounted namespace file), and returns its result.
+/// `/proc/PID/ns/net` path or a bind-mounted namespace file), and returns its result; an
+/// error says which namespace it happened in. Sockets and devices `f` opens belong to that
+/// namespace; no caller's thread moves.
 pub fn in_netns<T: Send + 'static>(
     netns: &Path,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let ns = File::open(netns)
-        .map_err(|e| NetError::io(format!("open network namespace {}", netns.display()), e))?;
-    let shown = netns.display().to_string();
-    std::thread::spawn(move || {
-        // SAFETY: setns(2) on a descriptor this thread holds; it moves only this thread,
-        // which ends when `f` returns.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(NetError::io(
-                format!("enter network namespace {shown}"),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        f()
-    })
-    .join()
-    .unwrap_or_else(|_| {
-        Err(NetError::io(
-            "a network namespace thread",
-            std::io::Error::other("panicked"),
-        ))
-    })
+    let within = |e: NetError| NetError::InNetns {
+        netns: netns.to_path_buf(),
+        source: Box::new(e),
+    };
+    let ns = File::open(netns).map_err(|e| within(NetError::io("open it", e)))?;
+    std::thread::Builder::new()
+        .name("hull-net-netns".into())
+        .spawn(move || {
+            // SAFETY: setns(2) on a descriptor this thread holds; it moves only this thread,
+            // which ends when `f` returns.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(NetError::io("enter it", std::io::Error::last_os_error()));
+            }
+            drop(ns);
+            f()
+        })
+        .map_err(|e| within(NetError::io("start a thread to enter it", e)))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetError::io(
+                "a thread working in it",
+                std::io::Error::other("panicked"),
+            ))
+        })
+        .map_err(within)
 }

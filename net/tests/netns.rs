@@ -46,27 +46,24 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `ip ARGS` in the namespace at `ns`; panics with its output on failure.
-fn ip(ns: &Path, args: &str) -> String {
+/// Runs `PROGRAM ARGS` in the namespace at `ns`; panics with its output on failure.
+fn nsenter(ns: &Path, program: &str, args: &str) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", ns.display()))
-        .arg("ip")
+        .arg(program)
         .args(args.split_whitespace())
         .output()
-        .expect("nsenter ip (iproute2)");
-    assert!(out.status.success(), "ip {args}: {out:?}");
+        .unwrap_or_else(|e| panic!("nsenter {program} (util-linux, iproute2, procps): {e}"));
+    assert!(out.status.success(), "{program} {args}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn ip(ns: &Path, args: &str) -> String {
+    nsenter(ns, "ip", args)
+}
+
 fn tc(ns: &Path, args: &str) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .arg("tc")
-        .args(args.split_whitespace())
-        .output()
-        .expect("nsenter tc (iproute2)");
-    assert!(out.status.success(), "tc {args}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    nsenter(ns, "tc", args)
 }
 
 /// A veth pair: `eth0` in the pod namespace (what CNI leaves there), `peer0` in the peer.
@@ -143,10 +140,11 @@ fn normalised(mut n: PodNetwork) -> PodNetwork {
     n
 }
 
-#[test]
-fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
-    let n = Nets::new();
-    // The "NIC": a veth end with the MAC a hypervisor would give it.
+/// The MAC a hypervisor gives the VM's NIC.
+const NIC_MAC: [u8; 6] = [0x02, 0x68, 0x75, 0x6c, 0x00, 0x00];
+
+/// The "NIC": a veth end `nic0` in the pod namespace with [`NIC_MAC`].
+fn nic(n: &Nets) {
     ip(
         &n.pod,
         &format!(
@@ -154,8 +152,14 @@ fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
             n.peer.display()
         ),
     );
+}
+
+#[test]
+fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
+    let n = Nets::new();
+    nic(&n);
     let want = pod_network();
-    let device = [0x02, 0x68, 0x75, 0x6c, 0x00, 0x00];
+    let device = NIC_MAC;
     let pod = n.pod.clone();
     let w = want.clone();
     let applied = in_ns(&pod, move || hull_net::configure(&w, &[device])).unwrap();
@@ -163,9 +167,11 @@ fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
     let found = hull_net::scan(&n.pod).unwrap();
     assert_eq!(normalised(found), normalised(want.clone()));
     assert!(ip(&n.pod, "-o link show lo").contains("UP"));
-    // Again: found by its new MAC, nothing fails.
+    // Again: found by its new MAC, nothing fails, the same network results.
     let w = want.clone();
     in_ns(&pod, move || hull_net::configure(&w, &[device])).unwrap();
+    let found = hull_net::scan(&n.pod).unwrap();
+    assert_eq!(normalised(found), normalised(want.clone()));
     // A NIC nobody has: an error naming its MAC.
     let w = want.clone();
     let mut other = w.clone();
@@ -176,6 +182,21 @@ fn configure_then_scan_round_trips_and_a_second_run_is_harmless() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("02:00:00:00:00:99"), "{e}");
+}
+
+#[test]
+fn configure_leaves_ipv6_out_cleanly_where_the_link_has_none() {
+    let n = Nets::new();
+    nic(&n);
+    nsenter(&n.pod, "sysctl", "-qw net.ipv6.conf.nic0.disable_ipv6=1");
+    let want = pod_network();
+    let w = want.clone();
+    let applied = in_ns(&n.pod, move || hull_net::configure(&w, &[NIC_MAC])).unwrap();
+    let mut v4 = want;
+    v4.interfaces[0].addresses.retain(|a| a.addr.is_ipv4());
+    v4.routes.retain(|r| !r.ipv6);
+    assert_eq!(normalised(applied), normalised(v4.clone()));
+    assert_eq!(normalised(hull_net::scan(&n.pod).unwrap()), normalised(v4));
 }
 
 /// Runs `f` on a thread in the namespace at `ns` (configure works where it is called).
@@ -194,6 +215,7 @@ fn scan_finds_what_cni_leaves_and_skips_lo_and_bare_links() {
     ip(&n.pod, "addr add 10.9.0.5/24 dev eth0");
     ip(&n.pod, "addr add fd00:9::5/64 dev eth0 nodad");
     ip(&n.pod, "link set eth0 up");
+    ip(&n.peer, "link set peer0 up");
     ip(&n.pod, "link set lo up");
     ip(&n.pod, "route add 10.10.0.0/16 via 10.9.0.1 mtu 1300");
     ip(&n.pod, "route add default via 10.9.0.1");
@@ -204,6 +226,9 @@ fn scan_finds_what_cni_leaves_and_skips_lo_and_bare_links() {
     );
     let found = hull_net::scan(&n.pod).unwrap();
     assert_eq!(normalised(found), normalised(pod_network()));
+    // What was left out was there: lo's and eth0's link-local addresses, the bare link.
+    assert!(ip(&n.pod, "-o addr show lo").contains("127.0.0.1"));
+    assert!(ip(&n.pod, "-o link show bare").contains("bare"));
 }
 
 #[test]
@@ -215,45 +240,88 @@ fn a_tap_joined_to_the_veth_passes_frames_both_ways_and_goes_away() {
     let iface = pod_network().interfaces.remove(0);
     let tap = hull_net::tap_name(0);
     let fd = hull_net::attach_tap(&n.pod, &iface, &tap).unwrap();
-    assert!(ip(&n.pod, &format!("-o link show {tap}")).contains("mtu 1400"));
+    let link = ip(&n.pod, &format!("-o link show {tap}"));
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    for dev in ["eth0", tap.as_str()] {
+        let qdiscs = tc(&n.pod, &format!("qdisc show dev {dev}"));
+        assert!(qdiscs.contains("qdisc ingress ffff:"), "{dev}: {qdiscs}");
+    }
     let filters = tc(&n.pod, "filter show dev eth0 ingress");
     assert!(
-        filters.contains(&format!("Egress Redirect to device {tap}")),
+        filters.contains("u32") && filters.contains(&format!("Egress Redirect to device {tap}")),
         "{filters}"
     );
     let filters = tc(&n.pod, &format!("filter show dev {tap} ingress"));
     assert!(
-        filters.contains("Egress Redirect to device eth0"),
+        filters.contains("u32") && filters.contains("Egress Redirect to device eth0"),
         "{filters}"
     );
 
-    // A frame from the peer's side arrives on the tap (behind a virtio-net header).
+    // The VMM's header size: virtio 1.0's 12-byte virtio_net_hdr (TUNSETVNETHDRSZ).
+    const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+    const HDR: usize = 12;
+    let hdr_len = HDR as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int from a pointer to `hdr_len`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) };
+    assert_eq!(r, 0, "TUNSETVNETHDRSZ: {}", std::io::Error::last_os_error());
+
+    // A frame from the peer's side arrives on the tap, behind a virtio-net header.
     let frame = test_frame();
     let peer_sock = packet_socket(&n.peer, "peer0");
-    let tap_file = std::fs::File::from(fd.try_clone().unwrap());
+    let tap_file = std::fs::File::from(fd);
     set_nonblocking(&tap_file);
     send(peer_sock.as_raw_fd(), &frame);
-    // The tap's virtio-net header is 10 bytes until a VMM asks for 12 (TUNSETVNETHDRSZ).
     let got = recv_matching(tap_file.as_raw_fd(), |b| {
-        b.len() == 10 + frame.len() && b[10..] == frame[..]
+        b.len() == HDR + frame.len() && b[HDR..] == frame[..]
     });
     assert!(got, "the peer's frame did not reach the tap");
     // A frame the VM writes on the tap leaves through the veth to the peer.
-    let mut with_hdr = vec![0u8; 10];
+    let mut with_hdr = vec![0u8; HDR];
     with_hdr.extend_from_slice(&frame);
     send(tap_file.as_raw_fd(), &with_hdr);
     let got = recv_matching(peer_sock.as_raw_fd(), |b| b == frame.as_slice());
     assert!(got, "the tap's frame did not reach the peer");
 
+    // The tap is not persistent: its last descriptor takes it along.
     drop(tap_file);
-    drop(fd);
+    assert!(!ip(&n.pod, "-o link show").contains(&tap));
     hull_net::detach_tap(&n.pod, "eth0", &tap).unwrap();
     let qdiscs = tc(&n.pod, "qdisc show dev eth0");
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
-    assert!(!ip(&n.pod, "-o link show").contains(&tap));
-    // Twice, and on a namespace that is gone: fine.
+    // Twice, on a namespace file no longer mounted, on one that is gone: fine.
     hull_net::detach_tap(&n.pod, "eth0", &tap).unwrap();
-    hull_net::detach_tap(Path::new("/nonexistent/netns"), "eth0", &tap).unwrap();
+    hull_net::remove_netns(&n.pod).unwrap();
+    std::fs::File::create(&n.pod).unwrap();
+    hull_net::detach_tap(&n.pod, "eth0", &tap).unwrap();
+    std::fs::remove_file(&n.pod).unwrap();
+    hull_net::detach_tap(&n.pod, "eth0", &tap).unwrap();
+}
+
+#[test]
+fn a_tap_that_cannot_be_joined_leaves_nothing_of_its_own() {
+    let n = Nets::new();
+    veth(&n);
+    let iface = pod_network().interfaces.remove(0);
+    let tap = hull_net::tap_name(3);
+    // No such interface: the error names it and the namespace; no tap stays.
+    let mut missing = iface.clone();
+    missing.name = "nosuch0".into();
+    let e = hull_net::attach_tap(&n.pod, &missing, &tap)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nosuch0") && e.contains(&n.pod.display().to_string()),
+        "{e}"
+    );
+    assert!(!ip(&n.pod, "-o link show").contains(&tap));
+    // An ingress qdisc someone else put on the interface: refused, and theirs is kept.
+    tc(&n.pod, "qdisc add dev eth0 ingress");
+    let e = hull_net::attach_tap(&n.pod, &iface, &tap)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ingress qdisc on eth0"), "{e}");
+    assert!(!ip(&n.pod, "-o link show").contains(&tap));
+    assert!(tc(&n.pod, "qdisc show dev eth0").contains("ingress"));
 }
 
 #[test]
@@ -263,7 +331,19 @@ fn a_made_namespace_is_new_and_goes_when_removed() {
     let made = std::fs::metadata(&n.pod).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_ne!(mine.ino(), made.ino());
-    assert!(ip(&n.pod, "-o link show").contains("lo"));
+    let lo = ip(&n.pod, "-o link show lo");
+    assert!(
+        lo.contains("state DOWN"),
+        "a new namespace's lo is down: {lo}"
+    );
+    // Usable: a link made in it is there, and only there.
+    ip(&n.pod, "link add hullprobe0 type veth peer name hullprobe1");
+    assert!(ip(&n.pod, "-o link show").contains("hullprobe0"));
+    let host = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&host.stdout).contains("hullprobe0"));
     hull_net::remove_netns(&n.pod).unwrap();
     assert!(!n.pod.exists());
     hull_net::remove_netns(&n.pod).unwrap();
