@@ -723,7 +723,11 @@ impl Hypervisor for QemuHypervisor {
                 "driver": driver,
                 "node-name": node,
                 "filename": disk.path,
-                "read-only": disk.read_only,
+                // Read-write even for a read-only disk: the slot's virtio-blk device took
+                // write permission at boot, so QEMU refuses a read-only node under it, and a
+                // read-only node cannot be resized, which is how the guest learns the disk's
+                // size. The container's read-only access is the guest's device cgroup rule.
+                "read-only": false,
                 "cache": {"direct": disk_cache(disk) == "none"},
                 "aio": "threads",
             })),
@@ -733,7 +737,6 @@ impl Hypervisor for QemuHypervisor {
                 "blockdev-reopen",
                 Some(serde_json::json!({"options": [{
                     "driver": "raw", "node-name": format!("slot{slot}"), "file": node,
-                    "read-only": disk.read_only,
                 }]})),
             )
             .and_then(|_| {

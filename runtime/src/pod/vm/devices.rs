@@ -173,14 +173,9 @@ impl VmPod {
                     .iter()
                     .position(|x| x.as_ref().is_some_and(|(_, d)| d.number == w.number))
                 {
-                    if let Some((users, d)) = vm.slots[slot].as_mut() {
-                        if d.read_only && !w.read_only {
-                            return Err(Error::invalid(format!(
-                                "container {id}: block device {} is in the pod's VM read-only \
-                                 (another container asked for it so)",
-                                w.container_path
-                            )));
-                        }
+                    // Slots are attached read-write (see QEMU's attach_disk); each
+                    // container's own device rule decides what it may do.
+                    if let Some((users, _)) = vm.slots[slot].as_mut() {
                         users.push(id.to_string());
                     }
                     out.push(BlockDevice {
