@@ -124,7 +124,8 @@ pub fn hull_path() -> String {
     bin("hull").to_string_lossy().into_owned()
 }
 
-/// A hull config choosing vm isolation with this machine's guest files (`None`: skip).
+/// A hull config choosing vm isolation with this machine's guest files; `None` only where a
+/// person opted out with HULL_SKIP_VM_TESTS (refused in CI; see `guest_artefacts`).
 pub fn vm_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let a = guest_artefacts()?;
     let path = dir.join("vm.toml");
