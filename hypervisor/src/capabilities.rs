@@ -56,7 +56,7 @@ impl Backend {
                 stops_by_guest_power_off: false,
                 block: DeviceSupport::COLD_AND_SLOTS,
                 nic: DeviceSupport::COLD,
-                vfio: DeviceSupport::NONE,
+                vfio: DeviceSupport::COLD,
             },
             Backend::Builtin => Capabilities {
                 shared_fs: &[],
@@ -140,7 +140,7 @@ pub struct Capabilities {
     pub block: DeviceSupport,
     /// Network interfaces: virtio-net NICs on host taps (`VmConfig::nics`).
     pub nic: DeviceSupport,
-    /// Host devices passed through with VFIO.
+    /// Host PCI devices passed through with VFIO (`VmConfig::pci_devices`).
     pub vfio: DeviceSupport,
 }
 
@@ -154,7 +154,10 @@ impl Capabilities {
         if needs.nics > 0 && !self.nic.cold {
             return Some(Missing::Nics);
         }
-        (needs.disks > 0 && !self.block.cold).then_some(Missing::Disks)
+        if needs.disks > 0 && !self.block.cold {
+            return Some(Missing::Disks);
+        }
+        (needs.pci_devices > 0 && !self.vfio.cold).then_some(Missing::Vfio)
     }
 }
 
@@ -167,6 +170,8 @@ pub struct Needs {
     pub nics: usize,
     /// This many disks at boot (the pod's block devices); 0: none.
     pub disks: usize,
+    /// This many host PCI devices passed through with VFIO at boot; 0: none.
+    pub pci_devices: usize,
 }
 
 /// A capability a VM needs and a backend lacks.
@@ -178,6 +183,8 @@ pub enum Missing {
     Nics,
     /// No disks at boot.
     Disks,
+    /// No VFIO PCI pass-through at boot.
+    Vfio,
 }
 
 impl fmt::Display for Missing {
@@ -186,6 +193,7 @@ impl fmt::Display for Missing {
             Missing::SharedFs(kind) => write!(f, "no shared filesystem ({kind})"),
             Missing::Nics => f.write_str("no network interfaces (virtio-net on a tap)"),
             Missing::Disks => f.write_str("no disks (virtio-blk)"),
+            Missing::Vfio => f.write_str("no PCI device pass-through (VFIO)"),
         }
     }
 }
@@ -252,10 +260,34 @@ mod tests {
     }
 
     #[test]
+    fn pci_devices_need_a_backend_with_vfio_at_boot() {
+        let pci = Needs {
+            pci_devices: 1,
+            ..Needs::default()
+        };
+        assert_eq!(Backend::Qemu.capabilities().lacks(&pci), None);
+        assert_eq!(
+            Backend::Builtin.capabilities().lacks(&pci),
+            Some(Missing::Vfio)
+        );
+        assert_eq!(
+            Missing::Vfio.to_string(),
+            "no PCI device pass-through (VFIO)"
+        );
+        let e = Backend::Builtin.check_covers(&pci).unwrap_err().to_string();
+        assert!(e.contains("hypervisor = \"qemu\""), "{e}");
+    }
+
+    #[test]
     fn no_backend_claims_a_device_it_cannot_add_yet() {
         for b in Backend::ALL {
             let c = b.capabilities();
-            assert_eq!(c.vfio, DeviceSupport::NONE, "{b}");
+            // VFIO at boot on QEMU (a PCIe bus on microvm); hull-vmm has no PCI bus.
+            let vfio = match b {
+                Backend::Qemu => DeviceSupport::COLD,
+                Backend::Builtin => DeviceSupport::NONE,
+            };
+            assert_eq!(c.vfio, vfio, "{b}");
             // NICs at boot only: microvm and hull-vmm have no hotplug. Disks at boot, and
             // for QEMU into the empty slots a VM boots with.
             assert_eq!(c.nic, DeviceSupport::COLD, "{b}");

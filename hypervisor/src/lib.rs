@@ -99,6 +99,17 @@ pub struct Disk {
     pub path: PathBuf,
     /// The guest may only read it.
     pub read_only: bool,
+    /// Other VMs may open it too, for writing as well (a cluster filesystem's disk): the
+    /// VMM does not lock it for itself.
+    pub shared: bool,
+}
+
+/// A host PCI device bound to `vfio-pci`, passed through to the VM (cold-plugged on a PCIe
+/// bus): the guest's own driver binds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciDevice {
+    /// Its full PCI address on the host (`0000:01:00.0`).
+    pub address: String,
 }
 
 /// The serial of the VM's disk `index` (`hull-disk-{index}`), the same for every VM: the
@@ -150,6 +161,9 @@ pub struct VmConfig {
     /// [`Hypervisor::attach_disk`] fills while it runs: microvm has no hotplug, so a disk for
     /// a container created after the VM started takes a slot. Slots are part of a template.
     pub disk_slots: usize,
+    /// Host PCI devices passed through with VFIO (each bound to `vfio-pci`). A VM with them
+    /// boots cold on a machine with a PCIe bus (a template's guest has not seen them).
+    pub pci_devices: Vec<PciDevice>,
 }
 
 /// The serial of empty disk slot `index` (see [`VmConfig::disk_slots`]): the agent finds the
@@ -181,16 +195,18 @@ impl VmConfig {
             nics: Vec::new(),
             disks: Vec::new(),
             disk_slots: 0,
+            pci_devices: Vec::new(),
         }
     }
 
     /// What this VM needs of its backend: a shared filesystem when it shares directories,
-    /// NICs and disks when it has any.
+    /// NICs, disks and PCI devices when it has any.
     pub fn needs(&self) -> Needs {
         Needs {
             shared_fs: (!self.shares.is_empty()).then_some(SharedFs::Virtio9p),
             nics: self.nics.len(),
             disks: self.disks.len(),
+            pci_devices: self.pci_devices.len(),
         }
     }
 
@@ -220,6 +236,9 @@ impl VmConfig {
         for (i, d) in self.disks.iter().enumerate() {
             check_disk(i, &d.path)?;
         }
+        for d in &self.pci_devices {
+            check_pci_device(Path::new("/sys/bus/pci/devices"), &d.address)?;
+        }
         let too_many = max_vcpus.is_some_and(|m| self.vcpus > m);
         if self.memory_mib < 64 || self.vcpus == 0 || too_many {
             let vcpus = match max_vcpus {
@@ -247,6 +266,27 @@ fn check_disk(index: usize, path: &Path) -> Result<()> {
         ))),
         Err(e) => Err(HypervisorError::Config(format!(
             "disk {index}: {path:?}: {e}"
+        ))),
+    }
+}
+
+/// Errors unless PCI device `address` (under `pci_devices`, normally
+/// `/sys/bus/pci/devices`) is bound to `vfio-pci`: one line naming it and its driver.
+fn check_pci_device(pci_devices: &Path, address: &str) -> Result<()> {
+    let dev = pci_devices.join(address);
+    if !dev.exists() {
+        return Err(HypervisorError::Config(format!(
+            "pci device {address}: no such device on the host"
+        )));
+    }
+    let driver = std::fs::read_link(dev.join("driver"))
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+    match driver.as_deref() {
+        Some("vfio-pci") => Ok(()),
+        other => Err(HypervisorError::Config(format!(
+            "pci device {address} is bound to {}, not vfio-pci",
+            other.unwrap_or("no driver")
         ))),
     }
 }
@@ -396,6 +436,42 @@ pub fn select(choice: BackendChoice, config: VmConfig) -> Result<Box<dyn Hypervi
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_pci_device_must_be_bound_to_vfio_pci() {
+        let sys = tempfile::tempdir().unwrap();
+        let drivers = sys.path().join("drivers");
+        for d in ["vfio-pci", "nvme"] {
+            std::fs::create_dir_all(drivers.join(d)).unwrap();
+        }
+        for (addr, driver) in [
+            ("0000:00:03.0", Some("vfio-pci")),
+            ("0000:00:04.0", Some("nvme")),
+            ("0000:00:05.0", None),
+        ] {
+            let dev = sys.path().join(addr);
+            std::fs::create_dir_all(&dev).unwrap();
+            if let Some(d) = driver {
+                std::os::unix::fs::symlink(drivers.join(d), dev.join("driver")).unwrap();
+            }
+        }
+        check_pci_device(sys.path(), "0000:00:03.0").unwrap();
+        let e = |a| check_pci_device(sys.path(), a).unwrap_err().to_string();
+        assert_eq!(
+            e("0000:00:04.0"),
+            "vm config: pci device 0000:00:04.0 is bound to nvme, not vfio-pci"
+        );
+        assert!(
+            e("0000:00:05.0").contains("bound to no driver"),
+            "{}",
+            e("0000:00:05.0")
+        );
+        assert!(
+            e("0000:09:00.0").contains("no such device"),
+            "{}",
+            e("0000:09:00.0")
+        );
+    }
+
     fn sharing() -> VmConfig {
         let mut c = VmConfig::new("/k", "/i", "/run/hull/vm1");
         c.shares.push(Share {
@@ -471,6 +547,7 @@ mod tests {
             Disk {
                 path: "/dev/loop0".into(),
                 read_only: false,
+                shared: false,
             };
             2
         ];
@@ -500,6 +577,7 @@ mod tests {
         let disk = |p: &Path| Disk {
             path: p.into(),
             read_only: true,
+            shared: false,
         };
         c.disks = vec![disk(&img)];
         c.check_bootable(None).unwrap();

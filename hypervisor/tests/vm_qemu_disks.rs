@@ -79,10 +79,12 @@ fn a_vm_has_a_virtio_blk_drive_on_each_disk_read_only_where_asked_and_boots_cold
         Disk {
             path: lo.0.clone(),
             read_only: false,
+            shared: false,
         },
         Disk {
             path: image.clone(),
             read_only: true,
+            shared: false,
         },
     ];
     let mut vm = QemuHypervisor::new(c);

@@ -526,6 +526,29 @@ fn devices_a_vm_pod_cannot_have_are_refused_and_leave_nothing() {
         &["/dev/ttyS9", "4:73"],
     );
     nothing_left(&h);
+    // A VFIO group: this host has no IOMMU (a nested machine with one proves the pass-through:
+    // tests/tests/vfio.rs).
+    assert!(
+        std::fs::read_dir("/sys/kernel/iommu_groups").map_or(true, |mut d| d.next().is_none()),
+        "this test expects a host without an IOMMU"
+    );
+    let b = Bundle::with(&["true"], |v| {
+        v["linux"]["devices"] =
+            serde_json::json!([{"path": "/dev/vfio/3", "type": "c", "major": 511, "minor": 0}]);
+    });
+    fails_with(
+        &run(&h, &c.vm, &b, &unique_id("vfio")),
+        &["/dev/vfio/3", "needs an IOMMU", "this host has none"],
+    );
+    nothing_left(&h);
+    let b = Bundle::with(&["true"], |v| {
+        v["annotations"]["io.hull.vfio"] = "0000:00:03.0".into();
+    });
+    fails_with(
+        &run(&h, &c.vm, &b, &unique_id("vfioann")),
+        &["pci device 0000:00:03.0", "needs an IOMMU"],
+    );
+    nothing_left(&h);
     // A device another running pod holds.
     let disk = Loop::new();
     let holder = disk_bundle(&disk, "sleep 100", "rwm");
@@ -535,6 +558,53 @@ fn devices_a_vm_pod_cannot_have_are_refused_and_leave_nothing() {
     fails_with(
         &run(&h, &c.vm, &second, &unique_id("blk2")),
         &["/dev/xdisk", "in use by another vm pod"],
+    );
+    h.ok(&["delete", "--force", &id]);
+    nothing_left(&h);
+}
+
+#[test]
+fn pods_that_mark_a_device_shared_hold_it_together_and_others_are_refused() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let disk = Loop::new();
+    let shared = |script: &str| {
+        let b = disk_bundle(&disk, script, "rwm");
+        b.edit(|v| v["annotations"]["io.hull.shared-devices"] = "/dev/xdisk".into());
+        b
+    };
+    let holder = shared("sleep 100");
+    let id = unique_id("shr1");
+    create_detached(&h, &c.vm, &holder, &id);
+    // A second sharing pod writes the disk while the first holds it (QEMU shares it too).
+    let text = run_ok(
+        &h,
+        &c.vm,
+        &shared(
+            "echo hull-shared | dd of=/dev/xdisk bs=512 count=1 conv=sync,fsync 2>/dev/null \
+             && echo written",
+        ),
+        &unique_id("shr2"),
+    );
+    assert!(text.contains("written"), "{text}");
+    assert_eq!(
+        disk.head(11),
+        b"hull-shared",
+        "the host's file after the run"
+    );
+    // A pod that does not share it is refused while sharing pods hold it.
+    fails_with(
+        &run(
+            &h,
+            &c.vm,
+            &disk_bundle(&disk, "true", "r"),
+            &unique_id("shr3"),
+        ),
+        &[
+            "/dev/xdisk",
+            "in use by another vm pod",
+            "io.hull.shared-devices",
+        ],
     );
     h.ok(&["delete", "--force", &id]);
     nothing_left(&h);

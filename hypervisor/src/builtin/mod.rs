@@ -518,7 +518,11 @@ mod tests {
         for (name, read_only) in [("a.img", false), ("b.img", true)] {
             let p = dir.path().join(name);
             std::fs::write(&p, [0u8; 512]).unwrap();
-            config.disks.push(crate::Disk { path: p, read_only });
+            config.disks.push(crate::Disk {
+                path: p,
+                read_only,
+                shared: false,
+            });
         }
         let h = BuiltinHypervisor::new(config);
         let a = h.command_args().join(" ");
@@ -540,6 +544,7 @@ mod tests {
             c.disks.push(crate::Disk {
                 path: dir.path().join("gone"),
                 read_only: false,
+                shared: false,
             });
             hypervisor_for_test(c, stand_in(dir.path(), "exit 1"))
                 .boot()

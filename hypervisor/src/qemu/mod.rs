@@ -230,10 +230,16 @@ impl QemuHypervisor {
             "-nographic".into(),
             "-no-reboot".into(),
             // acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
+            // PCI pass-through needs microvm's PCIe host bridge, which ACPI describes (the
+            // virtio-mmio devices are then found through ACPI too).
             "-M".into(),
             format!(
                 "microvm{}{}",
-                if cfg.acpi { "" } else { ",acpi=off" },
+                match (cfg.pci_devices.is_empty(), cfg.acpi) {
+                    (false, _) => ",pcie=on",
+                    (true, true) => "",
+                    (true, false) => ",acpi=off",
+                },
                 if self.start == Start::Boot {
                     ""
                 } else {
@@ -307,8 +313,9 @@ impl QemuHypervisor {
             ));
             a.push("-device".into());
             a.push(format!(
-                "virtio-blk-device,drive=disk{i},serial={}",
-                disk_serial(i)
+                "virtio-blk-device,drive=disk{i},serial={}{}",
+                disk_serial(i),
+                if disk.shared { ",share-rw=on" } else { "" }
             ));
         }
         // Empty disk slots: a raw node over a 0-byte null device, which `attach_disk` points
@@ -323,6 +330,12 @@ impl QemuHypervisor {
                 "virtio-blk-device,drive=slot{i},serial={}",
                 crate::disk_slot_serial(i)
             ));
+        }
+        // Host PCI devices on microvm's PCIe root bus, driven by VFIO (the guest's RAM is
+        // pinned and mapped in the host's IOMMU for the device's DMA).
+        for (i, dev) in cfg.pci_devices.iter().enumerate() {
+            a.push("-device".into());
+            a.push(format!("vfio-pci,host={},id=hostdev{i}", dev.address));
         }
         let memory_file = |path: &Path, shared: bool| {
             format!(
@@ -372,15 +385,22 @@ impl QemuHypervisor {
         )
     }
 
-    /// Where this VM's template is kept, if it starts from one: never for a VM with disks,
-    /// which boots cold (a template's guest has seen the disks it was made with, their
-    /// number and sizes, and would not see this VM's).
+    /// Where this VM's template is kept, if it starts from one: never for a VM with disks or
+    /// PCI devices, which boots cold (a template's guest has seen the disks it was made with,
+    /// their number and sizes, and would not see this VM's; it has no PCIe bus).
     fn template_root(&self) -> Option<PathBuf> {
         let root = self.config.template_dir.clone()?;
         if !self.config.disks.is_empty() {
             tracing::debug!(
                 disks = self.config.disks.len(),
                 "vm with disks boots cold: a template's guest has seen other disks"
+            );
+            return None;
+        }
+        if !self.config.pci_devices.is_empty() {
+            tracing::debug!(
+                pci_devices = self.config.pci_devices.len(),
+                "vm with pci devices boots cold: a template's guest has no pcie bus"
             );
             return None;
         }
@@ -730,6 +750,9 @@ impl Hypervisor for QemuHypervisor {
                 "read-only": false,
                 "cache": {"direct": disk_cache(disk) == "none"},
                 "aio": "threads",
+                // A shared disk: other VMs write it too; the slot's device, made at boot,
+                // cannot share write permission, so this node takes no image lock.
+                "locking": if disk.shared { "off" } else { "auto" },
             })),
         )?;
         let swapped = self
@@ -882,10 +905,12 @@ mod tests {
             Disk {
                 path: img.clone(),
                 read_only: false,
+                shared: false,
             },
             Disk {
                 path: odd.clone(),
                 read_only: true,
+                shared: false,
             },
         ];
         let a = QemuHypervisor::new(c).command_args().join(" ");
@@ -913,6 +938,7 @@ mod tests {
         let disk = |path: &Path| Disk {
             path: path.into(),
             read_only: false,
+            shared: false,
         };
         // This host's /tmp (ext4) and /dev/shm (tmpfs since Linux 6.6) take O_DIRECT.
         assert_eq!(disk_cache(&disk(&img)), "none");
@@ -926,6 +952,33 @@ mod tests {
     }
 
     #[test]
+    fn pci_devices_are_vfio_devices_on_microvms_pcie_bus_and_boot_cold() {
+        let mut c = cfg();
+        c.template_dir = Some("/var/lib/hull/templates".into());
+        c.pci_devices = vec![
+            crate::PciDevice {
+                address: "0000:01:00.0".into(),
+            },
+            crate::PciDevice {
+                address: "0000:02:00.0".into(),
+            },
+        ];
+        let q = QemuHypervisor::new(c);
+        let a = q.command_args().join(" ");
+        // pcie=on needs ACPI, which then describes the virtio-mmio devices too.
+        assert!(a.contains("-M microvm,pcie=on -accel"), "{a}");
+        assert!(
+            a.contains("-device vfio-pci,host=0000:01:00.0,id=hostdev0"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-device vfio-pci,host=0000:02:00.0,id=hostdev1"),
+            "{a}"
+        );
+        assert_eq!(q.template_root(), None);
+    }
+
+    #[test]
     fn a_vm_with_disks_boots_cold_without_its_template() {
         let mut c = cfg();
         c.template_dir = Some("/var/lib/hull/templates".into());
@@ -936,6 +989,7 @@ mod tests {
         c.disks.push(Disk {
             path: "/dev/loop0".into(),
             read_only: false,
+            shared: false,
         });
         let q = QemuHypervisor::new(c);
         assert_eq!(q.template_root(), None);

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use hull_agent_client::{AgentClient, Storage};
-use hull_hypervisor::{Disk, Hypervisor, Needs, Share, SharedFs, VmConfig};
+use hull_hypervisor::{Disk, Hypervisor, Needs, PciDevice, Share, SharedFs, VmConfig};
 use oci_spec::runtime::Spec;
 
 use super::network::PodNet;
@@ -46,8 +46,8 @@ impl VmPod {
         Ok(cfg)
     }
 
-    /// Boots the pod's VM with the first container's block devices as its disks
-    /// (`devices.rs`) and the pod's network (`network.rs`), and sets the pod up in it,
+    /// Boots the pod's VM with the first container's block devices as its disks and its PCI
+    /// devices passed through (`devices.rs`), and the pod's network (`network.rs`), and sets the pod up in it,
     /// on the agent connection that answered the boot (the pod keeps it).
     pub(super) fn boot(&self, bundle: &Path, spec: &Spec) -> Result<()> {
         let mut cfg = self.vm_config(spec)?;
@@ -60,6 +60,17 @@ impl VmPod {
             .map(|d| Disk {
                 path: d.host.clone(),
                 read_only: d.read_only,
+                shared: d.shared,
+            })
+            .collect();
+        let pci = self.claim_pci(spec)?;
+        for p in &pci {
+            tracing::info!(pod = %self.id, address = %p.address, group = %p.group, "pci device passed through");
+        }
+        cfg.pci_devices = pci
+            .iter()
+            .map(|p| PciDevice {
+                address: p.address.clone(),
             })
             .collect();
         let net = self.set_up_network(bundle, spec)?;
@@ -74,6 +85,7 @@ impl VmPod {
                     net,
                     disks,
                     slots,
+                    pci,
                 });
                 Ok(())
             }

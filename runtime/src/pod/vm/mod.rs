@@ -34,6 +34,7 @@ mod oom;
 mod relay;
 mod shares;
 
+pub use devices::{SHARED_ANNOTATION, VFIO_ANNOTATION, VFIO_MODE_ANNOTATION};
 pub use network::clean_up_network;
 
 /// The 9p tag of the shared directory.
@@ -80,6 +81,8 @@ struct Vm {
     disks: Vec<devices::PodDisk>,
     /// The VM's disk slots: the containers using a filled one, and its device.
     slots: Vec<Option<(Vec<String>, devices::PodDisk)>>,
+    /// Host PCI devices passed through to the VM.
+    pci: Vec<devices::PodPci>,
 }
 
 #[derive(Default)]
@@ -199,8 +202,10 @@ impl Containers for VmPod {
         let annotations = spec.annotations().clone().unwrap_or_default();
         let mut mounts = Vec::new();
         let result = (|| -> Result<(i32, Arc<VmProc>)> {
-            let (gspec, guest_rootfs) =
+            self.check_pci_for(&id, &spec)?;
+            let (mut gspec, guest_rootfs) =
                 self.guest_spec(&id, &opts.bundle, spec.clone(), &mut mounts)?;
+            devices::strip_vfio_nodes(&mut gspec);
             let json = serde_json::to_vec(&gspec)
                 .map_err(|e| Error::invalid(format!("container {id}: spec: {e}")))?;
             let disks = self.disks_for(&id, &spec)?;
