@@ -4,7 +4,7 @@
 
 use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -122,6 +122,24 @@ impl Drop for OwnedChild {
     }
 }
 
+/// Where the logs of failed VM starts are kept.
+pub(crate) const FAILED_BOOT_LOGS: &str = "/var/log/hull/failed-boots";
+/// How many failed starts' logs are kept.
+const FAILED_BOOT_KEEP: usize = 20;
+
+/// Removes the oldest entries of `dir` (by name: they start with a timestamp) beyond `keep`.
+fn prune_oldest(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for old in &names[..excess] {
+        let _ = std::fs::remove_dir_all(old);
+    }
+}
+
 /// A backend's VMM process (`what`: "qemu", "hull-vmm"): started, watched, stopped, and
 /// waited on while its guest boots.
 #[derive(Debug)]
@@ -224,6 +242,45 @@ impl VmmProcess {
         }
     }
 
+    /// Copies the VMM's log and the guest's console log of a failed start (`why`) to a
+    /// directory of their own under [`FAILED_BOOT_LOGS`], which keeps the newest
+    /// [`FAILED_BOOT_KEEP`]: the VM's own directory goes with the failed pod. Returns the kept
+    /// console log (the original's path when nothing could be kept).
+    pub(crate) fn keep_logs(&self, why: &str) -> PathBuf {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let dir = Path::new(FAILED_BOOT_LOGS).join(format!(
+            "{stamp}-{}-{}-{why}",
+            std::process::id(),
+            self.what
+        ));
+        let kept = std::fs::create_dir_all(&dir).and_then(|()| {
+            for (from, name) in [
+                (&self.own_log, "vmm.log"),
+                (&self.console_log, "console.log"),
+            ] {
+                match std::fs::copy(from, dir.join(name)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(dir.join("console.log"))
+        });
+        prune_oldest(Path::new(FAILED_BOOT_LOGS), FAILED_BOOT_KEEP);
+        match kept {
+            Ok(p) => {
+                tracing::warn!(logs = ?dir, "{} start failed ({why}); its logs are kept", self.what);
+                p
+            }
+            Err(e) => {
+                tracing::warn!(dir = ?dir, "keep the logs of a failed start: {e}");
+                self.console_log.clone()
+            }
+        }
+    }
+
     /// Kills the VMM (if it still runs) and marks the VM stopped.
     pub(crate) fn stop(&mut self) {
         self.kill();
@@ -276,10 +333,11 @@ impl VmmProcess {
             return Err(HypervisorError::ExitedDuringBoot {
                 status: self.exit.map(|s| s.to_string()).unwrap_or_default(),
                 reason: self.boot_failure_reason(),
-                console_log: self.console_log.clone(),
+                console_log: self.keep_logs("exited"),
             });
         }
         self.kill();
+        let console_log = self.keep_logs("no-answer");
         Err(match e {
             AgentClientError::NotReady { .. } => {
                 tracing::warn!(
@@ -290,18 +348,18 @@ impl VmmProcess {
                 );
                 HypervisorError::BootTimeout {
                     timeout: boot_timeout,
-                    console_log: self.console_log.clone(),
+                    console_log: console_log.clone(),
                 }
             }
             AgentClientError::NotServing => HypervisorError::ExitedDuringBoot {
                 status: "killed".into(),
                 reason: "guest agent answered Check with NOT_SERVING".into(),
-                console_log: self.console_log.clone(),
+                console_log: console_log.clone(),
             },
             e => HypervisorError::ExitedDuringBoot {
                 status: "killed".into(),
                 reason: format!("agent channel failed: {e}"),
-                console_log: self.console_log.clone(),
+                console_log: console_log.clone(),
             },
         })
     }

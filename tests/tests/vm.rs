@@ -968,6 +968,60 @@ fn templates(dir: &Path) -> Vec<(String, bool)> {
     t
 }
 
+/// The command lines of the running QEMU processes whose arguments mention `needle`.
+fn qemu_command_lines(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("qemu-system") || c.contains("/qemu-system"))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+#[test]
+fn twenty_vm_pods_started_at_once_from_a_template_all_restore() {
+    let Some(c) = Configs::new() else { return };
+    let a = guest_artefacts().unwrap();
+    let tdir = c.dir.path().join("templates");
+    let cfg = c.write(
+        "parallel.toml",
+        &format!(
+            "{}template = true\ntemplate_dir = {:?}\n",
+            vm_config_text("vm", &a.kernel, &a.initrd),
+            tdir.to_str().unwrap()
+        ),
+    );
+    let (h, _cleanup) = hull();
+    // The first start makes the template.
+    run_ok(&h, &cfg, &Bundle::new(&["true"]), &unique_id("par-first"));
+    let b = Bundle::new(&["sleep", "100"]);
+    let ids: Vec<String> = (0..20).map(|i| unique_id(&format!("par{i}"))).collect();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (h, cfg, b) = (&h, &cfg, &b);
+            s.spawn(move || create_detached(h, cfg, b, id));
+        }
+    });
+    eprintln!("20 vm pods created at once in {:?}", started.elapsed());
+    // Each really restored (none fell back to a boot): its QEMU maps the template's memory
+    // and took the template's device state as an incoming migration.
+    let restored = qemu_command_lines(tdir.to_str().unwrap())
+        .iter()
+        .filter(|c| c.contains("-incoming defer"))
+        .count();
+    assert_eq!(restored, ids.len(), "vm pods restored from the template");
+    for id in &ids {
+        assert_eq!(h.state(id)["status"], "created", "{id}");
+        h.ok(&["delete", "--force", id]);
+    }
+    assert!(qemu_command_lines(tdir.to_str().unwrap()).is_empty());
+    nothing_left(&h);
+}
+
 #[test]
 fn vms_restored_from_a_template_get_the_hosts_clock_and_their_own_randomness() {
     let Some(c) = Configs::new() else { return };

@@ -41,6 +41,9 @@ const AGENT_SERIAL_DEVICE: &str = "virtio-serial-device,max_ports=2";
 /// How long the first `Check` of a guest restored from a template may go unanswered before
 /// it is asked again on a fresh connection (it answers in ~0.1 s under TCG).
 const RESTORED_CHECK: Duration = Duration::from_secs(2);
+/// How long a guest restored from a template may take to answer before it is given up and
+/// the kernel boots instead (a restore answers in ~0.1-0.5 s under TCG, seconds under load).
+const RESTORE_BOUND: Duration = Duration::from_secs(10);
 /// How long saving a template's device state may take.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -418,14 +421,20 @@ impl QemuHypervisor {
     /// boots instead.
     fn start_from_template(&mut self, root: &Path) -> Result<Instant> {
         let t = Template::new(root, self.template_key()?);
-        let in_use = {
-            let made = t.lock(true)?;
-            if !t.ready() {
-                self.make_template(&t)?;
+        // A shared lock while QEMU reads the state (no removal meanwhile). Starts of a ready
+        // template only ever take it shared, so they never wait on each other; the exclusive
+        // lock is for making the template (and removing a bad one).
+        let in_use = match t.lock(false)? {
+            shared if t.ready() => shared,
+            shared => {
+                drop(shared);
+                let made = t.lock(true)?;
+                if !t.ready() {
+                    self.make_template(&t)?;
+                }
+                drop(made);
+                t.lock(false)?
             }
-            // Hold a shared lock while QEMU reads the state (no eviction meanwhile).
-            drop(made);
-            t.lock(false)?
         };
         t.touch();
         self.start = Start::Restore {
@@ -653,43 +662,52 @@ impl Hypervisor for QemuHypervisor {
         })
     }
 
-    /// A guest restored from a template that dies before its agent answers has the template
-    /// removed, and the kernel boots instead.
+    /// A guest restored from a template that does not answer within [`RESTORE_BOUND`] (or
+    /// dies first) is killed and the kernel boots instead; a template whose guest died is
+    /// removed, and the failed restore's logs are kept.
     fn wait_for_agent(&mut self, vm: &BootedVm) -> Result<AgentClient> {
         let (boot_timeout, call_timeout) =
             (self.config.boot_timeout, self.config.agent_call_timeout);
-        // A booting guest's agent answers the Check queued on its port once it starts (that
-        // may take as long as the boot); a restored guest's agent runs already, and a request
-        // its port lost (seen ~1 in 12 restores) is sent again on a fresh connection.
-        let attempt = match self.restored_from {
-            Some(_) => RESTORED_CHECK.min(call_timeout),
-            None => call_timeout,
+        let Some(t) = self.restored_from.take() else {
+            return self.process.wait_for_agent(
+                &vm.channel,
+                vm.started,
+                boot_timeout,
+                call_timeout,
+                call_timeout,
+            );
         };
+        // A restored guest's agent runs already; a request its port lost (seen ~1 in 12
+        // restores) is sent again on a fresh connection after RESTORED_CHECK.
         let waited = self.process.wait_for_agent(
             &vm.channel,
             vm.started,
+            boot_timeout.min(RESTORE_BOUND),
+            call_timeout,
+            RESTORED_CHECK.min(call_timeout),
+        );
+        let e = match waited {
+            Ok(agent) => {
+                tracing::info!(template = ?t.dir(), boot_time = ?vm.started.elapsed(), "vm restored from its template");
+                return Ok(agent);
+            }
+            Err(e) => e,
+        };
+        // The failed restore's logs are kept (see VmmProcess::keep_logs): `e` names them.
+        if matches!(e, HypervisorError::ExitedDuringBoot { .. }) {
+            self.discard_template(&t, &e)?;
+        } else {
+            tracing::warn!(template = ?t.dir(), error = %e, "vm restored from its template did not answer; booting instead");
+            self.process.kill();
+        }
+        let started = self.cold_start()?;
+        self.process.wait_for_agent(
+            &vm.channel,
+            started,
             boot_timeout,
             call_timeout,
-            attempt,
-        );
-        match (waited, self.restored_from.take()) {
-            (Err(e @ HypervisorError::ExitedDuringBoot { .. }), Some(t)) => {
-                self.discard_template(&t, &e)?;
-                let started = self.cold_start()?;
-                self.process.wait_for_agent(
-                    &vm.channel,
-                    started,
-                    boot_timeout,
-                    call_timeout,
-                    call_timeout,
-                )
-            }
-            (Ok(agent), Some(t)) => {
-                tracing::info!(template = ?t.dir(), boot_time = ?vm.started.elapsed(), "vm restored from its template");
-                Ok(agent)
-            }
-            (waited, _) => waited,
-        }
+            call_timeout,
+        )
     }
 
     /// QMP `quit`, then a kill after a grace (QEMU needs no guest power-off).
