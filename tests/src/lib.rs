@@ -69,6 +69,19 @@ pub fn busybox_rootfs(rootfs: &Path) {
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnobody:x:65534:\n").unwrap();
 }
 
+/// Says loudly that `test` did not run and why; in CI (`CI` or `HULL_TEST_REQUIRE_ALL` set)
+/// a test that cannot run fails instead: a skip must not hide a capability there.
+pub fn skip(test: &str, why: &str) {
+    let required = ["CI", "HULL_TEST_REQUIRE_ALL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    assert!(
+        !required,
+        "{test} cannot run here, and CI runs every test: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why} (this test did not run)");
+}
+
 /// An OCI bundle in a temporary directory with a busybox rootfs.
 pub struct Bundle {
     /// Keeps the directory alive.

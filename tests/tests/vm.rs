@@ -968,6 +968,109 @@ fn templates(dir: &Path) -> Vec<(String, bool)> {
     t
 }
 
+/// The counter a container of [`counting`] writes, read from the host (its rootfs is the
+/// bundle's).
+fn count(b: &Bundle) -> u64 {
+    let p = b.path().join("rootfs/tmp/count");
+    std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A bundle whose process counts up in /tmp/count every 20 ms.
+fn counting() -> Bundle {
+    Bundle::new(&[
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; \
+         sleep 0.02; done",
+    ])
+}
+
+/// Waits (bounded) until `b`'s counter passes `above`; returns its value.
+fn count_passes(b: &Bundle, above: u64) -> u64 {
+    let deadline = Instant::now() + VM_CALL;
+    loop {
+        let n = count(b);
+        if n > above {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "the counter stayed at {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_paused_container_stops_running_and_its_ps_and_stats_are_real_in_both_isolations() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    pause_ps_stats(&h, &c.vm);
+    pause_ps_stats(&h, &c.host);
+}
+
+/// Pauses a counting container and checks that it stops counting, that ps lists one pid
+/// more while an exec runs, and that its stats have figures.
+fn pause_ps_stats(h: &Hull, cfg: &Path) {
+    let b = counting();
+    let id = unique_id("vmpause");
+    create_detached(h, cfg, &b, &id);
+    h.ok(&["start", &id]);
+    count_passes(&b, 2);
+
+    // Paused: the counter stands still (the guest's vCPUs and the container are frozen).
+    h.ok(&["pause", &id]);
+    assert_eq!(h.state(&id)["status"], "paused");
+    let frozen = count(&b);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&b), frozen, "a paused container went on counting");
+    h.ok(&["resume", &id]);
+    assert_eq!(h.state(&id)["status"], "running");
+    count_passes(&b, frozen);
+
+    // ps: the guest's pids of the container; a process exec'd into it is one more.
+    let ps =
+        || -> Vec<i64> { serde_json::from_str(&h.ok(&["ps", "--format", "json", &id])).unwrap() };
+    let before = ps();
+    assert!(
+        !before.is_empty() && before.iter().all(|p| *p > 1),
+        "{before:?}"
+    );
+    let mut exec = hull_cmd(h, cfg, &["exec", &id, "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + VM_CALL;
+    let with_exec = loop {
+        let now = ps();
+        if now.len() > before.len() || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = exec.kill();
+    let _ = exec.wait();
+    assert!(
+        with_exec.len() > before.len(),
+        "ps {before:?} then, with an exec running, {with_exec:?}"
+    );
+    // stats: the guest cgroup's figures.
+    let ev: serde_json::Value =
+        serde_json::from_str(h.ok(&["events", "--stats", &id]).trim()).unwrap();
+    assert_eq!(ev["type"], "stats", "{ev}");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap_or(0) > 0,
+        "memory usage: {ev}"
+    );
+    assert!(
+        ev["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 1,
+        "pids: {ev}"
+    );
+    h.ok(&["delete", "--force", &id]);
+    nothing_left(h);
+}
+
 /// The command lines of the running QEMU processes whose arguments mention `needle`.
 fn qemu_command_lines(needle: &str) -> Vec<String> {
     std::fs::read_dir("/proc")

@@ -50,9 +50,9 @@ fn debian_bzimage_zero_page_e820_cmdline_and_initrd() {
         return;
     }
     let Some((kernel, initrd)) = debian_kernel() else {
-        eprintln!(
-            "SKIP debian_bzimage_zero_page_e820_cmdline_and_initrd: no /boot/vmlinuz-* \
-             (apt-get install linux-image-amd64, or set HULL_TEST_BZIMAGE)"
+        common::skip(
+            "debian_bzimage_zero_page_e820_cmdline_and_initrd",
+            "no /boot/vmlinuz-* (apt-get install linux-image-amd64, or set HULL_TEST_BZIMAGE)",
         );
         return;
     };
@@ -201,13 +201,16 @@ fn debian_vmlinux_pvh_start_info() {
         return;
     }
     let Some((kernel, initrd)) = debian_kernel() else {
-        eprintln!("SKIP debian_vmlinux_pvh_start_info: no /boot/vmlinuz-* (apt-get install linux-image-amd64)");
+        common::skip(
+            "debian_vmlinux_pvh_start_info",
+            "no /boot/vmlinuz-* (apt-get install linux-image-amd64)",
+        );
         return;
     };
     let vmlinux = match extract_vmlinux(&std::fs::read(&kernel).unwrap()) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("SKIP debian_vmlinux_pvh_start_info: {e}");
+            common::skip("debian_vmlinux_pvh_start_info", &e.to_string());
             return;
         }
     };

@@ -81,7 +81,10 @@ fn missing_kernel_is_one_clear_error_line() {
 fn unusable_kvm_is_one_clear_error_line() {
     // /dev/kvm replaced by /dev/null in a private mount namespace.
     if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("SKIP unusable_kvm_is_one_clear_error_line: unshare(1) is not installed");
+        common::skip(
+            "unusable_kvm_is_one_clear_error_line",
+            "unshare(1) is not installed",
+        );
         return;
     }
     let (_d, kernel) = write_temp("serial.elf", &elf(SERIAL64, false));
@@ -99,8 +102,9 @@ fn unusable_kvm_is_one_clear_error_line() {
     let out = wait_bounded(child, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("unshare failed") || err.contains("mount:") {
-        eprintln!(
-            "SKIP unusable_kvm_is_one_clear_error_line: cannot make a mount namespace here: {err}"
+        common::skip(
+            "unusable_kvm_is_one_clear_error_line",
+            &format!("cannot make a mount namespace here: {err}"),
         );
         return;
     }
