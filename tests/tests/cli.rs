@@ -498,4 +498,24 @@ fn check_reports_every_capability_and_the_auto_choice() {
         assert!(hw.contains(" no "), "{hw}");
         assert!(!out.contains("builtin (hull-vmm)"), "{out}");
     }
+    // A CPU without vmx/svm has no hardware virtualization: a /dev/kvm there (this project's
+    // machines have an emulating one) must be found not hardware-backed, and auto must pick
+    // QEMU's TCG.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let hw_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if !hw_virt {
+        let hw = out
+            .lines()
+            .find(|l| l.contains("KVM hardware-backed"))
+            .unwrap();
+        assert!(hw.contains(" no "), "{hw}");
+        let auto = out
+            .lines()
+            .find(|l| l.contains("vm hypervisor (auto)"))
+            .unwrap();
+        assert!(auto.contains("qemu (tcg)"), "{auto}");
+    }
 }
