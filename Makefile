@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export HULL_BIN_DIR := $(CURDIR)/target/debug
 
-.PHONY: setup build release shim guest demo test bench fmt clippy
+.PHONY: setup build release shim guest demo test fuzz bench fmt clippy
 
 setup:
 	@scripts/setup-host
@@ -33,6 +33,12 @@ demo: release guest
 
 test: build
 	$(CARGO) test --workspace --locked --no-fail-fast -- --test-threads=2
+	@scripts/fuzz $(FUZZ_SECONDS)
+
+# A bounded fuzz campaign of every fuzz target (FUZZ_SECONDS each) from the checked-in corpus.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/fuzz $(FUZZ_SECONDS)
 
 bench: release guest
 	@scripts/bench-host

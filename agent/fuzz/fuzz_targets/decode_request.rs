@@ -1,6 +1,6 @@
 //! Fuzzes the agent's request decoding path: ttrpc framing (header, length bound), the ttrpc
-//! `Request` envelope, the method's protobuf payload, and the OCI JSON carried by
-//! CreateContainer / ExecProcess / UpdateContainer.
+//! `Request` envelope, the method's protobuf payload, the OCI JSON carried by
+//! CreateContainer / ExecProcess / UpdateContainer, and SetupNetwork's pod network JSON.
 
 #![no_main]
 
@@ -45,8 +45,11 @@ fn decode_payload(method: &str, payload: &[u8]) {
         "WriteStdin" => drop(pb::WriteStreamRequest::parse_from_bytes(payload)),
         "ReadStdout" | "ReadStderr" => drop(pb::ReadStreamRequest::parse_from_bytes(payload)),
         "TtyWinResize" => drop(pb::TtyWinResizeRequest::parse_from_bytes(payload)),
-        "UpdateInterface" => drop(pb::UpdateInterfaceRequest::parse_from_bytes(payload)),
-        "UpdateRoutes" => drop(pb::UpdateRoutesRequest::parse_from_bytes(payload)),
+        "SetupNetwork" => {
+            if let Ok(req) = pb::SetupNetworkRequest::parse_from_bytes(payload) {
+                let _ = serde_json::from_str::<hull_net::PodNetwork>(&req.network_json);
+            }
+        }
         _ => drop(pb::ContainerRequest::parse_from_bytes(payload)),
     }
 }
