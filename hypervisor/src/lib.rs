@@ -359,11 +359,13 @@ pub trait Hypervisor: Send {
 /// The guest kernel's command line, the same for every backend but for how a reboot ends
 /// the VM (`reboot`: `t` where QEMU's -no-reboot turns the triple fault into an exit, `k`
 /// where hull-vmm ends on the i8042 reset), where the agent listens, and the host's TSC
-/// frequency when known (saves the guest its calibration).
+/// frequency when known (saves the guest its calibration). `pci`: the machine has a PCI bus
+/// the guest must scan (host PCI devices passed through); others turn the scan off.
 pub(crate) fn guest_cmdline(
     reboot: &str,
     agent_listen: &str,
     tsc_khz: Option<u64>,
+    pci: bool,
     extra: &str,
 ) -> String {
     let mut c = vec![
@@ -373,7 +375,6 @@ pub(crate) fn guest_cmdline(
         "panic=-1".into(),
         format!("reboot={reboot}"),
         "cryptomgr.notests".into(),
-        "pci=off".into(),
         "8250.nr_uarts=1".into(),
         // Boot time under TCG (scripts/bench-kernel): keep the LOCK prefixes a 1-vCPU guest
         // would patch out (~55 ms), skip the IO-APIC timer check (~16 ms; KVM guests skip it
@@ -386,6 +387,9 @@ pub(crate) fn guest_cmdline(
         // Reaches /init's environment: the agent reads its --listen from it.
         format!("HULL_AGENT_LISTEN={agent_listen}"),
     ];
+    if !pci {
+        c.insert(5, "pci=off".into());
+    }
     if let Some(khz) = tsc_khz {
         c.push(format!("tsc_early_khz={khz}"));
     }
@@ -610,7 +614,13 @@ mod tests {
 
     #[test]
     fn cmdline_has_the_boot_time_switches_and_ends_with_extra() {
-        let c = guest_cmdline("t", "serial:/dev/vport0p1", Some(2_100_000), "loglevel=7");
+        let c = guest_cmdline(
+            "t",
+            "serial:/dev/vport0p1",
+            Some(2_100_000),
+            false,
+            "loglevel=7",
+        );
         let words: Vec<&str> = c.split(' ').collect();
         for w in [
             "console=ttyS0",
@@ -626,7 +636,10 @@ mod tests {
             assert!(words.contains(&w), "{w} missing: {c}");
         }
         assert_eq!(words.last(), Some(&"loglevel=7"), "{c}");
-        let bare = guest_cmdline("k", "vsock://1024", None, "");
+        assert!(words.contains(&"pci=off"), "no PCI bus to scan: {c}");
+        let pci = guest_cmdline("t", "serial:/dev/vport0p1", None, true, "");
+        assert!(!pci.contains("pci=off"), "{pci}");
+        let bare = guest_cmdline("k", "vsock://1024", None, false, "");
         assert!(
             !bare.contains("tsc_early_khz") && !bare.ends_with(' '),
             "{bare}"

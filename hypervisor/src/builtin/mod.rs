@@ -100,6 +100,7 @@ impl BuiltinHypervisor {
             "k",
             &format!("vsock://{AGENT_VSOCK_PORT}"),
             None,
+            false,
             &self.config.extra_cmdline,
         )
     }

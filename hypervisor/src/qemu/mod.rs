@@ -219,8 +219,26 @@ impl QemuHypervisor {
             "t",
             &format!("serial:{GUEST_AGENT_PORT}"),
             host_tsc_khz(),
+            self.pci_machine(),
             &self.config.extra_cmdline,
         )
+    }
+
+    /// Whether this VM is a q35 instead of a microvm: one with host PCI devices. microvm's
+    /// PCIe host bridge (`pcie=on`) takes a vfio-pci device, but its guest then never got to
+    /// print a line (measured in a nested machine with an emulated IOMMU); on q35 the same
+    /// guest boots and drives the device. Its virtio devices are then virtio-pci ones.
+    fn pci_machine(&self) -> bool {
+        !self.config.pci_devices.is_empty()
+    }
+
+    /// A virtio device's `-device` argument (written as microvm's virtio-mmio `…-device`), as
+    /// this machine has it: the virtio-pci `…-pci` on q35.
+    fn virtio(&self, device: &str) -> String {
+        match self.pci_machine() {
+            true => device.replacen("-device", "-pci", 1),
+            false => device.to_string(),
+        }
     }
 
     /// The full QEMU command line.
@@ -233,15 +251,14 @@ impl QemuHypervisor {
             "-nographic".into(),
             "-no-reboot".into(),
             // acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
-            // PCI pass-through needs microvm's PCIe host bridge, which ACPI describes (the
-            // virtio-mmio devices are then found through ACPI too).
+            // A VM with host PCI devices is a q35 (see `pci_machine`).
             "-M".into(),
             format!(
-                "microvm{}{}",
-                match (cfg.pci_devices.is_empty(), cfg.acpi) {
-                    (false, _) => ",pcie=on",
-                    (true, true) => "",
-                    (true, false) => ",acpi=off",
+                "{}{}",
+                match (self.pci_machine(), cfg.acpi) {
+                    (true, _) => "q35",
+                    (false, true) => "microvm",
+                    (false, false) => "microvm,acpi=off",
                 },
                 if self.start == Start::Boot {
                     ""
@@ -271,7 +288,7 @@ impl QemuHypervisor {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", s(&self.qmp_socket())),
             "-device".into(),
-            AGENT_SERIAL_DEVICE.into(),
+            self.virtio(AGENT_SERIAL_DEVICE),
             "-chardev".into(),
             format!(
                 "socket,id=agent,path={},server=on,wait=off",
@@ -287,10 +304,10 @@ impl QemuHypervisor {
                 s(&share.host_dir)
             ));
             a.push("-device".into());
-            a.push(format!(
+            a.push(self.virtio(&format!(
                 "virtio-9p-device,fsdev=fs{i},mount_tag={}",
                 share.tag
-            ));
+            )));
         }
         // NIC i: the pod's tap i, inherited by its fd number; the MAC every VM's NIC i starts
         // with (templates restore with the pod's own taps behind the same devices).
@@ -298,10 +315,10 @@ impl QemuHypervisor {
             a.push("-netdev".into());
             a.push(format!("tap,id=net{i},fd={fd},vhost=off"));
             a.push("-device".into());
-            a.push(format!(
+            a.push(self.virtio(&format!(
                 "virtio-net-device,netdev=net{i},mac={}",
                 mac_string(nic_device_mac(i))
-            ));
+            )));
         }
         // Disk i: a raw drive on the host device or file, no host cache where the host allows
         // it (see `disk_cache`), served by QEMU's thread pool; the guest finds it by its
@@ -315,11 +332,11 @@ impl QemuHypervisor {
                 if disk.read_only { ",readonly=on" } else { "" }
             ));
             a.push("-device".into());
-            a.push(format!(
+            a.push(self.virtio(&format!(
                 "virtio-blk-device,drive=disk{i},serial={}{}",
                 disk_serial(i),
                 if disk.shared { ",share-rw=on" } else { "" }
-            ));
+            )));
         }
         // Empty disk slots: a raw node over a 0-byte null device, which `attach_disk` points
         // at a host disk while the VM runs (blockdev-reopen) and resizes, so the guest sees it.
@@ -329,13 +346,13 @@ impl QemuHypervisor {
             a.push("-blockdev".into());
             a.push(format!("driver=raw,node-name=slot{i},file=slot{i}-empty"));
             a.push("-device".into());
-            a.push(format!(
+            a.push(self.virtio(&format!(
                 "virtio-blk-device,drive=slot{i},serial={}",
                 crate::disk_slot_serial(i)
-            ));
+            )));
         }
-        // Host PCI devices on microvm's PCIe root bus, driven by VFIO (the guest's RAM is
-        // pinned and mapped in the host's IOMMU for the device's DMA).
+        // Host PCI devices on q35's PCIe root bus, driven by VFIO (the guest's RAM is pinned
+        // and mapped in the host's IOMMU for the device's DMA).
         for (i, dev) in cfg.pci_devices.iter().enumerate() {
             a.push("-device".into());
             a.push(format!("vfio-pci,host={},id=hostdev{i}", dev.address));
@@ -970,7 +987,7 @@ mod tests {
     }
 
     #[test]
-    fn pci_devices_are_vfio_devices_on_microvms_pcie_bus_and_boot_cold() {
+    fn pci_devices_are_vfio_devices_on_a_q35_and_boot_cold() {
         let mut c = cfg();
         c.template_dir = Some("/var/lib/hull/templates".into());
         c.pci_devices = vec![
@@ -983,8 +1000,17 @@ mod tests {
         ];
         let q = QemuHypervisor::new(c);
         let a = q.command_args().join(" ");
-        // pcie=on needs ACPI, which then describes the virtio-mmio devices too.
-        assert!(a.contains("-M microvm,pcie=on -accel"), "{a}");
+        // A q35 (see pci_machine), its virtio devices on PCI.
+        assert!(a.contains("-M q35 -accel"), "{a}");
+        assert!(a.contains("-device virtio-serial-pci,max_ports=2 "), "{a}");
+        assert!(
+            a.contains("virtio-9p-pci,fsdev=fs0,mount_tag=rootfs"),
+            "{a}"
+        );
+        assert!(
+            !a.contains("-device,") && !a.contains("virtio-9p-device"),
+            "{a}"
+        );
         assert!(
             a.contains("-device vfio-pci,host=0000:01:00.0,id=hostdev0"),
             "{a}"
