@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Spec, User};
 
 use crate::error::{Error, Result};
 
@@ -53,15 +53,66 @@ pub fn load_bundle_spec(bundle: &Path) -> Result<Spec> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(invalid("process.args must not be empty".into()));
     }
+    check_user(process.user()).map_err(invalid)?;
     if spec.linux().is_none() {
         return Err(invalid("no linux section".into()));
     }
     Ok(spec)
 }
 
+/// The largest uid or gid a process may have: the kernel keeps ids as signed 32-bit numbers,
+/// and `setresuid(-1)` (4294967295) means "leave unchanged", which would run the process as
+/// the runtime's own user (root). runc refuses the same range.
+pub const MAX_ID: u32 = i32::MAX as u32;
+
+/// Check `process.user`'s uid, gid and additionalGids against 0..=[`MAX_ID`]; the error
+/// names the field and the value.
+pub(crate) fn check_user(user: &User) -> std::result::Result<(), String> {
+    let ids = [("uid", user.uid()), ("gid", user.gid())]
+        .into_iter()
+        .chain(
+            user.additional_gids()
+                .iter()
+                .flatten()
+                .map(|g| ("additionalGids", *g)),
+        );
+    for (field, id) in ids {
+        if id > MAX_ID {
+            return Err(format!(
+                "process.user.{field} {id} is out of range (0 to {MAX_ID})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_past_i32_are_refused() {
+        let user = |uid: u32, gid: u32, extra: Vec<u32>| {
+            oci_spec::runtime::UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .additional_gids(extra)
+                .build()
+                .unwrap()
+        };
+        assert!(check_user(&user(0, 0, vec![])).is_ok());
+        assert!(check_user(&user(MAX_ID, MAX_ID, vec![MAX_ID])).is_ok());
+        assert_eq!(
+            check_user(&user(u32::MAX, 0, vec![])).unwrap_err(),
+            "process.user.uid 4294967295 is out of range (0 to 2147483647)"
+        );
+        assert!(check_user(&user(0, MAX_ID + 1, vec![]))
+            .unwrap_err()
+            .starts_with("process.user.gid 2147483648 "));
+        assert!(check_user(&user(0, 0, vec![5, u32::MAX]))
+            .unwrap_err()
+            .starts_with("process.user.additionalGids 4294967295 "));
+    }
 
     #[test]
     fn missing_bundle_and_bad_config() {

@@ -19,6 +19,8 @@ use tracing::{debug, info};
 use crate::bundle::load_bundle_spec;
 use crate::error::{chain, Error, Result};
 use crate::id::validate_id;
+use crate::launch::{self, InitLaunch, Launcher};
+use crate::oom_killer;
 use crate::options::{CreateOptions, ExecOptions, Stdio};
 use crate::state::{ContainerState, ExitStatus, Status, OCI_VERSION};
 use crate::stats::{self, OomCounter, Stats};
@@ -189,8 +191,10 @@ impl ContainerRoot {
         console_socket: Option<PathBuf>,
         preserve_fds: i32,
         stdio: Stdio,
+        launcher: Launcher,
     ) -> Result<ContainerBuilder> {
         let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_executor(launcher)
             .with_root_path(&self.root)
             .map_err(|e| lc_err("prepare", id, e))?
             .with_pid_file(pid_file)
@@ -211,23 +215,26 @@ impl ContainerRoot {
 }
 
 impl ContainerRoot {
-    /// `create` for a bundle whose config.json the caller has just checked with
-    /// [`load_bundle_spec`] (as `run` does to read `process.terminal`): the same
-    /// steps without parsing the spec a second time. libcontainer reads it again itself.
+    /// [`ContainerRoot::create`] for a bundle whose config.json the caller has just checked
+    /// with [`load_bundle_spec`] (as `run` does to read `process.terminal`). The spec is read
+    /// (and so checked) again all the same: what libcontainer gets depends on it (see
+    /// `launch.rs`).
     pub fn create_checked(&self, opts: CreateOptions) -> Result<i32> {
-        self.create_with(opts, false)
+        self.create(opts)
     }
+}
 
-    fn create_with(&self, opts: CreateOptions, check_bundle: bool) -> Result<i32> {
+impl ContainerRoot {
+    /// Create a container from its bundle; its init waits for `start`. Returns the init pid.
+    /// On failure nothing is left behind (state, cgroup, mounts, processes).
+    pub fn create(&self, opts: CreateOptions) -> Result<i32> {
         let id = opts.id.clone();
         validate_id(&id)?;
         let dir = self.dir(&id);
         if dir.exists() {
             return Err(Error::AlreadyExists(id));
         }
-        if check_bundle {
-            load_bundle_spec(&opts.bundle)?;
-        }
+        let spec = load_bundle_spec(&opts.bundle)?;
         if self.systemd_cgroup && !Path::new("/run/systemd/system").is_dir() {
             return Err(Error::Unsupported(
                 "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system); \
@@ -238,6 +245,7 @@ impl ContainerRoot {
         fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
         let bundle = fs::canonicalize(&opts.bundle).map_err(|e| Error::io(&opts.bundle, e))?;
         debug!(container = %id, bundle = %bundle.display(), "create");
+        let launch = InitLaunch::prepare(&self.root, &id, &bundle, &spec)?;
         let result = self
             .builder(
                 &id,
@@ -245,15 +253,18 @@ impl ContainerRoot {
                 opts.console_socket,
                 opts.preserve_fds,
                 opts.stdio,
+                launch.launcher.clone(),
             )?
-            .as_init(&bundle)
+            .as_init(launch.bundle())
             .with_systemd(self.systemd_cgroup)
             .with_detach(opts.detach)
             .with_no_pivot(opts.no_pivot)
-            .build();
+            .build()
+            .map_err(|e| lc_err("create", &id, e))
+            .and_then(|c| self.finish_create(c, &launch, &bundle, &spec));
+        drop(launch);
         match result {
-            Ok(c) => {
-                let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+            Ok(pid) => {
                 info!(container = %id, pid, "created");
                 Ok(pid)
             }
@@ -267,19 +278,42 @@ impl ContainerRoot {
                 if let Some(p) = &opts.pid_file {
                     let _ = fs::remove_file(p);
                 }
-                Err(lc_err("create", &id, e))
+                Err(e)
             }
         }
+    }
+
+    /// What hull does to a just-created container before anyone may start it: record the
+    /// real bundle (libcontainer recorded its copy's), turn the OOM killer off. On failure
+    /// the container goes again.
+    fn finish_create(
+        &self,
+        mut c: Container,
+        launch: &InitLaunch,
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<i32> {
+        let id = c.id().to_string();
+        let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+        let mut done = Ok(());
+        if launch.is_staged() {
+            c.state.bundle = bundle.to_path_buf();
+            done = c.save().map_err(|e| lc_err("create", &id, e));
+        }
+        if done.is_ok() && oom_killer::disabled_in(spec) {
+            done = oom_killer::disable(&id, pid);
+        }
+        if let Err(e) = done {
+            if let Err(d) = c.delete(true) {
+                tracing::warn!(container = %id, error = %chain(&d), "delete after a failed create");
+            }
+            return Err(e);
+        }
+        Ok(pid)
     }
 }
 
 impl ContainerRoot {
-    /// Create a container from its bundle; its init waits for `start`. Returns the init pid.
-    /// On failure nothing is left behind (state, cgroup, mounts, processes).
-    pub fn create(&self, opts: CreateOptions) -> Result<i32> {
-        self.create_with(opts, true)
-    }
-
     /// Let a created container's init run the user process.
     pub fn start(&self, id: &str) -> Result<()> {
         let (_lock, mut c) = self.open(id, true)?;
@@ -321,20 +355,32 @@ impl ContainerRoot {
         Ok(out)
     }
 
-    /// Start another process in a running container. Returns its pid.
+    /// Start another process in a running container. Returns its pid. The process gets the
+    /// container's seccomp profile, and its `noNewPrivileges`, capabilities, AppArmor profile,
+    /// rlimits, I/O priority and scheduler where it names none itself (runc's rule).
     pub fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32> {
-        let text = serde_json::to_vec(&opts.process)
-            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
-        self.exec_json(id, &text, opts)
+        let mut opts = opts;
+        let process = std::mem::take(&mut opts.process);
+        self.exec_process(id, process, opts)
     }
 
     /// [`ContainerRoot::exec`] of a process given as its OCI JSON; `opts.process` is not
-    /// used. The spawn helper's way: libcontainer parses the JSON itself, so the helper need
-    /// not (nor carry a parser of its own for it).
+    /// used. The spawn helper's way: the caller (the shim, the agent) need not parse it.
     pub(crate) fn exec_json(
         &self,
         id: &str,
         process_json: &[u8],
+        opts: ExecOptions,
+    ) -> Result<i32> {
+        let process = serde_json::from_slice(process_json)
+            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
+        self.exec_process(id, process, opts)
+    }
+
+    fn exec_process(
+        &self,
+        id: &str,
+        mut process: oci_spec::runtime::Process,
         opts: ExecOptions,
     ) -> Result<i32> {
         let c = self.load(id)?;
@@ -348,6 +394,10 @@ impl ContainerRoot {
                 op: "exec",
             });
         }
+        let spec = load_bundle_spec(c.bundle())?;
+        let launcher = launch::prepare_exec(id, &mut process, &spec)?;
+        let process_json = serde_json::to_vec(&process)
+            .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;
         // libcontainer takes a process.json path: write ours beside the state.
         let tmp = self.dir(id).join(format!(
             "exec-{}-{}.json",
@@ -362,6 +412,7 @@ impl ContainerRoot {
                 opts.console_socket,
                 opts.preserve_fds,
                 opts.stdio,
+                launcher,
             )
             .and_then(|b| {
                 b.as_tenant()
@@ -488,7 +539,9 @@ impl ContainerRoot {
         c.resume().map_err(|e| lc_err("resume", id, e))
     }
 
-    /// Change the container's resource limits.
+    /// Change the container's resource limits. The OOM killer stays as the update or else
+    /// the container's spec says (libcgroups writes `memory.oom_control` on every memory
+    /// update; see `oom_killer.rs`).
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         let (_lock, c) = self.open(id, true)?;
         if c.status() == ContainerStatus::Stopped {
@@ -498,10 +551,17 @@ impl ContainerRoot {
                 op: "update",
             });
         }
+        let disable_oom_killer = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.disable_oom_killer())
+            .unwrap_or_else(|| {
+                load_bundle_spec(c.bundle()).is_ok_and(|s| oom_killer::disabled_in(&s))
+            });
         self.cgroup(&c)?
             .apply(&ControllerOpt {
                 resources,
-                disable_oom_killer: false,
+                disable_oom_killer,
                 oom_score_adj: None,
                 freezer_state: None,
             })

@@ -340,6 +340,29 @@ fn survives_containerd_restart() {
     c.assert_clean();
 }
 
+/// `ctr task exec` (the shim's spawn helper) gets the container's seccomp profile, as runc's
+/// shim does: containerd's default profile refuses a user namespace to a process without
+/// CAP_SYS_ADMIN, in the init and in an exec alike.
+#[test]
+fn exec_gets_the_containers_seccomp_profile() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("seccexec");
+    let r = c.run(&["-d", "--seccomp"], "s1", &["sleep", "1000"]);
+    assert_eq!(r.code, 0, "run -d: {}", r.err);
+    c.wait_status("s1", "RUNNING");
+    let probe = "grep Seccomp: /proc/self/status; unshare -U -r id -u || echo refused";
+    let r = c.ctr(&["task", "exec", "--exec-id", "e1", "s1", "sh", "-c", probe]);
+    assert_eq!(r.code, 0, "exec: {}", r.err);
+    assert_eq!(r.out, "Seccomp:\t2\nrefused\n", "exec: {}", r.err);
+    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "s1"]).code, 0);
+    c.wait_status("s1", "STOPPED");
+    assert_eq!(c.ctr(&["task", "delete", "s1"]).code, 0);
+    assert_eq!(c.ctr(&["container", "rm", "s1"]).code, 0);
+    c.assert_clean();
+}
+
 #[test]
 fn sigkilled_shim_is_cleaned_up_by_delete() {
     if !common::usable() {

@@ -324,6 +324,31 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
+/// Declared after its `Hull`, so dropped before it: whatever a failed test left mounted or
+/// running under the root (VMs) goes before the root is deleted (deleting through a leftover
+/// bind mount would delete the bundle's rootfs).
+pub struct Cleanup(pub PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let needle = self.0.to_string_lossy().into_owned();
+        for pid in processes_mentioning(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        unmount_under(&self.0);
+    }
+}
+
+/// A `Hull` with a private root, and its cleanup guard (to bind after it).
+pub fn hull_with_cleanup() -> (Hull, Cleanup) {
+    let h = Hull::new();
+    let g = Cleanup(h.root.path().to_path_buf());
+    (h, g)
+}
+
 /// The guest kernel and an initrd holding this workspace's `hull-agent`, for vm isolation
 /// tests.
 #[derive(Debug, Clone)]

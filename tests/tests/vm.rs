@@ -91,29 +91,9 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
-/// Declared after its `Hull`, so dropped before it: whatever a failed test left mounted or
-/// running under the root goes before the root is deleted (deleting through a leftover bind
-/// mount would delete the bundle's rootfs).
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let needle = self.0.to_string_lossy().into_owned();
-        for pid in processes_mentioning(&needle) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        unmount_under(&self.0);
-    }
-}
-
 /// A `Hull` with a private root, and its cleanup guard.
 fn hull() -> (Hull, Cleanup) {
-    let h = Hull::new();
-    let g = Cleanup(h.root.path().to_path_buf());
-    (h, g)
+    hull_with_cleanup()
 }
 
 /// Every path under `dir`, relative, for a failure message.

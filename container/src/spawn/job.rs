@@ -28,7 +28,7 @@ pub(super) struct Request {
 /// The two calls that clone container processes.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Job {
-    /// [`ContainerRoot::create_checked`].
+    /// [`ContainerRoot::create`].
     Create {
         /// Container id.
         id: String,
@@ -40,11 +40,6 @@ pub(super) enum Job {
         console_socket: Option<PathBuf>,
         /// chroot/move-mount instead of pivot_root.
         no_pivot: bool,
-        /// Check the bundle in the helper ([`ContainerRoot::create`]) rather than trust the
-        /// caller's check: the shim's server never parses a spec itself (that code would stay
-        /// resident in every shim).
-        #[serde(default)]
-        check_bundle: bool,
     },
     /// [`ContainerRoot::exec`].
     Exec {
@@ -116,7 +111,6 @@ pub(super) fn serve(request: &[u8], stdio: Stdio) -> Reply {
             pid_file,
             console_socket,
             no_pivot,
-            check_bundle,
         } => {
             let opts = CreateOptions {
                 id,
@@ -128,11 +122,7 @@ pub(super) fn serve(request: &[u8], stdio: Stdio) -> Reply {
                 stdio,
                 ..Default::default()
             };
-            if check_bundle {
-                root.create(opts)
-            } else {
-                root.create_checked(opts)
-            }
+            root.create(opts)
         }
         Job::Exec {
             id,

@@ -63,12 +63,12 @@ pub fn remember_cwd() {
 }
 
 impl ContainerRoot {
-    /// [`ContainerRoot::create`] in a spawn helper (see [`crate::spawn`]); with
-    /// `bundle_checked` (the caller checked it with [`crate::load_bundle_spec`], or prepared the
-    /// spec itself, as the agent does) the helper does not check it again
-    /// ([`ContainerRoot::create_checked`]). Always detached; `preserve_fds` cannot cross to the
-    /// helper. Returns the init pid, a child of the caller once this returns.
-    pub fn create_in_helper(&self, opts: CreateOptions, bundle_checked: bool) -> Result<i32> {
+    /// [`ContainerRoot::create`] in a spawn helper (see [`crate::spawn`]). The helper reads and
+    /// checks the bundle's spec whatever `_bundle_checked` says (what libcontainer is given
+    /// depends on it: see `launch.rs`), so a long-lived caller (the shim) still keeps no
+    /// spec parsing of its own. Always detached; `preserve_fds` cannot cross to the helper.
+    /// Returns the init pid, a child of the caller once this returns.
+    pub fn create_in_helper(&self, opts: CreateOptions, _bundle_checked: bool) -> Result<i32> {
         no_extra_fds(opts.preserve_fds)?;
         let job = Job::Create {
             id: opts.id,
@@ -76,7 +76,6 @@ impl ContainerRoot {
             pid_file: opts.pid_file,
             console_socket: opts.console_socket,
             no_pivot: opts.no_pivot,
-            check_bundle: !bundle_checked,
         };
         self.in_helper(job, opts.stdio)
     }
