@@ -1,9 +1,9 @@
 //! OCI bundles: a directory holding config.json and (usually) the root filesystem.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Spec, User};
+use oci_spec::runtime::{Process, Spec, User};
 
 use crate::error::{Error, Result};
 
@@ -58,6 +58,122 @@ pub fn load_bundle_spec(bundle: &Path) -> Result<Spec> {
         return Err(invalid("no linux section".into()));
     }
     Ok(spec)
+}
+
+/// What must be there before libcontainer builds the container from `spec` (of `bundle`),
+/// done or checked here so that a failure names its cause: the process's cwd is made in the
+/// rootfs when missing (as runc does), and every bind mount's source must exist.
+pub(crate) fn prepare_paths(bundle: &Path, spec: &Spec) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidConfig {
+        bundle: bundle.to_path_buf(),
+        reason,
+    };
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        if let (true, Some(src)) = (bind, m.source()) {
+            let src = if src.is_relative() {
+                bundle.join(src)
+            } else {
+                src.clone()
+            };
+            if fs::symlink_metadata(&src).is_err() {
+                return Err(invalid(format!(
+                    "mounts[{i}] {}: bind source {} does not exist",
+                    m.destination().display(),
+                    src.display()
+                )));
+            }
+        }
+    }
+    let Some(cwd) = spec.process().as_ref().map(|p| p.cwd().clone()) else {
+        return Ok(());
+    };
+    if !cwd.is_absolute() {
+        return Err(invalid(format!(
+            "process.cwd {} is not an absolute path",
+            cwd.display()
+        )));
+    }
+    let rootfs = rootfs_of(bundle, spec);
+    make_cwd(&rootfs, &cwd).map_err(invalid)
+}
+
+/// The rootfs directory of `spec` (of `bundle`).
+fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| "rootfs".into());
+    if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    }
+}
+
+/// Makes directory `cwd` (absolute, in the container) under `rootfs`, component by
+/// component, never through a symlink (one in the way is left for the container's own
+/// resolution at chdir) nor out of the rootfs.
+fn make_cwd(rootfs: &Path, cwd: &Path) -> std::result::Result<(), String> {
+    use std::path::Component;
+    let mut at = rootfs.to_path_buf();
+    for c in cwd.components() {
+        match c {
+            Component::RootDir | Component::CurDir => continue,
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("process.cwd {} leaves the rootfs", cwd.display()))
+            }
+            Component::Normal(name) => at.push(name),
+        }
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => return Ok(()),
+            Ok(_) => {
+                return Err(format!(
+                    "process.cwd {}: {} is not a directory",
+                    cwd.display(),
+                    at.display()
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(&at)
+                    .map_err(|e| format!("process.cwd {}: create it: {e}", cwd.display()))?;
+            }
+            Err(e) => return Err(format!("process.cwd {}: {e}", cwd.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Errors naming the cwd when an exec'd `process` asks for one that is not a directory in
+/// the container (seen through its init `pid`'s root, mounts included; runc: "chdir to cwd
+/// ... failed"). Nothing is checked when the init is gone.
+pub(crate) fn check_exec_cwd(id: &str, pid: Option<i32>, process: &Process) -> Result<()> {
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        return Ok(());
+    };
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    if !root.exists() {
+        return Ok(());
+    }
+    let cwd = process.cwd();
+    let at = root.join(cwd.strip_prefix("/").unwrap_or(cwd));
+    match fs::metadata(&at) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::InvalidInput(format!(
+            "exec in container {id}: cwd {} is not a directory in the container",
+            cwd.display()
+        ))),
+        Err(e) => Err(Error::InvalidInput(format!(
+            "exec in container {id}: cwd {}: {e}",
+            cwd.display()
+        ))),
+    }
 }
 
 /// The largest uid or gid a process may have: the kernel keeps ids as signed 32-bit numbers,

@@ -44,8 +44,9 @@ pub enum Error {
     /// A container with this id exists already.
     #[error("container {0} already exists")]
     AlreadyExists(String),
-    /// The id is not acceptable as a container id.
-    #[error("invalid container id {0:?}: use letters, digits, '_', '+', '-' and '.' only")]
+    /// The id is not acceptable as a container id: the id as shown (quoted, or cut when long)
+    /// and why.
+    #[error("invalid container id {0}")]
     InvalidId(String),
     /// The operation is not allowed in the container's current status.
     #[error("container {id} is {status}: cannot {op}")]

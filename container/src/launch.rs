@@ -123,17 +123,32 @@ impl InitLaunch {
             staged: None,
             launcher: Launcher::default(),
         };
-        let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
-            return Ok(plain());
+        let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+        let filter = match profile {
+            Some(p) if seccomp::is_notify(p) => {
+                tracing::debug!(container = %id, "seccomp profile with SCMP_ACT_NOTIFY: libcontainer loads it");
+                None
+            }
+            Some(p) => Some(Filter::compile(p)?),
+            None => None,
         };
-        if seccomp::is_notify(profile) {
-            tracing::debug!(container = %id, "seccomp profile with SCMP_ACT_NOTIFY: libcontainer loads it");
+        let drop_apparmor = spec
+            .process()
+            .as_ref()
+            .is_some_and(|p| unusable_apparmor(p, id));
+        if filter.is_none() && !drop_apparmor {
             return Ok(plain());
         }
-        let filter = Filter::compile(profile)?;
         let mut copy = spec.clone();
-        if let Some(linux) = copy.linux_mut() {
-            linux.set_seccomp(None);
+        if filter.is_some() {
+            if let Some(linux) = copy.linux_mut() {
+                linux.set_seccomp(None);
+            }
+        }
+        if drop_apparmor {
+            if let Some(p) = copy.process_mut() {
+                p.set_apparmor_profile(None);
+            }
         }
         if let Some(r) = copy.root_mut() {
             if r.path().is_relative() {
@@ -141,8 +156,10 @@ impl InitLaunch {
                 r.set_path(abs);
             }
         }
-        if let Some(p) = copy.process_mut() {
-            keep_sys_admin_until_exec(p);
+        if filter.is_some() {
+            if let Some(p) = copy.process_mut() {
+                keep_sys_admin_until_exec(p);
+            }
         }
         let dir = root.join(format!(
             ".spec-{id}-{}-{}",
@@ -153,7 +170,7 @@ impl InitLaunch {
         let staged = InitLaunch {
             bundle: dir.clone(),
             staged: Some(dir.clone()),
-            launcher: Launcher::with(filter),
+            launcher: filter.map(Launcher::with).unwrap_or_default(),
         };
         let config = dir.join("config.json");
         copy.save(&config).map_err(|e| Error::InvalidConfig {
@@ -191,6 +208,9 @@ pub(crate) fn prepare_exec(id: &str, process: &mut Process, spec: &Spec) -> Resu
     if let Some(init) = spec.process() {
         inherit(process, init);
     }
+    if unusable_apparmor(process, id) {
+        process.set_apparmor_profile(None);
+    }
     let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
         return Ok(Launcher::default());
     };
@@ -203,6 +223,28 @@ pub(crate) fn prepare_exec(id: &str, process: &mut Process, spec: &Spec) -> Resu
     let filter = Filter::compile(profile)?;
     keep_sys_admin_until_exec(process);
     Ok(Launcher::with(filter))
+}
+
+/// Whether `process` names an AppArmor profile on a host without AppArmor: runc then runs it
+/// without one (there is nothing to confine with), and so does hull, saying so in its log.
+fn unusable_apparmor(process: &Process, id: &str) -> bool {
+    let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    else {
+        return false;
+    };
+    if apparmor_enabled() {
+        return false;
+    }
+    tracing::info!(container = %id, profile, "apparmor is not enabled on this host: the profile is not applied (as runc does)");
+    true
+}
+
+/// AppArmor is enabled on this host (runc's test: the module parameter says `Y`).
+fn apparmor_enabled() -> bool {
+    fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y")
 }
 
 /// What an exec'd process takes from the container's process when it names none itself.
@@ -275,7 +317,9 @@ mod tests {
         let l = prepare_exec("c", &mut p, &s).unwrap();
         assert!(l.filter.is_none());
         assert_eq!(p.no_new_privileges(), Some(true));
-        assert_eq!(p.apparmor_profile().as_deref(), Some("hull-test"));
+        // The container's AppArmor profile, where the host has AppArmor (runc's rule).
+        let apparmor = apparmor_enabled().then_some("hull-test");
+        assert_eq!(p.apparmor_profile().as_deref(), apparmor);
         assert_eq!(p.rlimits().as_ref().map(Vec::len), Some(1));
         assert_eq!(
             p.capabilities(),
@@ -362,8 +406,35 @@ mod tests {
         drop(launch);
         assert!(!dir.exists());
 
-        let plain = InitLaunch::prepare(root.path(), "c", bundle.path(), &spec(json!({}))).unwrap();
+        let mut s = spec(json!({}));
+        if !apparmor_enabled() {
+            // Without AppArmor on the host, a profile makes a copy without it (below).
+            s.process_mut().as_mut().unwrap().set_apparmor_profile(None);
+        }
+        let plain = InitLaunch::prepare(root.path(), "c", bundle.path(), &s).unwrap();
         assert!(!plain.is_staged() && plain.bundle() == bundle.path());
+    }
+
+    #[test]
+    fn an_apparmor_profile_is_dropped_where_the_host_has_no_apparmor() {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        let launch =
+            InitLaunch::prepare(root.path(), "c", bundle.path(), &spec(json!({}))).unwrap();
+        if apparmor_enabled() {
+            // The profile is applied by libcontainer from the bundle itself.
+            assert!(!launch.is_staged());
+            return;
+        }
+        assert!(launch.is_staged() && launch.launcher.filter.is_none());
+        let copy = Spec::load(launch.bundle().join("config.json")).unwrap();
+        assert_eq!(copy.process().as_ref().unwrap().apparmor_profile(), &None);
+        let mut p = process(
+            json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["id"],
+            "apparmorProfile": "x"}),
+        );
+        prepare_exec("c", &mut p, &spec(json!({}))).unwrap();
+        assert_eq!(p.apparmor_profile(), &None);
     }
 
     #[test]

@@ -36,8 +36,24 @@ fn lc_err(op: &'static str, id: &str, e: impl std::error::Error + 'static) -> Er
     Error::Container {
         op,
         id: id.to_string(),
-        message: chain(&e),
+        message: tidy(&chain(&e)),
     }
+}
+
+/// libcontainer's message without the layers of wrapping that say nothing ("failed to
+/// create container: exec process failed with error error in executing process : ...").
+fn tidy(message: &str) -> String {
+    const NOISE: [&str; 4] = [
+        "failed to create container: ",
+        "exec process failed with error ",
+        "error in executing process : ",
+        "error in executing process: ",
+    ];
+    let mut m = message.trim();
+    while let Some(rest) = NOISE.iter().find_map(|n| m.strip_prefix(n)) {
+        m = rest.trim_start();
+    }
+    m.to_string()
 }
 
 fn status_of(s: ContainerStatus) -> Status {
@@ -235,6 +251,7 @@ impl ContainerRoot {
             return Err(Error::AlreadyExists(id));
         }
         let spec = load_bundle_spec(&opts.bundle)?;
+        crate::bundle::prepare_paths(&opts.bundle, &spec)?;
         if self.systemd_cgroup && !Path::new("/run/systemd/system").is_dir() {
             return Err(Error::Unsupported(
                 "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system); \
@@ -395,6 +412,7 @@ impl ContainerRoot {
             });
         }
         let spec = load_bundle_spec(c.bundle())?;
+        crate::bundle::check_exec_cwd(id, c.pid().map(|p| p.as_raw()), &process)?;
         let launcher = launch::prepare_exec(id, &mut process, &spec)?;
         let process_json = serde_json::to_vec(&process)
             .map_err(|e| Error::InvalidInput(format!("exec process: {e}")))?;

@@ -181,3 +181,60 @@ fn systemd_cgroup_without_systemd_is_a_clear_error() {
     fails_with(&out, "systemd");
     nothing_left(&h, &id, b.path());
 }
+
+#[test]
+fn each_error_names_the_thing_in_one_line_and_runc_s_leniencies_hold() {
+    let h = Hull::new();
+    let b = Bundle::new(&["pwd"]);
+    let bundle = b.path().to_str().unwrap();
+    // An over-long id: the limit, not the whole id echoed back.
+    let long = "a".repeat(2000);
+    let out = h.run(&["run", "--bundle", bundle, &long]);
+    fails_with(&out, "(2000 characters): longer than 255");
+    assert!(out.stderr.len() < 200, "the id is not echoed whole");
+    // An id of 255 characters is a file name: it works.
+    assert_eq!(
+        h.ok(&["run", "--bundle", bundle, &"b".repeat(255)]).trim(),
+        "/"
+    );
+    // A cwd missing in the rootfs is made (runc does), an AppArmor profile on a host without
+    // AppArmor is not applied (runc's rule; a host with AppArmor would need the profile).
+    let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y");
+    b.edit(|v| {
+        v["process"]["cwd"] = "/made/by/hull".into();
+        if !apparmor {
+            v["process"]["apparmorProfile"] = "no-such-profile".into();
+        }
+    });
+    assert_eq!(
+        h.ok(&["run", "--bundle", bundle, &unique_id("cwd")]).trim(),
+        "/made/by/hull"
+    );
+    // A bind mount whose source is missing names it.
+    b.edit(|v| {
+        v["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/mnt", "type": "bind", "source": "/nonexistent/src", "options": ["rbind"]}
+        ))
+    });
+    fails_with(
+        &h.run(&["run", "--bundle", bundle, &unique_id("bindsrc")]),
+        "/mnt: bind source /nonexistent/src does not exist",
+    );
+    b.edit(|v| {
+        v["mounts"].as_array_mut().unwrap().pop();
+        v["process"]["args"] = serde_json::json!(["sleep", "100"]);
+    });
+    // exec: a missing cwd and a missing program are named, without libcontainer's wrapping.
+    let id = unique_id("execmsg");
+    h.ok(&["run", "-d", "--bundle", bundle, &id]);
+    fails_with(
+        &h.run(&["exec", "--cwd", "/nonexistent", &id, "true"]),
+        "cwd /nonexistent",
+    );
+    let out = h.run(&["exec", &id, "/nonexistent-binary"]);
+    fails_with(&out, "'/nonexistent-binary' not found");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("failed to create container"), "{err}");
+    h.ok(&["delete", "--force", &id]);
+}
