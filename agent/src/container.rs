@@ -11,7 +11,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hull_container::{ContainerRoot, CreateOptions, ExecOptions, OomCounter, Stats, Stdio};
-use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxCapabilities, LinuxResources, Process as OciProcess, Spec};
 use parking_lot::Mutex;
 
@@ -313,7 +312,8 @@ impl Container {
 
     /// Signals one process, or every process of the container.
     pub fn signal(&self, exec_id: &str, signal: i32, all: bool, reaper: &Reaper) -> Result<()> {
-        let sig = Signal::try_from(signal)
+        // Real-time signals too (systemd stops on SIGRTMIN+3).
+        let sig = hull_container::Sig::try_from(signal)
             .map_err(|e| AgentError::InvalidArgument(format!("signal {signal}: {e}")))?;
         if exec_id.is_empty() || all {
             return Ok(self.driver.kill(&self.id, sig, all)?);
@@ -325,12 +325,10 @@ impl Container {
                 self.id
             )));
         }
-        // SAFETY: kill(2) on a pid the agent started and has not reaped (checked just above,
-        // and reaping of watched pids is recorded, so the pid cannot have been reused).
-        if unsafe { libc::kill(p.pid, signal) } != 0 {
-            return Err(AgentError::last_os(format!("kill pid {}", p.pid)));
-        }
-        Ok(())
+        // kill(2) on a pid the agent started and has not reaped (checked just above, and
+        // reaping of watched pids is recorded, so the pid cannot have been reused).
+        sig.send(p.pid)
+            .map_err(|e| AgentError::io(format!("kill pid {}", p.pid), e.into()))
     }
 
     /// Freezes every process of the container.
@@ -388,7 +386,7 @@ impl Container {
 
 /// Kills every process of a container and deletes it from the driver (gone already is fine).
 fn take_down(driver: &ContainerRoot, id: &str, init_pid: i32, reaper: &Reaper) -> Result<()> {
-    let _ = driver.kill(id, Signal::SIGKILL, true);
+    let _ = driver.kill(id, hull_container::Sig::KILL, true);
     // Give the init a moment to die so libcontainer sees it stopped.
     let _ = reaper.wait(init_pid, Some(Duration::from_secs(5)));
     // Poststop hooks run as children that libcontainer waits for itself.

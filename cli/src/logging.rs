@@ -26,6 +26,9 @@ pub struct LogLayer {
     sink: Sink,
     format: LogFormat,
     max: Level,
+    /// Only the warnings meant for the user ([`hull_container::USER_WARNING`]): the
+    /// terminal's default.
+    user_only: bool,
 }
 
 #[derive(Default)]
@@ -110,6 +113,7 @@ impl LogLayer {
 impl<S: Subscriber> Layer<S> for LogLayer {
     fn enabled(&self, meta: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
         *meta.level() <= self.max
+            && (!self.user_only || meta.target() == hull_container::USER_WARNING)
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
@@ -121,7 +125,7 @@ impl<S: Subscriber> Layer<S> for LogLayer {
 
 /// The configured logger: also used to record the final error of a command.
 pub struct Logger {
-    layer: Option<std::sync::Arc<LogLayer>>,
+    layer: std::sync::Arc<LogLayer>,
 }
 
 struct Shared(std::sync::Arc<LogLayer>);
@@ -137,7 +141,8 @@ impl<S: Subscriber> Layer<S> for Shared {
 
 impl Logger {
     /// Set up logging for one invocation. With a log file, warnings and errors (debug
-    /// with `--debug`) go there; without one, only `--debug` logs to stderr.
+    /// with `--debug`) go there; without one, the warnings meant for the user go to stderr
+    /// (a failing poststart hook, say), and the rest only with `--debug` or `HULL_LOG`.
     pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> std::io::Result<Self> {
         let env_level = std::env::var("HULL_LOG")
             .ok()
@@ -147,28 +152,30 @@ impl Logger {
         } else {
             env_level.unwrap_or(Level::WARN)
         };
+        let asked = debug || env_level.is_some();
         let sink = match log {
-            Some(p) => Some(Sink::File(Mutex::new(
+            Some(p) => Sink::File(Mutex::new(
                 OpenOptions::new().create(true).append(true).open(p)?,
-            ))),
-            None if debug || env_level.is_some() => Some(Sink::Stderr),
-            None => None,
+            )),
+            None => Sink::Stderr,
         };
-        let layer = sink.map(|sink| std::sync::Arc::new(LogLayer { sink, format, max }));
-        if let Some(l) = &layer {
-            let _ = tracing_subscriber::registry()
-                .with(Shared(l.clone()))
-                .try_init();
-        }
+        let user_only = log.is_none() && !asked;
+        let layer = std::sync::Arc::new(LogLayer {
+            sink,
+            format,
+            max,
+            user_only,
+        });
+        let _ = tracing_subscriber::registry()
+            .with(Shared(layer.clone()))
+            .try_init();
         Ok(Self { layer })
     }
 
     /// Record a command's final error in the log file (stderr gets it from the caller).
     pub fn error(&self, msg: &str) {
-        if let Some(l) = &self.layer {
-            if matches!(l.sink, Sink::File(_)) {
-                l.write(&Level::ERROR, msg, &[]);
-            }
+        if matches!(self.layer.sink, Sink::File(_)) {
+            self.layer.write(&Level::ERROR, msg, &[]);
         }
     }
 }
@@ -183,6 +190,7 @@ mod tests {
             sink: Sink::Stderr,
             format: LogFormat::Json,
             max: Level::INFO,
+            user_only: false,
         };
         let line = l.line(&Level::ERROR, "bad \"thing\"", &[]);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -197,6 +205,7 @@ mod tests {
             sink: Sink::Stderr,
             format: LogFormat::Text,
             max: Level::INFO,
+            user_only: false,
         };
         let line = l.line(&Level::WARN, "a b", &[("id".into(), "c1".into())]);
         assert!(

@@ -44,6 +44,16 @@ pub enum Error {
     /// A container with this id exists already.
     #[error("container {0} already exists")]
     AlreadyExists(String),
+    /// The container's state file cannot be parsed: nothing but a forced delete can act on it.
+    #[error("container {id}: its state file {path} is corrupt ({reason}): delete it with --force")]
+    CorruptState {
+        /// Container id.
+        id: String,
+        /// The state file.
+        path: PathBuf,
+        /// The parser's complaint.
+        reason: String,
+    },
     /// The id is not acceptable as a container id: the id as shown (quoted, or cut when long)
     /// and why.
     #[error("invalid container id {0}")]
@@ -128,6 +138,7 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Spawn { kind, .. } => *kind,
             Error::Container { .. }
+            | Error::CorruptState { .. }
             | Error::Cgroup { .. }
             | Error::Io { .. }
             | Error::Sys { .. } => ErrorKind::Other,

@@ -5,23 +5,30 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
+use libcgroups::common::{
+    AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState,
+};
+use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::container::state::StateError;
+use libcontainer::container::{Container, ContainerStatus, State};
+use libcontainer::notify_socket::{NotifySocket, NOTIFY_FILE};
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::bundle::load_bundle_spec;
 use crate::error::{chain, Error, Result};
+use crate::hooks::{self, Phase};
 use crate::id::validate_id;
 use crate::launch::{self, InitLaunch, Launcher};
 use crate::oom_killer;
 use crate::options::{CreateOptions, ExecOptions, Stdio};
+use crate::signal::Sig;
 use crate::state::{ContainerState, ExitStatus, Status, OCI_VERSION};
 use crate::stats::{self, OomCounter, Stats};
 
@@ -54,6 +61,13 @@ fn tidy(message: &str) -> String {
         m = rest.trim_start();
     }
     m.to_string()
+}
+
+fn cgroup_err(id: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+    Error::Cgroup {
+        id: id.to_string(),
+        message: chain(e),
+    }
 }
 
 fn status_of(s: ContainerStatus) -> Status {
@@ -119,14 +133,27 @@ impl ContainerRoot {
     }
 
     /// Load a container's libcontainer record with its status refreshed; the returned
-    /// lock guards the state until dropped.
+    /// lock guards the state until dropped. A state file that does not parse is
+    /// [`Error::CorruptState`].
     pub fn open(&self, id: &str, exclusive: bool) -> Result<(Flock<fs::File>, Container)> {
         let lock = self.lock(id, exclusive)?;
         let dir = self.dir(id);
-        if !dir.join("state.json").exists() {
+        let path = dir.join("state.json");
+        if !path.exists() {
             return Err(Error::NotFound(id.to_string()));
         }
-        let mut c = Container::load(dir).map_err(|e| lc_err("load", id, e))?;
+        let state = match State::load(&dir) {
+            Ok(s) => s,
+            Err(StateError::ParseStateFile { source, .. }) => {
+                return Err(Error::CorruptState {
+                    id: id.to_string(),
+                    path,
+                    reason: source.to_string(),
+                })
+            }
+            Err(e) => return Err(lc_err("load", id, e)),
+        };
+        let mut c = Container { state, root: dir };
         if let Err(e) = c.refresh_status() {
             // The process can vanish between libcontainer finding /proc/<pid> and
             // reading its stat (its reaper was quicker): that is a stopped container.
@@ -331,7 +358,10 @@ impl ContainerRoot {
 }
 
 impl ContainerRoot {
-    /// Let a created container's init run the user process.
+    /// Let a created container's init run the user process; returns once it runs it (has
+    /// exec'd, or exited), so that what comes next (the spec's poststart hooks, here or on
+    /// the host of a pod's VM) sees the program. A failing poststart hook is a warning (see
+    /// [`crate::hooks`]).
     pub fn start(&self, id: &str) -> Result<()> {
         let (_lock, mut c) = self.open(id, true)?;
         if c.status() != ContainerStatus::Created {
@@ -341,8 +371,27 @@ impl ContainerRoot {
                 op: "start",
             });
         }
-        c.start().map_err(|e| lc_err("start", id, e))?;
+        // libcontainer's own `start` fails on a failing poststart hook, and runs the hooks
+        // as soon as it has told the init to go: these are its steps, with the hooks after
+        // the exec and lenient.
+        let config = YoukiConfig::load(&c.root).map_err(|e| lc_err("start", id, e))?;
+        let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+        let before = hooks::program_of(pid);
+        NotifySocket::new(c.root.join(NOTIFY_FILE))
+            .notify_container_start()
+            .map_err(|e| lc_err("start", id, e))?;
+        c.set_status(ContainerStatus::Running)
+            .save()
+            .map_err(|e| lc_err("start", id, e))?;
+        if !hooks::wait_for_exec(pid, before, hooks::EXEC_WAIT) {
+            warn!(container = %id, pid, "the init has not exec'd its program after {:?}", hooks::EXEC_WAIT);
+        }
         info!(container = %id, "started");
+        let poststart = config.hooks.as_ref().and_then(|h| h.poststart().as_ref());
+        if let Some(poststart) = poststart.filter(|h| !h.is_empty()) {
+            let cwd = c.root.clone();
+            hooks::run_with(Phase::Poststart, poststart, &c.state, Some(&cwd));
+        }
         Ok(())
     }
 
@@ -364,8 +413,16 @@ impl ContainerRoot {
             if validate_id(&name).is_err() || !entry.path().join("state.json").exists() {
                 continue;
             }
-            if let Ok(c) = self.load(&name) {
-                out.push(self.to_state(&c));
+            match self.load(&name) {
+                Ok(c) => out.push(self.to_state(&c)),
+                // Deleted since the directory was read.
+                Err(Error::NotFound(_)) => {}
+                // Listed as what it is, not skipped, and said why: `delete --force`
+                // removes it.
+                Err(e) => {
+                    warn!(target: crate::USER_WARNING, container = %name, "{e}");
+                    out.push(self.unknown_state(&name));
+                }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -446,7 +503,7 @@ impl ContainerRoot {
     }
 
     /// Send a signal to the init process, or to every process with `all`.
-    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+    pub fn kill(&self, id: &str, signal: Sig, all: bool) -> Result<()> {
         let (_lock, mut c) = self.open(id, true)?;
         if !all && !c.can_kill() {
             return Err(Error::WrongStatus {
@@ -455,18 +512,53 @@ impl ContainerRoot {
                 op: "kill",
             });
         }
+        let Some(nix_signal) = signal.as_nix() else {
+            // Signal 0 and the real-time signals, which libcontainer cannot name.
+            return self.kill_by_number(&c, signal, all);
+        };
         let before = c.status();
-        c.kill(signal, all).map_err(|e| lc_err("kill", id, e))?;
+        c.kill(nix_signal, all).map_err(|e| lc_err("kill", id, e))?;
         // libcontainer records "stopped" after any signal. Put back what was recorded
         // unless the signal was SIGKILL: every load re-derives "stopped" from the process
         // itself, so only created/running/paused need the record. (Re-reading the process
         // here raced with its reaper: /proc/<pid>/stat vanished under us.)
-        if before != ContainerStatus::Stopped && signal != Signal::SIGKILL {
+        if before != ContainerStatus::Stopped && nix_signal != Signal::SIGKILL {
             c.set_status(before)
                 .save()
                 .map_err(|e| lc_err("kill", id, e))?;
         }
         Ok(())
+    }
+
+    /// libcontainer's kill for a signal it has no name for: to the init, or to every process
+    /// of the cgroup (frozen meanwhile, so none forks past it). A gone process is no error;
+    /// the recorded status stays as it is (no such signal ends the container by itself).
+    fn kill_by_number(&self, c: &Container, signal: Sig, all: bool) -> Result<()> {
+        let id = c.id();
+        let send = |pid: i32| match signal.send(pid) {
+            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+            Err(e) => Err(Error::sys(format!("send {signal} to pid {pid} of {id}"), e)),
+        };
+        if !all {
+            let pid = c.pid().ok_or_else(|| Error::WrongStatus {
+                id: id.to_string(),
+                status: status_of(c.status()).to_string(),
+                op: "kill",
+            })?;
+            return send(pid.as_raw());
+        }
+        let cg = self.cgroup(c)?;
+        if let Err(e) = cg.freeze(FreezerState::Frozen) {
+            warn!(container = %id, "freeze before the signal: {}", chain(&e));
+        }
+        let sent = cg
+            .get_all_pids()
+            .map_err(|e| cgroup_err(id, &e))
+            .and_then(|pids| pids.iter().try_for_each(|p| send(p.as_raw())));
+        if let Err(e) = cg.freeze(FreezerState::Thawed) {
+            warn!(container = %id, "thaw after the signal: {}", chain(&e));
+        }
+        sent
     }
 
     /// Wait for a child process of this one (a container's init or exec) to end.
@@ -601,18 +693,133 @@ impl ContainerRoot {
         OomCounter::find(id, &config.cgroup_path, c.systemd())
     }
 
-    /// Remove a stopped container (or any, with `force`, killing it first).
+    /// Remove a stopped or created container (or any, with `force`, killing it first).
+    /// The spec's poststop hooks run after it is gone; a failing one is a warning. With
+    /// `force`, a container whose state file is corrupt or missing is cleaned up from what
+    /// is left: its cgroup's processes killed, the cgroup and the state dir removed.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let (_lock, mut c) = self.open(id, true)?;
-        if !force && !c.can_delete() {
+        let (_lock, mut c) = match self.open(id, true) {
+            Ok(opened) => opened,
+            Err(Error::CorruptState { .. }) if force => return self.delete_remains(id),
+            Err(Error::NotFound(_)) if force && self.dir(id).is_dir() => {
+                return self.delete_remains(id)
+            }
+            Err(e) => return Err(e),
+        };
+        let status = status_of(c.status());
+        if !force && !status.deletable() {
             return Err(Error::WrongStatus {
                 id: id.to_string(),
-                status: status_of(c.status()).to_string(),
+                status: status.to_string(),
                 op: "delete (stop it first or use --force)",
             });
         }
-        c.delete(force).map_err(|e| lc_err("delete", id, e))?;
+        // libcontainer fails the delete on a failing poststop hook, and leaves the container
+        // behind: take the hooks out of its record, and run them here once it is gone.
+        let poststop = self.take_poststop(&c)?;
+        if let Err(e) = c.delete(force) {
+            // Still there: its next delete runs them.
+            self.put_back_poststop(&c, poststop);
+            return Err(lc_err("delete", id, e));
+        }
         info!(container = %id, "deleted");
+        if !poststop.is_empty() {
+            hooks::run_with(Phase::Poststop, &poststop, &c.state, None);
+        }
         Ok(())
+    }
+
+    /// The poststop hooks of the container's record, removed from it.
+    fn take_poststop(&self, c: &Container) -> Result<Vec<oci_spec::runtime::Hook>> {
+        // No record yet (a create that died early): no hooks either.
+        let Ok(mut config) = YoukiConfig::load(&c.root) else {
+            return Ok(Vec::new());
+        };
+        let Some(hooks) = config.hooks.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let Some(poststop) = hooks.poststop().clone() else {
+            return Ok(Vec::new());
+        };
+        hooks.set_poststop(None);
+        config
+            .save(&c.root)
+            .map_err(|e| lc_err("delete", c.id(), e))?;
+        Ok(poststop)
+    }
+
+    /// Undo [`ContainerRoot::take_poststop`] after a failed delete.
+    fn put_back_poststop(&self, c: &Container, poststop: Vec<oci_spec::runtime::Hook>) {
+        if poststop.is_empty() {
+            return;
+        }
+        let Ok(mut config) = YoukiConfig::load(&c.root) else {
+            return;
+        };
+        if let Some(hooks) = config.hooks.as_mut() {
+            hooks.set_poststop(Some(poststop));
+            if let Err(e) = config.save(&c.root) {
+                warn!(container = %c.id(), "keep the poststop hooks: {}", chain(&e));
+            }
+        }
+    }
+
+    /// Clean up a container whose state file is corrupt or was never written: kill every
+    /// process of its cgroup, remove the cgroup and the state dir. The cgroup is the one
+    /// `create` made: the path in the container's config record if that is readable, else
+    /// the name libcontainer gives a container whose spec names none (`:youki:<id>` under
+    /// the configured driver). No poststop hook runs: there is no state to give it.
+    fn delete_remains(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id);
+        let cgroup_path = match YoukiConfig::load(&dir) {
+            Ok(config) => config.cgroup_path,
+            Err(_) => libcontainer::utils::get_cgroup_path(&None, id),
+        };
+        info!(container = %id, cgroup = %cgroup_path.display(), "cleaning up from a corrupt or missing state file");
+        let cg = libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path,
+            systemd_cgroup: self.systemd_cgroup,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| cgroup_err(id, &e))?;
+        // A cgroup that is not there has no processes.
+        let pids = || cg.get_all_pids().unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let left = pids();
+            if left.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Cgroup {
+                    id: id.to_string(),
+                    message: format!("processes {left:?} outlive SIGKILL"),
+                });
+            }
+            let _ = cg.freeze(FreezerState::Thawed);
+            for p in left {
+                let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        cg.remove().map_err(|e| cgroup_err(id, &e))?;
+        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        info!(container = %id, "deleted what was left");
+        Ok(())
+    }
+
+    /// What `list` shows of a container whose state cannot be read.
+    fn unknown_state(&self, id: &str) -> ContainerState {
+        ContainerState {
+            oci_version: OCI_VERSION.to_string(),
+            id: id.to_string(),
+            pid: 0,
+            status: Status::Unknown,
+            bundle: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            created: String::new(),
+            owner: String::new(),
+            annotations: Default::default(),
+        }
     }
 }

@@ -24,6 +24,9 @@ pub enum Status {
     Paused,
     /// Init has exited.
     Stopped,
+    /// Its state could not be read (a corrupt state file): `delete --force` removes what is
+    /// left of it.
+    Unknown,
 }
 
 impl Status {
@@ -42,6 +45,7 @@ impl std::fmt::Display for Status {
             Status::Running => "running",
             Status::Paused => "paused",
             Status::Stopped => "stopped",
+            Status::Unknown => "unknown",
         })
     }
 }

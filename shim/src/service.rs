@@ -21,8 +21,7 @@ use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::{ExitSignal, Task, TtrpcContext};
 use hull_runtime::config::{Config, Isolation};
 use hull_runtime::pod::host::Spawner;
-use hull_runtime::pod::{CreateOptions, ExecOptions, HostPod, Pod, Status, VmPod};
-use nix::sys::signal::Signal;
+use hull_runtime::pod::{CreateOptions, ExecOptions, HostPod, Pod, Sig, Status, VmPod};
 use oci_spec::runtime::{LinuxResources, Process as OciProcess};
 use parking_lot::{Condvar, Mutex};
 use tracing::{info, warn};
@@ -464,7 +463,7 @@ impl Service {
         }
         self.spawn_waiter(sandbox.clone(), c.id.clone(), Arc::clone(&p), pid);
         if let Err(e) = attached {
-            let _ = sandbox.signal(&c.id, pid, Signal::SIGKILL);
+            let _ = sandbox.signal(&c.id, pid, Sig::KILL);
             return Err(e);
         }
         info!(container = %c.id, exec = %p.exec_id, pid, "exec started");
@@ -493,6 +492,7 @@ impl Service {
                     Status::Running => TaskStatus::RUNNING,
                     Status::Paused => TaskStatus::PAUSED,
                     Status::Stopped => TaskStatus::STOPPED,
+                    Status::Unknown => TaskStatus::UNKNOWN,
                 },
                 Err(e) => {
                     warn!(container = %c.id, "state: {}", hull_runtime::error::chain(&e));
@@ -590,8 +590,7 @@ impl Service {
 
     fn do_kill(&self, req: KillRequest) -> Result<()> {
         let c = self.container(&req.id)?;
-        let sig = Signal::try_from(req.signal as i32)
-            .map_err(|_| Error::InvalidArgument(format!("unknown signal {}", req.signal)))?;
+        let sig = signal_of(req.signal)?;
         let p = Self::process(&c, &req.exec_id)?;
         let sandbox = self.sandbox()?;
         let (pid, started, exited) = {
@@ -880,5 +879,34 @@ impl Task for Service {
             self.inner.exit.signal();
         }
         Ok(Empty::new())
+    }
+}
+
+/// A signal as containerd sends it: a number, 0 and the real-time ones too (Docker's and
+/// systemd's `SIGRTMIN+3` is 37).
+fn signal_of(n: u32) -> Result<Sig> {
+    i32::try_from(n)
+        .ok()
+        .and_then(|n| Sig::try_from(n).ok())
+        .ok_or_else(|| Error::InvalidArgument(format!("unknown signal {n}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_from_containerd_include_zero_and_real_time_ones() {
+        assert_eq!(signal_of(15).unwrap(), Sig::TERM);
+        assert_eq!(signal_of(0).unwrap().number(), 0);
+        for n in 32..=64 {
+            assert_eq!(signal_of(n).unwrap().number(), n as i32);
+        }
+        for bad in [65, 1000, u32::MAX] {
+            assert!(
+                matches!(signal_of(bad), Err(Error::InvalidArgument(m)) if m.contains(&bad.to_string())),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The hull shim under a real containerd 1.6 (`ctr`), no mocks: output and exit
-//! statuses, the task verbs, a tty, a pod sharing one shim, a containerd restart, a
-//! SIGKILLed shim, the runtime options, and the bad-input cases.
+//! statuses, the task verbs, real-time signals, a tty, a pod sharing one shim, a
+//! containerd restart, a SIGKILLed shim, the runtime options, and the bad-input cases.
 
 mod common;
 
@@ -176,6 +176,48 @@ fn detached_task_verbs() {
     let r = c.ctr(&["task", "delete", "d1"]);
     assert_eq!(r.code, 0, "delete: {}", r.err);
     assert_eq!(c.ctr(&["container", "rm", "d1"]).code, 0);
+    c.assert_clean();
+}
+
+#[test]
+fn real_time_signals_reach_the_task_and_systemds_stop_signal_stops_it() {
+    if !common::usable() {
+        return;
+    }
+    let c = Containerd::start("rtsig");
+    let r = c.run(
+        &["-d"],
+        "rt1",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo 40 >> /tmp/got' 40; trap 'exit 0' 37; while true; do sleep 0.05; done",
+        ],
+    );
+    assert_eq!(r.code, 0, "run -d: {}", r.err);
+    c.wait_status("rt1", "RUNNING");
+    let got = || {
+        c.ctr(&["task", "exec", "--exec-id", "cat", "rt1", "cat", "/tmp/got"])
+            .out
+    };
+    // ctr sends the number (40), then SIGRTMIN+3 as 37: what Docker's STOPSIGNAL sends.
+    let r = c.ctr(&["task", "kill", "-s", "40", "rt1"]);
+    assert_eq!(r.code, 0, "kill 40: {}", r.err);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got() != "40\n" {
+        assert!(
+            Instant::now() < deadline,
+            "signal 40 not trapped: {:?}",
+            got()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = c.ctr(&["task", "kill", "-s", "SIGRTMIN+3", "rt1"]);
+    assert_eq!(r.code, 0, "kill SIGRTMIN+3: {}", r.err);
+    c.wait_status("rt1", "STOPPED");
+    let r = c.ctr(&["task", "delete", "rt1"]);
+    assert_eq!(r.code, 0, "delete: {}", r.err);
+    assert_eq!(c.ctr(&["container", "rm", "rt1"]).code, 0);
     c.assert_clean();
 }
 

@@ -56,7 +56,7 @@ pub fn run(g: &Globals, a: ExecArgs) -> Result<i32> {
         let sb = remote.cloned();
         forward_signals_with(move |sig| match &sb {
             Some(r) => {
-                let _ = r.signal(&id, pid, sig);
+                let _ = r.signal(&id, pid, sig.into());
             }
             None => {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);

@@ -83,7 +83,7 @@ fn run_vm_container(
     {
         let (sb, id) = (std::sync::Arc::clone(&sandbox), a.id.clone());
         forward_signals_with(move |sig| {
-            let _ = sb.kill(&id, sig, false);
+            let _ = sb.kill(&id, sig.into(), false);
         });
     }
     let status = sandbox.wait(&a.id, pid);

@@ -8,12 +8,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxResources;
 
 use hull_runtime::error::{Error, Result};
 use hull_runtime::pod::{
-    ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Stats,
+    ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Sig, Stats,
 };
 
 use super::mirror;
@@ -222,15 +221,15 @@ impl Containers for ServedContainer {
         self.mirror(Mirrored::Exec { guest_pid }, opts.pid_file.as_deref())
     }
 
-    fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+    fn kill(&self, id: &str, signal: Sig, all: bool) -> Result<()> {
         self.check(id)?;
-        let signal = signal as i32;
+        let signal = signal.number();
         ask!(self, Request::Kill { signal, all }, Answer::Done => ())
     }
 
-    fn signal(&self, id: &str, pid: i32, signal: Signal) -> Result<()> {
+    fn signal(&self, id: &str, pid: i32, signal: Sig) -> Result<()> {
         self.check(id)?;
-        let signal = signal as i32;
+        let signal = signal.number();
         ask!(self, Request::Signal { pid, signal }, Answer::Done => ())
     }
 
@@ -308,8 +307,8 @@ mod tests {
         let c = ServedContainer::new(root.path(), "c1");
         is_not_found(c.state("c2"), "c2");
         is_not_found(c.start("c2"), "c2");
-        is_not_found(c.kill("c2", Signal::SIGTERM, false), "c2");
-        is_not_found(c.signal("c2", 5, Signal::SIGTERM), "c2");
+        is_not_found(c.kill("c2", Sig::TERM, false), "c2");
+        is_not_found(c.signal("c2", 5, Sig::TERM), "c2");
         is_not_found(c.wait("c2", 5), "c2");
         is_not_found(c.pids("c2"), "c2");
         is_not_found(c.stats("c2"), "c2");

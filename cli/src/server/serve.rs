@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use parking_lot::{Condvar, Mutex};
 
 use hull_runtime::config::VmSection;
 use hull_runtime::error::{chain, Error, Result};
-use hull_runtime::pod::{Containers, CreateOptions, ExecOptions, Pod, Status, Stdio, VmPod};
+use hull_runtime::pod::{Containers, CreateOptions, ExecOptions, Pod, Sig, Status, Stdio, VmPod};
 
 use super::mirror::{Mirrors, LOST};
 use super::record::{self, ServerRecord};
@@ -304,8 +303,8 @@ impl Server {
 }
 
 /// A signal number from the wire.
-fn to_signal(n: i32) -> Result<Signal> {
-    Signal::try_from(n).map_err(|_| hull_container::Error::UnknownSignal(n.to_string()).into())
+fn to_signal(n: i32) -> Result<Sig> {
+    Ok(Sig::try_from(n)?)
 }
 
 /// A count of the calls being answered, so that a deleted server exits after their answers.

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use hull_container::ContainerRoot;
-use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxResources;
 
-use super::{ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Stats};
+use super::{ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Sig, Stats};
 use crate::config::Isolation;
 use crate::error::Result;
 
@@ -97,7 +96,7 @@ impl Containers for HostPod {
         }
     }
 
-    fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+    fn kill(&self, id: &str, signal: Sig, all: bool) -> Result<()> {
         Ok(self.root.kill(id, signal, all)?)
     }
 

@@ -5,7 +5,6 @@
 //! A pod's life is explicit: the front starts it before its first container (a vm pod boots
 //! its VM, sized by that container's spec) and stops it after its last (the VM stops).
 
-use nix::sys::signal::Signal;
 use std::path::Path;
 
 use oci_spec::runtime::LinuxResources;
@@ -18,7 +17,7 @@ pub mod vm;
 
 pub use host::HostPod;
 pub use hull_container::{
-    ContainerState, CreateOptions, ExecOptions, ExitStatus, Stats, Status, Stdio,
+    ContainerState, CreateOptions, ExecOptions, ExitStatus, Sig, Stats, Status, Stdio,
 };
 pub use vm::VmPod;
 
@@ -36,17 +35,17 @@ pub trait Containers: Send + Sync {
     /// Start another process in a running container. Returns its pid.
     fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32>;
     /// Send a signal to the init process, or to every process with `all`.
-    fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()>;
+    fn kill(&self, id: &str, signal: Sig, all: bool) -> Result<()>;
     /// Send a signal to one process of the container: an exec'd process, by the pid
     /// `exec` returned. The default is `kill(2)` on that host pid, right for backends
     /// whose pids are host pids; a backend whose processes live elsewhere (a VM) overrides it.
-    fn signal(&self, id: &str, pid: i32, signal: Signal) -> Result<()> {
+    fn signal(&self, id: &str, pid: i32, signal: Sig) -> Result<()> {
         if pid <= 0 {
             return Err(crate::Error::invalid(format!(
                 "signal {signal} to container {id}: invalid pid {pid}"
             )));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| {
+        signal.send(pid).map_err(|e| {
             crate::Error::sys(format!("signal {signal} to pid {pid} of container {id}"), e)
         })
     }

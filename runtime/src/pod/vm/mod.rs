@@ -15,14 +15,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hull_agent_client::AgentClient;
+use hull_container::hooks::{self, Phase};
 use hull_container::{load_bundle_spec, validate_id};
 use hull_hypervisor::Hypervisor;
 use nix::sys::signal::Signal;
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{Hook, LinuxResources};
 use parking_lot::{Mutex, MutexGuard};
 
 use super::{
-    ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Stats, Status,
+    ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Sig, Stats, Status,
 };
 use crate::config::{Isolation, VmSection};
 use crate::error::{Error, Result};
@@ -70,6 +71,10 @@ struct VmContainer {
     /// Host mounts under the shared dir, innermost last.
     mounts: Vec<PathBuf>,
     procs: HashMap<i32, Arc<VmProc>>,
+    /// The spec's poststart and poststop hooks: they run on the host (the guest's spec has
+    /// none), once the program runs and once the container is gone.
+    poststart: Vec<Hook>,
+    poststop: Vec<Hook>,
 }
 
 struct Vm {
@@ -200,6 +205,7 @@ impl Containers for VmPod {
             .and_then(|p| p.terminal())
             .unwrap_or(false);
         let annotations = spec.annotations().clone().unwrap_or_default();
+        let hooks = spec.hooks().clone().unwrap_or_default();
         let mut mounts = Vec::new();
         let result = (|| -> Result<(i32, Arc<VmProc>)> {
             self.check_pci_for(&id, &spec)?;
@@ -255,6 +261,8 @@ impl Containers for VmPod {
                 init_pid: pid,
                 mounts,
                 procs,
+                poststart: hooks.poststart().clone().unwrap_or_default(),
+                poststop: hooks.poststop().clone().unwrap_or_default(),
             },
         );
         tracing::info!(pod = %self.id, container = %id, pid, "created in the vm");
@@ -269,14 +277,24 @@ impl Containers for VmPod {
                 return Err(Error::wrong_status(id, c.status, "start"));
             }
         }
+        // The agent answers once the program runs (exec'd): then the poststart hooks.
         self.agent()?
             .start_container(id)
             .map_err(|e| vm_err(format!("start container {id} in the vm"), e))?;
-        let mut g = self.inner.lock();
-        if let Some(c) = g.containers.get_mut(id) {
-            if c.status == Status::Created {
-                c.status = Status::Running;
+        let poststart = {
+            let mut g = self.inner.lock();
+            match g.containers.get_mut(id) {
+                Some(c) => {
+                    if c.status == Status::Created {
+                        c.status = Status::Running;
+                    }
+                    c.poststart.clone()
+                }
+                None => Vec::new(),
             }
+        };
+        if !poststart.is_empty() {
+            hooks::run_lenient(Phase::Poststart, &poststart, &self.state(id)?);
         }
         Ok(())
     }
@@ -348,20 +366,20 @@ impl Containers for VmPod {
         Ok(pid)
     }
 
-    fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+    fn kill(&self, id: &str, signal: Sig, all: bool) -> Result<()> {
         let status = self.state(id)?.status;
         if status == Status::Stopped && !all {
             return Err(Error::wrong_status(id, status, "kill"));
         }
         self.agent()?
-            .signal_process(id, "", signal as u32, all)
+            .signal_process(id, "", signal.number() as u32, all)
             .map_err(|e| vm_err(format!("signal {signal} to container {id}"), e))
     }
 
-    fn signal(&self, id: &str, pid: i32, signal: Signal) -> Result<()> {
+    fn signal(&self, id: &str, pid: i32, signal: Sig) -> Result<()> {
         let p = self.proc_of(id, pid)?;
         self.agent()?
-            .signal_process(id, &p.exec_id, signal as u32, false)
+            .signal_process(id, &p.exec_id, signal.number() as u32, false)
             .map_err(|e| vm_err(format!("signal {signal} to pid {pid} of container {id}"), e))
     }
 
@@ -488,11 +506,12 @@ impl Containers for VmPod {
                 tracing::debug!(pod = %self.id, container = %id, "remove in the vm: {e}");
             }
         }
-        if let Some(c) = c {
-            Self::forget(&c);
-        }
         self.release_slots(id);
         let _ = fs::remove_dir_all(self.shared().join(id));
+        if let Some(c) = c {
+            Self::forget(&c);
+            Self::run_poststop(id, &c);
+        }
         Ok(())
     }
 
@@ -522,17 +541,14 @@ impl Pod for VmPod {
     fn stop_pod(&self) -> Result<()> {
         // The containers go with the VM: removing each in the guest first (its mounts, cgroup
         // and state, ~50 ms under TCG) would be undone by the power-off.
-        let containers: Vec<VmContainer> = self
-            .inner
-            .lock()
-            .containers
-            .drain()
-            .map(|(_, c)| c)
-            .collect();
-        for c in &containers {
+        let containers: Vec<(String, VmContainer)> = self.inner.lock().containers.drain().collect();
+        for (_, c) in &containers {
             Self::forget(c);
         }
         self.shut_down();
+        for (id, c) in &containers {
+            Self::run_poststop(id, c);
+        }
         Ok(())
     }
 
@@ -542,6 +558,25 @@ impl Pod for VmPod {
 }
 
 impl VmPod {
+    /// Runs a removed container's poststop hooks (a failing one is a warning).
+    fn run_poststop(id: &str, c: &VmContainer) {
+        if c.poststop.is_empty() {
+            return;
+        }
+        let state = ContainerState {
+            oci_version: hull_container::OCI_VERSION.into(),
+            id: id.to_string(),
+            pid: 0,
+            status: Status::Stopped,
+            bundle: c.bundle.clone(),
+            rootfs: c.rootfs.clone(),
+            created: c.created.clone(),
+            owner: String::new(),
+            annotations: c.annotations.clone(),
+        };
+        hooks::run_lenient(Phase::Poststop, &c.poststop, &state);
+    }
+
     /// Lets a removed container's relays end and undoes its host mounts.
     fn forget(c: &VmContainer) {
         for p in c.procs.values() {
