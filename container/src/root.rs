@@ -186,9 +186,46 @@ impl ContainerRoot {
         })
     }
 
+    /// The processes in the cgroup of container `id` (state dir `dir`), found as
+    /// [`Self::delete_remains`] finds the cgroup: empty when there is none.
+    fn cgroup_pids(&self, id: &str, dir: &Path) -> Vec<i32> {
+        self.remains_cgroup(id, dir)
+            .ok()
+            .and_then(|cg| cg.get_all_pids().ok())
+            .map(|p| p.into_iter().map(|p| p.as_raw()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The cgroup `create` made for container `id` (state dir `dir`): the path in the
+    /// container's config record if that is readable, else the name libcontainer gives a
+    /// container whose spec names none (`:youki:<id>` under the configured driver).
+    fn remains_cgroup(&self, id: &str, dir: &Path) -> Result<AnyCgroupManager> {
+        let cgroup_path = match YoukiConfig::load(dir) {
+            Ok(config) => config.cgroup_path,
+            Err(_) => libcontainer::utils::get_cgroup_path(&None, id),
+        };
+        debug!(container = %id, cgroup = %cgroup_path.display(), "the cgroup of a container's remains");
+        libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path,
+            systemd_cgroup: self.systemd_cgroup,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| cgroup_err(id, &e))
+    }
+
     fn to_state(&self, c: &Container) -> ContainerState {
         let st = &c.state;
-        let status = status_of(c.status());
+        let mut status = status_of(c.status());
+        // A create killed before it recorded the init's pid leaves a "stopped" record, pid
+        // 0, while the init waits in the container's cgroup: say what is true (creating,
+        // with that pid); `delete` removes it.
+        let mut orphan_pid = None;
+        if status == Status::Stopped && st.pid.is_none() {
+            if let Some(p) = self.cgroup_pids(&st.id, &c.root).into_iter().min() {
+                status = Status::Creating;
+                orphan_pid = Some(p);
+            }
+        }
         let rootfs = load_bundle_spec(&st.bundle)
             .ok()
             .and_then(|s| s.root().as_ref().map(|r| r.path().clone()))
@@ -203,10 +240,10 @@ impl ContainerRoot {
         ContainerState {
             oci_version: OCI_VERSION.to_string(),
             id: st.id.clone(),
-            pid: if status == Status::Stopped {
-                0
-            } else {
-                st.pid.unwrap_or(0)
+            pid: match (status, orphan_pid) {
+                (_, Some(p)) => p,
+                (Status::Stopped, None) => 0,
+                _ => st.pid.unwrap_or(0),
             },
             status,
             bundle: st.bundle.clone(),
@@ -765,23 +802,12 @@ impl ContainerRoot {
     }
 
     /// Clean up a container whose state file is corrupt or was never written: kill every
-    /// process of its cgroup, remove the cgroup and the state dir. The cgroup is the one
-    /// `create` made: the path in the container's config record if that is readable, else
-    /// the name libcontainer gives a container whose spec names none (`:youki:<id>` under
-    /// the configured driver). No poststop hook runs: there is no state to give it.
+    /// process of its cgroup ([`Self::remains_cgroup`]), remove the cgroup and the state dir.
+    /// No poststop hook runs: there is no state to give it.
     fn delete_remains(&self, id: &str) -> Result<()> {
         let dir = self.dir(id);
-        let cgroup_path = match YoukiConfig::load(&dir) {
-            Ok(config) => config.cgroup_path,
-            Err(_) => libcontainer::utils::get_cgroup_path(&None, id),
-        };
-        info!(container = %id, cgroup = %cgroup_path.display(), "cleaning up from a corrupt or missing state file");
-        let cg = libcgroups::common::create_cgroup_manager(CgroupConfig {
-            cgroup_path,
-            systemd_cgroup: self.systemd_cgroup,
-            container_name: id.to_string(),
-        })
-        .map_err(|e| cgroup_err(id, &e))?;
+        info!(container = %id, "cleaning up from a corrupt or missing state file");
+        let cg = self.remains_cgroup(id, &dir)?;
         // A cgroup that is not there has no processes.
         let pids = || cg.get_all_pids().unwrap_or_default();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

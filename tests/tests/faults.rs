@@ -1,6 +1,7 @@
 //! Faults and the lifecycle's edges, through the real `hull` binary: failing poststart and
 //! poststop hooks, deleting what is unknown or only created, signal 0 and real-time
-//! signals, a corrupt state file, the binary guard's binds. After each, nothing of the
+//! signals, a corrupt state file, the binary guard's binds, a create killed at any moment, a
+//! vm container's host stand-in (mirror) killed. After each, nothing of the
 //! container is left: state dir, cgroups, processes, mounts.
 
 use std::path::{Path, PathBuf};
@@ -458,4 +459,100 @@ fn vm_hooks_are_lenient_and_real_time_signals_reach_the_guest() {
     assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
     h.ok(&["delete", &id]);
     assert!(!h.has_state(&id));
+}
+
+#[test]
+fn a_create_killed_at_any_moment_is_reported_truly_and_delete_force_removes_it() {
+    let h = Hull::new();
+    let mut killed = Vec::new();
+    for i in 0..24u64 {
+        let id = unique_id(&format!("killcreate{i}"));
+        let b = bundle(&marked(&id, SLEEP), |_| {});
+        let mut child = h
+            .cmd(&["create", "--bundle", b.path().to_str().unwrap(), &id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread the kills over a create's ~15-40 ms.
+        std::thread::sleep(Duration::from_millis(2 + (i * 7) % 45));
+        let _ = child.kill();
+        let _ = child.wait();
+        killed.push((id, b));
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (id, b) in &killed {
+        if !h.has_state(id) {
+            // Killed before anything was recorded: nothing may run either.
+            nothing_left(&h, id, b.path());
+            continue;
+        }
+        let out = h.run(&["state", id]);
+        if !out.status.success() {
+            // A state dir without its state file: killed before the record was written.
+            assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+            assert!(processes_mentioning(id).is_empty(), "{id}: runs unrecorded");
+            h.ok(&["delete", "--force", id]);
+            nothing_left(&h, id, b.path());
+            *seen.entry("unrecorded".to_string()).or_insert(0) += 1;
+            continue;
+        }
+        let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let status = st["status"].as_str().unwrap().to_string();
+        let pid = st["pid"].as_i64().unwrap();
+        // What state says is true: a live init has its pid, and a pid 0 means none runs.
+        let alive = !processes_mentioning(id).is_empty();
+        match status.as_str() {
+            "created" | "creating" => {
+                assert!(pid > 0 && alive, "{id}: {st} (processes alive: {alive})")
+            }
+            "stopped" => assert!(pid == 0 && !alive, "{id}: {st} but a process runs"),
+            other => panic!("{id}: status {other}: {st}"),
+        }
+        *seen.entry(status).or_insert(0) += 1;
+        h.ok(&["delete", "--force", id]);
+        nothing_left(&h, id, b.path());
+    }
+    eprintln!("states after the kills: {seen:?}");
+}
+
+#[test]
+fn a_killed_mirror_of_a_vm_container_ends_it_and_state_says_so() {
+    let Some(a) = guest_artefacts() else { return };
+    let h = Hull::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vm.toml");
+    std::fs::write(&cfg, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
+    let with_cfg = |args: &[&str]| {
+        let mut all = vec!["--config", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        output_with_timeout(h.cmd(&all), Duration::from_secs(180))
+    };
+    let id = unique_id("vmmirror");
+    let b = bundle(&marked(&id, SLEEP), |_| {});
+    let out = with_cfg(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(0), "create: {}", stderr(&out));
+    h.ok(&["start", &id]);
+    let st = h.state(&id);
+    assert_eq!(st["status"], "running");
+    // The pid state shows is the init's stand-in on the host: kill -9 it, as one would a
+    // host container's init.
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || h.state(&id)["status"]
+            == "stopped"),
+        "after the mirror's death: {}",
+        h.state(&id)
+    );
+    assert_eq!(h.state(&id)["pid"], 0);
+    h.ok(&["delete", &id]);
+    assert!(!h.has_state(&id));
+    assert!(wait_until(Duration::from_secs(10), || {
+        processes_mentioning(&h.root.path().to_string_lossy()).is_empty()
+    }));
 }

@@ -165,6 +165,15 @@ impl Mirrors {
         self.changed.notify_all();
     }
 
+    /// Whether the process behind `mirror` has reported its exit.
+    pub fn has_exited(&self, mirror: i32) -> bool {
+        self.table
+            .lock()
+            .by_pid
+            .get(&mirror)
+            .is_some_and(|e| e.exit.is_some())
+    }
+
     /// Every process not reported yet ends with `code` (the pod stops).
     pub fn end_all(&self, code: i32) {
         for e in self.table.lock().by_pid.values_mut() {
@@ -181,6 +190,35 @@ impl Mirrors {
             match t.by_pid.get(&mirror)?.exit {
                 Some(code) => return Some(code),
                 None => self.changed.wait(&mut t),
+            }
+        }
+    }
+}
+
+/// Blocks until process `pid` (not a child: a mirror is an orphan) has exited; an error
+/// when it cannot be watched (already gone: `pidfd_open` fails with ESRCH).
+pub fn wait_gone(pid: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the descriptor pidfd_open just returned, owned here alone.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd; a pidfd becomes readable when its process exits.
+        match unsafe { libc::poll(&mut p, 1, -1) } {
+            n if n > 0 => return Ok(()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
             }
         }
     }

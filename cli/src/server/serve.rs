@@ -253,6 +253,7 @@ impl Server {
                     tracing::warn!(container = %id, mirror, "record the mirror: {}", chain(&e));
                 }
                 self.watch(mirror, guest_pid);
+                self.watch_mirror(mirror, guest_pid, init);
                 Ok(Answer::Done)
             }
             Request::Wait { pid } => self
@@ -277,6 +278,37 @@ impl Server {
                 self.vm.stop_pod()?;
                 Ok(Answer::Deleted)
             }
+        }
+    }
+
+    /// Watches (in a thread) the mirror process itself: it stands for guest process
+    /// `guest_pid` on the host, so a mirror killed before that process ended (`kill -9` of the
+    /// pid `state` shows) kills it too, as killing a host container's init ends it. Then the
+    /// container's state says what is true (stopped), not running with a dead pid.
+    fn watch_mirror(self: &Arc<Self>, mirror: i32, guest_pid: i32, init: bool) {
+        let s = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("mirror-{mirror}"))
+            .spawn(move || {
+                if let Err(e) = super::mirror::wait_gone(mirror) {
+                    tracing::debug!(container = %s.id, mirror, "cannot watch the mirror: {e}");
+                }
+                if s.mirrors.has_exited(mirror) {
+                    return;
+                }
+                tracing::warn!(container = %s.id, mirror, guest_pid, "the mirror was killed: killing what it stands for");
+                let kill = Sig::try_from(libc::SIGKILL).expect("SIGKILL");
+                let done = if init {
+                    s.vm.kill(&s.id, kill, true)
+                } else {
+                    s.vm.signal(&s.id, guest_pid, kill)
+                };
+                if let Err(e) = done {
+                    tracing::warn!(container = %s.id, mirror, "kill after the mirror's death: {}", chain(&e));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(container = %self.id, mirror, "no thread to watch the mirror: {e}");
         }
     }
 
