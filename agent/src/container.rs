@@ -225,13 +225,8 @@ impl Container {
         Ok(())
     }
 
-    /// Starts a new process inside the running container.
-    pub fn exec(
-        &self,
-        exec_id: &str,
-        process_json: &[u8],
-        reaper: &Reaper,
-    ) -> Result<Arc<Process>> {
+    /// The process description of a new exec `exec_id`: a valid id not in use, args given.
+    fn new_process(&self, exec_id: &str, process_json: &[u8]) -> Result<OciProcess> {
         validate_exec_id(exec_id)?;
         if self.execs.lock().contains_key(exec_id) {
             return Err(AgentError::ProcessExists {
@@ -239,11 +234,22 @@ impl Container {
                 exec_id: exec_id.to_string(),
             });
         }
-        let mut proc: OciProcess =
+        let proc: OciProcess =
             serde_json::from_slice(process_json).map_err(|e| spec_err(&self.id, e.to_string()))?;
         if proc.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(spec_err(&self.id, "exec process.args is empty"));
         }
+        Ok(proc)
+    }
+
+    /// Starts a new process inside the running container.
+    pub fn exec(
+        &self,
+        exec_id: &str,
+        process_json: &[u8],
+        reaper: &Reaper,
+    ) -> Result<Arc<Process>> {
+        let mut proc = self.new_process(exec_id, process_json)?;
         if proc.capabilities().is_none() {
             proc.set_capabilities(self.default_caps.clone());
         }
@@ -288,18 +294,10 @@ impl Container {
         process_json: &[u8],
         reaper: &Reaper,
     ) -> Result<Arc<Process>> {
-        validate_exec_id(exec_id)?;
-        if self.execs.lock().contains_key(exec_id) {
-            return Err(AgentError::ProcessExists {
-                container_id: self.id.clone(),
-                exec_id: exec_id.to_string(),
-            });
-        }
-        let proc: OciProcess =
-            serde_json::from_slice(process_json).map_err(|e| spec_err(&self.id, e.to_string()))?;
+        let proc = self.new_process(exec_id, process_json)?;
         let args = proc.args().clone().unwrap_or_default();
         let Some(program) = args.first() else {
-            return Err(spec_err(&self.id, "console process.args is empty"));
+            return Err(spec_err(&self.id, "exec process.args is empty"));
         };
         let mut cmd = std::process::Command::new(program);
         cmd.args(&args[1..]).env_clear().current_dir(proc.cwd());

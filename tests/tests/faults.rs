@@ -497,7 +497,10 @@ fn a_create_killed_at_any_moment_is_reported_truly_and_delete_force_removes_it()
                 assert!(processes_mentioning(id).is_empty(), "{id}: runs unrecorded");
                 "unrecorded"
             } else {
-                assert!(err.contains("is corrupt") && err.contains("--force"), "{err}");
+                assert!(
+                    err.contains("is corrupt") && err.contains("--force"),
+                    "{err}"
+                );
                 "corrupt"
             };
             h.ok(&["delete", "--force", id]);
