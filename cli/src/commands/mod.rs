@@ -15,6 +15,7 @@ use crate::{guard, logging};
 
 mod check;
 mod create;
+mod dashboard;
 mod delete;
 mod events;
 mod exec;
@@ -125,6 +126,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Spec { rootless, bundle } => spec::run(rootless, &bundle),
         Command::Check => check::run(&g),
         Command::Features => features::run(),
+        Command::Dashboard { args } => dashboard::run(&g, &args),
         Command::SandboxServer {
             id,
             bundle,
