@@ -265,6 +265,19 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Asked first, so that its helper processes go with it.
+        self.session.clear();
+        self.next_id += 1;
+        let close = json!({"id": self.next_id, "method": "Browser.close"});
+        if self
+            .ws
+            .send(tungstenite::Message::text(close.to_string()))
+            .is_ok()
+        {
+            wait_until(Duration::from_secs(5), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            });
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -280,8 +293,9 @@ const TERMINAL_TEXT: &str =
     "(document.querySelector('#terminal .xterm-rows') || {innerText: ''}).innerText";
 
 /// Opens the page at `page`, checks container `id`'s row (with `isolation` and whatever
-/// `also` must show), opens its terminal and runs a command in it.
-fn page_lists_and_reaches(page: &str, id: &str, isolation: &str, also: &[&str]) {
+/// `also` must show), opens its terminal and runs a command in it; the browser, on the
+/// terminal.
+fn page_lists_and_reaches(page: &str, id: &str, isolation: &str, also: &[&str]) -> Browser {
     let t = Instant::now();
     let mut b = Browser::launch();
     eprintln!("chromium up in {:?}", t.elapsed());
@@ -312,6 +326,7 @@ fn page_lists_and_reaches(page: &str, id: &str, isolation: &str, also: &[&str]) 
     });
     assert!(screen.contains("echo hull-$((6*7))"), "{screen}");
     eprintln!("terminal answered after {:?}", t.elapsed());
+    b
 }
 
 #[test]
@@ -332,7 +347,7 @@ fn dashboard_lists_a_host_container_in_a_browser_and_its_terminal_runs_a_command
         "--containerd-root",
         empty.path().to_str().unwrap(),
     ]);
-    page_lists_and_reaches(&d.url("/?token=t0ken-42"), &id, "host", &["running"]);
+    let _browser = page_lists_and_reaches(&d.url("/?token=t0ken-42"), &id, "host", &["running"]);
     let log = d.log();
     assert!(log.contains("terminal opened"), "{log}");
 }
@@ -429,4 +444,59 @@ fn dashboard_with_a_token_answers_401_without_it_and_200_with_it() {
     // The page served with the token links its assets with it.
     let (_, page) = get(a, "/?token=s3cret", "");
     assert!(page.contains("/assets/xterm.js?token=s3cret"), "{page}");
+}
+
+#[test]
+fn dashboard_shows_a_vm_container_with_its_guest_and_its_terminal_runs_a_command() {
+    let Some(a) = guest_artefacts() else {
+        return;
+    };
+    let (h, _g) = hull_with_cleanup();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("vm.toml");
+    std::fs::write(&cfg, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("dashvm");
+    let t = Instant::now();
+    let run = h.cmd(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        "-d",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    let out = output_with_timeout(run, Duration::from_secs(180));
+    assert!(
+        out.status.success(),
+        "run -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("vm container up in {:?}", t.elapsed());
+    // The guest's release, as the container sees it: the page must show the same.
+    let release = h.ok(&["exec", &id, "uname", "-r"]).trim().to_string();
+    assert!(release.starts_with("6.1."), "{release}");
+    let empty = tempfile::tempdir().unwrap();
+    let d = Dashboard::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        h.root.path().to_str().unwrap(),
+        "--containerd-root",
+        empty.path().to_str().unwrap(),
+    ]);
+    let mut browser = page_lists_and_reaches(
+        &d.url("/"),
+        &id,
+        "vm",
+        &[&format!("kernel {release}"), "1 vCPU", "256 MiB", "running"],
+    );
+    // The terminal's shell runs on the guest's kernel, not the host's.
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(host.trim(), release);
+    browser.type_line("echo kernel-$(uname -r)-end");
+    browser.wait_for("the guest's release in the terminal", TERMINAL_TEXT, |t| {
+        t.contains(&format!("kernel-{release}-end"))
+    });
 }
