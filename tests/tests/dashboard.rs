@@ -283,6 +283,51 @@ impl Drop for Browser {
     }
 }
 
+/// Sets the browser's window to `width` x `height`; the terminal's (rows, cols) once it fitted.
+fn resize_window(b: &mut Browser, width: u32, height: u32) -> (u16, u16) {
+    let before = b.eval("session.term.rows + ' ' + session.term.cols");
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    let size = b.wait_for(
+        "the terminal fitted to the window",
+        "session.term.rows + ' ' + session.term.cols",
+        |s| !s.is_empty() && (width == 1280 || s != before),
+    );
+    let mut it = size.split(' ').map(|n| n.parse::<u16>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// The window sizes (rows, cols) of the terminals on the stdin of `parent`'s children.
+fn pty_sizes_under(parent: u32) -> Vec<(u16, u16)> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{parent}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let kids = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in kids.split_whitespace() {
+            let Ok(tty) = std::fs::File::open(format!("/proc/{pid}/fd/0")) else {
+                continue;
+            };
+            let mut ws = libc::winsize {
+                ws_row: 0,
+                ws_col: 0,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCGWINSZ writes one `winsize` into the live local.
+            if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0 {
+                out.push((ws.ws_row, ws.ws_col));
+            }
+        }
+    }
+    out
+}
+
 /// JS: the text of the page's row of container `id` ("" while there is none).
 fn row_text(id: &str) -> String {
     format!("(document.querySelector('tr[data-id=\"{id}\"]') || {{innerText: ''}}).innerText")
@@ -347,7 +392,17 @@ fn dashboard_lists_a_host_container_in_a_browser_and_its_terminal_runs_a_command
         "--containerd-root",
         empty.path().to_str().unwrap(),
     ]);
-    let _browser = page_lists_and_reaches(&d.url("/?token=t0ken-42"), &id, "host", &["running"]);
+    let mut browser = page_lists_and_reaches(&d.url("/?token=t0ken-42"), &id, "host", &["running"]);
+    // The terminal's size reaches the pty of the process it runs, and follows the window.
+    for (width, height) in [(1280, 900), (900, 600)] {
+        let size = resize_window(&mut browser, width, height);
+        assert!(
+            wait_until(Duration::from_secs(20), || pty_sizes_under(d.child.id())
+                .contains(&size)),
+            "the terminal is {size:?}, its pty {:?}",
+            pty_sizes_under(d.child.id())
+        );
+    }
     let log = d.log();
     assert!(log.contains("terminal opened"), "{log}");
 }
@@ -499,4 +554,13 @@ fn dashboard_shows_a_vm_container_with_its_guest_and_its_terminal_runs_a_command
     browser.wait_for("the guest's release in the terminal", TERMINAL_TEXT, |t| {
         t.contains(&format!("kernel-{release}-end"))
     });
+    // The window's size reaches the terminal's pty (`hull exec -t` does not pass it on
+    // into the container yet: `stty size` there says 0 0, for host and vm alike).
+    let size = resize_window(&mut browser, 900, 600);
+    assert!(
+        wait_until(Duration::from_secs(20), || pty_sizes_under(d.child.id())
+            .contains(&size)),
+        "the terminal is {size:?}, its pty {:?}",
+        pty_sizes_under(d.child.id())
+    );
 }
