@@ -23,6 +23,7 @@ use crate::inventory::Isolation;
 const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
 nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
+nix::ioctl_write_int_bad!(set_controlling_terminal, libc::TIOCSCTTY);
 
 /// The command a terminal into container `id` of state root `root` runs. A vm container
 /// should get `hull console ID` (a shell in the pod's guest) once that verb is on main;
@@ -100,9 +101,7 @@ impl Pty {
         unsafe {
             cmd.pre_exec(|| {
                 nix::unistd::setsid()?;
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                set_controlling_terminal(0, 0)?;
                 Ok(())
             });
         }

@@ -29,6 +29,7 @@ struct Dashboard {
     /// Its stderr (logs), for failure messages.
     log: PathBuf,
     _dir: tempfile::TempDir,
+    _containerd: Option<tempfile::TempDir>,
 }
 
 impl Dashboard {
@@ -66,7 +67,28 @@ impl Dashboard {
             addr,
             log,
             _dir: dir,
+            _containerd: None,
         }
+    }
+
+    /// Starts one on `listen` showing state root `root` alone (an empty containerd root),
+    /// requiring `token` if given.
+    fn for_root(listen: &str, token: Option<&str>, root: &std::path::Path) -> Self {
+        let containerd = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--listen",
+            listen,
+            "--root",
+            root.to_str().unwrap(),
+            "--containerd-root",
+            containerd.path().to_str().unwrap(),
+        ];
+        if let Some(t) = token {
+            args.extend(["--token", t]);
+        }
+        let mut d = Self::start(&args);
+        d._containerd = Some(containerd);
+        d
     }
 
     fn url(&self, path: &str) -> String {
@@ -380,18 +402,8 @@ fn dashboard_lists_a_host_container_in_a_browser_and_its_terminal_runs_a_command
     let b = Bundle::new(&["sleep", "1000"]);
     let id = unique_id("dash");
     h.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
-    let empty = tempfile::tempdir().unwrap();
     // A token on loopback too: the page must carry it to its assets, JSON and websocket.
-    let d = Dashboard::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--token",
-        "t0ken-42",
-        "--root",
-        h.root.path().to_str().unwrap(),
-        "--containerd-root",
-        empty.path().to_str().unwrap(),
-    ]);
+    let d = Dashboard::for_root("127.0.0.1:0", Some("t0ken-42"), h.root.path());
     let mut browser = page_lists_and_reaches(&d.url("/?token=t0ken-42"), &id, "host", &["running"]);
     // The terminal's size reaches the pty of the process it runs, and follows the window.
     for (width, height) in [(1280, 900), (900, 600)] {
@@ -437,17 +449,7 @@ fn dashboard_refuses_a_non_loopback_address_without_a_token() {
 #[test]
 fn dashboard_with_a_token_answers_401_without_it_and_200_with_it() {
     let h = Hull::new();
-    let empty = tempfile::tempdir().unwrap();
-    let d = Dashboard::start(&[
-        "--listen",
-        "0.0.0.0:0",
-        "--token",
-        "s3cret",
-        "--root",
-        h.root.path().to_str().unwrap(),
-        "--containerd-root",
-        empty.path().to_str().unwrap(),
-    ]);
+    let d = Dashboard::for_root("0.0.0.0:0", Some("s3cret"), h.root.path());
     let a = d.addr;
     for path in [
         "/",
@@ -532,15 +534,7 @@ fn dashboard_shows_a_vm_container_with_its_guest_and_its_terminal_runs_a_command
     // The guest's release, as the container sees it: the page must show the same.
     let release = h.ok(&["exec", &id, "uname", "-r"]).trim().to_string();
     assert!(release.starts_with("6.1."), "{release}");
-    let empty = tempfile::tempdir().unwrap();
-    let d = Dashboard::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--root",
-        h.root.path().to_str().unwrap(),
-        "--containerd-root",
-        empty.path().to_str().unwrap(),
-    ]);
+    let d = Dashboard::for_root("127.0.0.1:0", None, h.root.path());
     let mut browser = page_lists_and_reaches(
         &d.url("/"),
         &id,
