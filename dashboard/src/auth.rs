@@ -2,6 +2,13 @@
 //! whose state roots are root's); on any other address only requests carrying the token,
 //! as `?token=T` or `Authorization: Bearer T` (a browser's websocket cannot set headers, so
 //! the page passes it in the query).
+//!
+//! Other sites' pages in a browser on this host are kept out too: without a token a
+//! request must name a loopback host (`Host: localhost:P`, `127.0.0.1:P`, `[::1]:P`), so a
+//! site whose name was made to resolve to 127.0.0.1 (DNS rebinding) is refused; and a
+//! browser's request that says where it comes from (`Origin`) must come from this server's
+//! own page, so another site cannot open a terminal websocket (browsers apply no
+//! same-origin rule to websockets).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,12 +90,48 @@ pub fn request_token(req: &Request) -> Option<&str> {
     })
 }
 
-/// Middleware: with a token configured, a request without it gets 401.
+/// Why a request does not come from this server's own page, if it does not (see the
+/// module doc); `tokenless`: the server has no token.
+pub fn foreign_site(req: &Request, tokenless: bool) -> Option<&'static str> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(header::HOST).unwrap_or("");
+    if tokenless && !is_loopback_host(host) {
+        return Some("without a token, requests must name a loopback host (localhost, 127.0.0.1)");
+    }
+    if let Some(origin) = header(header::ORIGIN) {
+        let from = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if from != Some(host) {
+            return Some("the request comes from another site's page");
+        }
+    }
+    None
+}
+
+/// Whether `host` (a Host header: name or address, and maybe a port) is loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Middleware: a request from another site's page gets 403; with a token configured, a
+/// request without it gets 401.
 pub async fn require_token(
     State(token): State<Arc<Option<Token>>>,
     req: Request,
     next: Next,
 ) -> Response {
+    if let Some(why) = foreign_site(&req, token.is_none()) {
+        tracing::info!(path = %req.uri().path(), "refused: {why}");
+        return (StatusCode::FORBIDDEN, format!("403: {why}\n")).into_response();
+    }
     if let Some(t) = token.as_ref() {
         if !request_token(&req).is_some_and(|given| t.matches(given)) {
             tracing::info!(path = %req.uri().path(), "refused: no valid token");
@@ -134,6 +177,43 @@ mod tests {
         assert!(!t.matches("Ab-1._"));
         assert!(!t.matches("Ab-1._~x"));
         assert!(!t.matches("ab-1._~"));
+    }
+
+    fn request(host: &str, origin: Option<&str>) -> Request {
+        let mut b = Request::builder().uri("/ws/terminal").header("host", host);
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn other_sites_pages_are_refused() {
+        // Loopback names, with or without a token, from our own page or no page.
+        for host in [
+            "127.0.0.1:8930",
+            "localhost:8930",
+            "[::1]:8930",
+            "localhost",
+        ] {
+            assert_eq!(foreign_site(&request(host, None), true), None, "{host}");
+            let own = format!("http://{host}");
+            assert_eq!(
+                foreign_site(&request(host, Some(&own)), true),
+                None,
+                "{host}"
+            );
+        }
+        // DNS rebinding: another name for 127.0.0.1, with no token to stop it.
+        let rebound = request("evil.example:8930", Some("http://evil.example:8930"));
+        assert!(foreign_site(&rebound, true).is_some());
+        // With a token any name will do (the token decides), but not another site's page.
+        assert_eq!(foreign_site(&request("dash.lan:8930", None), false), None);
+        let hijack = request("127.0.0.1:8930", Some("https://evil.example"));
+        assert!(foreign_site(&hijack, true).is_some());
+        assert!(foreign_site(&hijack, false).is_some());
+        let null = request("127.0.0.1:8930", Some("null"));
+        assert!(foreign_site(&null, true).is_some());
     }
 
     #[test]

@@ -107,13 +107,19 @@ impl Drop for Dashboard {
     }
 }
 
-/// The status code and body of `GET path` with extra header lines `headers`.
+/// The status code and body of `GET path` with extra header lines `headers` (a `Host`
+/// header first replaces the default one).
 fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let host = if headers.starts_with("Host:") {
+        String::new()
+    } else {
+        format!("Host: {addr}\r\n")
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n"
+        "GET {path} HTTP/1.1\r\n{host}Connection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut resp = String::new();
@@ -501,6 +507,22 @@ fn dashboard_with_a_token_answers_401_without_it_and_200_with_it() {
     // The page served with the token links its assets with it.
     let (_, page) = get(a, "/?token=s3cret", "");
     assert!(page.contains("/assets/xterm.js?token=s3cret"), "{page}");
+}
+
+#[test]
+fn dashboard_refuses_other_sites_pages() {
+    let h = Hull::new();
+    let d = Dashboard::for_root("127.0.0.1:0", None, h.root.path());
+    let a = d.addr;
+    let own = format!("Origin: http://{a}\r\n");
+    assert_eq!(status_of(a, "/api/containers", &own), 200);
+    // A page of another site: no terminal, no JSON.
+    let other = "Origin: https://evil.example\r\n";
+    assert_eq!(status_of(a, "/api/containers", other), 403);
+    assert_eq!(status_of(a, "/ws/terminal?root=/x&id=y", other), 403);
+    // Another name resolving to 127.0.0.1 (DNS rebinding), with no token to stop it.
+    let rebound = "Host: evil.example:8930\r\nOrigin: http://evil.example:8930\r\n";
+    assert_eq!(status_of(a, "/", rebound), 403);
 }
 
 #[test]
