@@ -272,11 +272,11 @@ impl Inventory {
                     continue;
                 }
             };
-            let mut rows = Vec::new();
-            for c in listed {
-                seen.push((root.clone(), c.id.clone()));
-                rows.push(self.view(&root, c));
-            }
+            seen.extend(listed.iter().map(|c| (root.clone(), c.id.clone())));
+            // Files and /proc read here (a kernel file once): off the async workers' way.
+            let mut rows: Vec<ContainerView> = tokio::task::block_in_place(|| {
+                listed.into_iter().map(|c| self.view(&root, c)).collect()
+            });
             // Stats of the running ones, all at once.
             let stats = futures_util::future::join_all(rows.iter().map(|r| async {
                 if r.status == "running" || r.status == "paused" {
@@ -295,7 +295,7 @@ impl Inventory {
             }
             containers.extend(rows);
             if kind.starts_with("containerd:") {
-                containers.extend(shim_vm_pods(&root, self));
+                containers.extend(tokio::task::block_in_place(|| shim_vm_pods(&root, self)));
             }
             roots.push(RootView {
                 path: root,
@@ -738,6 +738,61 @@ mod tests {
         let up = uptime(&past).unwrap();
         assert!((89..=92).contains(&up), "{up}");
         assert_eq!(uptime("yesterday"), None);
+    }
+
+    #[test]
+    fn a_shim_vm_pod_shows_as_its_vm_directory_with_its_vmm() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("vm-0123456789ab");
+        std::fs::create_dir_all(dir.join("vm")).unwrap();
+        std::fs::write(
+            dir.join("vm/console.log"),
+            "[    0.000000] Linux version 6.1.77-guest (b@h) #1\n",
+        )
+        .unwrap();
+        let inv = Inventory::new("hull".into(), vec![], root.path().into());
+        let rows = shim_vm_pods(root.path(), &inv);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].status.as_str(), rows[0].vm.is_none()),
+            ("stopped", true)
+        );
+        // A stand-in VMM: its command line names the VM's directory, as QEMU's does.
+        let console = format!("path={}/vm/console.log", dir.display());
+        let mut vmm = std::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                "sleep 30",
+                "-m",
+                "384M",
+                "-smp",
+                "2",
+                "-kernel",
+                "/k/vmlinux",
+            ])
+            .arg(&console)
+            .spawn()
+            .unwrap();
+        // Until it has exec'd, its command line is ours.
+        for _ in 0..500 {
+            if cmdline(vmm.id() as i32).contains(&console) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let rows = shim_vm_pods(root.path(), &inv);
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+        let r = &rows[0];
+        assert_eq!(
+            (r.id.as_str(), r.isolation),
+            ("vm-0123456789ab", Isolation::Vm)
+        );
+        assert_eq!(r.status, "running");
+        let vm = r.vm.as_ref().unwrap();
+        assert_eq!((vm.vcpus, vm.memory_mib), (Some(2), Some(384)));
+        assert_eq!(vm.kernel_release.as_deref(), Some("6.1.77-guest"));
+        assert_eq!(vm.vmm_pid, Some(vmm.id() as i32));
     }
 
     #[test]
