@@ -322,10 +322,32 @@ impl AgentClient {
         exec_id: &str,
         process_json: &[u8],
     ) -> Result<u32> {
+        self.exec(container_id, exec_id, process_json, false)
+    }
+
+    /// Starts a process in the guest itself, as root, outside container `container_id`'s
+    /// namespaces (the guest console), addressed as that container's `exec_id`.
+    pub fn exec_in_guest(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+    ) -> Result<u32> {
+        self.exec(container_id, exec_id, process_json, true)
+    }
+
+    fn exec(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+        in_guest: bool,
+    ) -> Result<u32> {
         let req = pb::ExecProcessRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
             process_json: process_json.to_vec(),
+            in_guest,
             ..Default::default()
         };
         let r = self

@@ -391,9 +391,13 @@ impl AgentService for Agent {
         _ctx: &TtrpcContext,
         req: pb::ExecProcessRequest,
     ) -> ttrpc::Result<pb::ExecProcessResponse> {
-        let r = self
-            .container(&req.container_id)
-            .and_then(|c| c.exec(&req.exec_id, &req.process_json, &self.reaper));
+        let r = self.container(&req.container_id).and_then(|c| {
+            if req.in_guest {
+                c.exec_in_guest(&req.exec_id, &req.process_json, &self.reaper)
+            } else {
+                c.exec(&req.exec_id, &req.process_json, &self.reaper)
+            }
+        });
         if let Err(e) = &r {
             tracing::warn!(container_id = %req.container_id, exec_id = %req.exec_id, error = %e, "exec failed");
         }

@@ -225,13 +225,8 @@ impl Container {
         Ok(())
     }
 
-    /// Starts a new process inside the running container.
-    pub fn exec(
-        &self,
-        exec_id: &str,
-        process_json: &[u8],
-        reaper: &Reaper,
-    ) -> Result<Arc<Process>> {
+    /// The process description of a new exec `exec_id`: a valid id not in use, args given.
+    fn new_process(&self, exec_id: &str, process_json: &[u8]) -> Result<OciProcess> {
         validate_exec_id(exec_id)?;
         if self.execs.lock().contains_key(exec_id) {
             return Err(AgentError::ProcessExists {
@@ -239,11 +234,22 @@ impl Container {
                 exec_id: exec_id.to_string(),
             });
         }
-        let mut proc: OciProcess =
+        let proc: OciProcess =
             serde_json::from_slice(process_json).map_err(|e| spec_err(&self.id, e.to_string()))?;
         if proc.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(spec_err(&self.id, "exec process.args is empty"));
         }
+        Ok(proc)
+    }
+
+    /// Starts a new process inside the running container.
+    pub fn exec(
+        &self,
+        exec_id: &str,
+        process_json: &[u8],
+        reaper: &Reaper,
+    ) -> Result<Arc<Process>> {
+        let mut proc = self.new_process(exec_id, process_json)?;
         if proc.capabilities().is_none() {
             proc.set_capabilities(self.default_caps.clone());
         }
@@ -276,6 +282,99 @@ impl Container {
         let p = Arc::new(p?);
         self.execs.lock().insert(exec_id.to_string(), p.clone());
         tracing::info!(container_id = %self.id, exec_id, pid, "process started");
+        Ok(p)
+    }
+
+    /// Starts a process in the guest itself (the guest console): as root in the agent's own
+    /// namespaces, not the container's, as the process description says (args, env, cwd,
+    /// terminal); it is addressed as this container's `exec_id` like any exec.
+    pub fn exec_in_guest(
+        &self,
+        exec_id: &str,
+        process_json: &[u8],
+        reaper: &Reaper,
+    ) -> Result<Arc<Process>> {
+        let proc = self.new_process(exec_id, process_json)?;
+        let args = proc.args().clone().unwrap_or_default();
+        let Some(program) = args.first() else {
+            return Err(spec_err(&self.id, "exec process.args is empty"));
+        };
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(&args[1..]).env_clear().current_dir(proc.cwd());
+        for kv in proc.env().iter().flatten() {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        let terminal = proc.terminal().unwrap_or(false);
+        let guard = reaper.fork_guard();
+        let (pid, p) = if terminal {
+            let pty = nix::pty::openpty(None, None)
+                .map_err(|e| AgentError::io("openpty", std::io::Error::from(e)))?;
+            let slave = fs::File::from(pty.slave);
+            for (i, f) in [slave.try_clone(), slave.try_clone(), Ok(slave)]
+                .into_iter()
+                .enumerate()
+            {
+                let f = f.map_err(|e| AgentError::io("dup pty slave", e))?;
+                match i {
+                    0 => cmd.stdin(f),
+                    1 => cmd.stdout(f),
+                    _ => cmd.stderr(f),
+                };
+            }
+            // SAFETY: between fork and exec only async-signal-safe calls: setsid(2) and the
+            // TIOCSCTTY ioctl(2) on stdin, the pty slave, which becomes the controlling tty.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| AgentError::io(format!("start {program} in the guest"), e))?;
+            let pid = child.id() as i32;
+            drop(cmd);
+            let p = Process::with_tty(exec_id.to_string(), pid, fs::File::from(pty.master))?;
+            (pid, p)
+        } else {
+            let (child_stdio, parent) = process::stdio_pipes()?;
+            let Stdio {
+                stdin,
+                stdout,
+                stderr,
+            } = child_stdio;
+            let take = |f: Option<std::os::fd::OwnedFd>| {
+                f.map(std::process::Stdio::from)
+                    .unwrap_or_else(std::process::Stdio::null)
+            };
+            cmd.stdin(take(stdin))
+                .stdout(take(stdout))
+                .stderr(take(stderr));
+            // SAFETY: between fork and exec only setsid(2), async-signal-safe: the console
+            // process leads its own session, away from the agent's.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| AgentError::io(format!("start {program} in the guest"), e))?;
+            let pid = child.id() as i32;
+            drop(cmd);
+            (pid, Process::with_pipes(exec_id.to_string(), pid, parent))
+        };
+        // The reaper (the agent is PID 1) collects its exit, not `Child`.
+        reaper.watch(pid);
+        drop(guard);
+        let p = Arc::new(p);
+        self.execs.lock().insert(exec_id.to_string(), p.clone());
+        tracing::info!(container_id = %self.id, exec_id, pid, program = %program, "guest console process started");
         Ok(p)
     }
 

@@ -73,6 +73,16 @@ fn main() -> anyhow::Result<()> {
         init::early_mounts().context("early mounts of the guest")?;
         let n = init::load_modules().context("kernel modules")?;
         tracing::info!(modules = n, "guest set up");
+        // Named for what it is (`/proc/1/comm` would say "init"), and one line in the boot
+        // log (the serial console, `hull console --log`) saying the agent came up and when.
+        // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"hull-agent".as_ptr()) };
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+        eprintln!(
+            "hull-agent {} up (guest uptime {} s)",
+            env!("CARGO_PKG_VERSION"),
+            uptime.split_whitespace().next().unwrap_or("?")
+        );
     }
     // Before any thread: the zygote must be a one-thread copy of this process. It forks the
     // driver's spawn helpers, so that no create or exec pays for an exec of the agent.

@@ -23,8 +23,9 @@ pub struct Cli {
     /// Directory for container state.
     #[arg(long, global = true, default_value = "/run/hull")]
     pub root: PathBuf,
-    /// Log file (default: stderr).
-    #[arg(long, global = true)]
+    /// Log file (default: stderr). Before the verb, as runc takes it (`hull console` has a
+    /// `--log` of its own).
+    #[arg(long)]
     pub log: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -140,6 +141,18 @@ pub enum Command {
     },
     /// Run a new process in a container.
     Exec(ExecArgs),
+    /// A root shell (or CMD) in a vm container's pod guest, outside its containers; `--log`
+    /// prints the guest's serial console.
+    Console {
+        /// Print the guest's serial console output (boot log included) instead.
+        #[arg(long)]
+        log: bool,
+        /// Container id.
+        id: String,
+        /// Command and arguments (default: an interactive shell).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// List a container's processes.
     Ps {
         /// Output format.

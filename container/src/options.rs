@@ -52,4 +52,7 @@ pub struct ExecOptions {
     pub detach: bool,
     /// Standard streams of the new process.
     pub stdio: Stdio,
+    /// Run it in the pod's guest itself, as root, outside the container's namespaces (vm
+    /// pods: `hull console`); a host container has no guest and refuses it.
+    pub in_guest: bool,
 }

@@ -128,6 +128,11 @@ pub struct VmSection {
     /// after the VM started (CRI's app containers, a second container of a pod): QEMU's
     /// microvm has no hotplug, a slot is filled while the VM runs.
     pub disk_slots: usize,
+    /// `hull console`: a root shell in a pod's guest, outside its containers (busybox from
+    /// the host, shared into the guest when first asked for). On by default: only root on
+    /// the host reaches a pod's agent, and root there can read the guest's memory anyway;
+    /// `false` refuses it.
+    pub debug_console: bool,
 }
 
 impl Default for VmSection {
@@ -146,6 +151,7 @@ impl Default for VmSection {
             template: true,
             template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
             disk_slots: 2,
+            debug_console: true,
         }
     }
 }

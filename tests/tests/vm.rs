@@ -1170,3 +1170,89 @@ fn vms_restored_from_a_template_get_the_hosts_clock_and_their_own_randomness() {
     assert_eq!(templates(&tdir), Vec::new(), "the broken template is gone");
     nothing_left(&h);
 }
+
+#[test]
+fn the_guest_console_runs_commands_in_the_pods_guest_outside_the_container() {
+    let Some(c) = Configs::new() else { return };
+    let a = guest_artefacts().unwrap();
+    // A template-restored VM: its console log still starts with the guest's boot.
+    let tdir = c.dir.path().join("templates");
+    let cfg = c.write(
+        "console.toml",
+        &format!(
+            "{}template = true\ntemplate_dir = {:?}\n",
+            vm_config_text("vm", &a.kernel, &a.initrd),
+            tdir.to_str().unwrap()
+        ),
+    );
+    let (h, _cleanup) = hull();
+    run_ok(&h, &cfg, &Bundle::new(&["true"]), &unique_id("con-tpl"));
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = unique_id("console");
+    create_detached(&h, &cfg, &b, &id);
+    h.ok(&["start", &id]);
+    let console = |args: &[&str]| {
+        let mut all = vec!["console", id.as_str()];
+        all.extend_from_slice(args);
+        output_with_timeout(hull_cmd(&h, &cfg, &all), VM_CALL)
+    };
+    // The guest's PID 1 is the agent, its kernel the guest's; the container's own view
+    // (its pid 1 is sleep) is not where the console runs.
+    let out = console(&["--", "cat", "/proc/1/comm"]);
+    assert_eq!(stdout(&out).trim(), "hull-agent", "{}", stderr(&out));
+    let out = console(&["uname", "-r"]);
+    let release = stdout(&out).trim().to_string();
+    assert!(
+        release.starts_with("6.1.") && release != host_release(),
+        "{release}"
+    );
+    // The exit status passes through.
+    assert_eq!(console(&["sh", "-c", "exit 7"]).status.code(), Some(7));
+    // The boot log, though this VM was restored from a template.
+    let out = output_with_timeout(hull_cmd(&h, &cfg, &["console", "--log", &id]), VM_CALL);
+    assert!(stdout(&out).contains("hull-agent 0."), "{}", stdout(&out));
+    // Interactive, over a pty: a shell as root in the guest.
+    let (mut child, mut master) = spawn_on_pty(hull_cmd(&h, &cfg, &["console", &id]));
+    let mut writer = master.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    });
+    writer
+        .write_all(b"echo hull-$((6*7)) $(id -u); tty; exit 3\r")
+        .unwrap();
+    let status = wait_bounded(&mut child, VM_CALL);
+    drop(writer);
+    let text = reader.join().unwrap();
+    assert!(text.contains("hull-42 0"), "{text:?}");
+    assert!(text.contains("/dev/pts/"), "a pty in the guest: {text:?}");
+    assert_eq!(status.code(), Some(3), "{text:?}");
+    h.ok(&["delete", "--force", &id]);
+
+    // A host container has no guest; an unknown id is unknown.
+    let host_id = unique_id("conhost");
+    h.ok(&[
+        "run",
+        "-d",
+        "--bundle",
+        Bundle::new(&["sleep", "100"]).path().to_str().unwrap(),
+        &host_id,
+    ]);
+    fails_with(
+        &output_with_timeout(h.cmd(&["console", &host_id]), VM_CALL),
+        &[&host_id, "no guest", "hull exec"],
+    );
+    h.ok(&["delete", "--force", &host_id]);
+    fails_with(
+        &output_with_timeout(h.cmd(&["console", "no-such-container"]), VM_CALL),
+        &["no-such-container", "does not exist"],
+    );
+    nothing_left(&h);
+}

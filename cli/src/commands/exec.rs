@@ -12,17 +12,29 @@ use crate::foreground::{become_subreaper, block_forwarded, forward_signals_with,
 /// `hull exec`.
 pub fn run(g: &Globals, a: ExecArgs) -> Result<i32> {
     let target = Target::of(g, &a.id);
+    let bundle = || target.bundle(&a.id);
+    let process = exec_process(&bundle, &a)?;
+    start(&target, &a.id, process, &a, false)
+}
+
+/// Runs `process` in container `id` of `target` as `hull exec` does (`in_guest`: in its pod's
+/// guest instead, for `hull console`), in the foreground unless `a.detach`; its exit code.
+pub(super) fn start(
+    target: &Target,
+    id: &str,
+    process: Process,
+    a: &ExecArgs,
+    in_guest: bool,
+) -> Result<i32> {
     let sandbox = target.containers();
-    let remote = match &target {
+    let remote = match target {
         Target::Served(r) => Some(r),
         Target::Host(_) => None,
     };
-    let bundle = || target.bundle(&a.id);
-    let process = exec_process(&bundle, &a)?;
     let terminal = process.terminal().unwrap_or(false);
     if a.detach {
         sandbox.exec(
-            &a.id,
+            id,
             ExecOptions {
                 process,
                 pid_file: a.pid_file.clone(),
@@ -30,15 +42,16 @@ pub fn run(g: &Globals, a: ExecArgs) -> Result<i32> {
                 preserve_fds: a.preserve_fds,
                 detach: true,
                 stdio: Stdio::default(),
+                in_guest,
             },
         )?;
         return Ok(0);
     }
     become_subreaper()?;
     let root = std::env::temp_dir();
-    let fg = Foreground::new(&root, &a.id, terminal, a.console_socket.clone())?;
+    let fg = Foreground::new(&root, id, terminal, a.console_socket.clone())?;
     let pid = sandbox.exec(
-        &a.id,
+        id,
         ExecOptions {
             process,
             pid_file: a.pid_file.clone(),
@@ -46,13 +59,14 @@ pub fn run(g: &Globals, a: ExecArgs) -> Result<i32> {
             preserve_fds: a.preserve_fds,
             detach: fg.detached(),
             stdio: fg.stdio()?,
+            in_guest,
         },
     )?;
     block_forwarded();
     let attached = fg.attach()?;
     {
         // kill(2) for a host process; the sandbox server for a vm one.
-        let id = a.id.clone();
+        let id = id.to_string();
         let sb = remote.cloned();
         forward_signals_with(move |sig| match &sb {
             Some(r) => {
@@ -63,7 +77,7 @@ pub fn run(g: &Globals, a: ExecArgs) -> Result<i32> {
             }
         });
     }
-    let status = sandbox.wait(&a.id, pid)?;
+    let status = sandbox.wait(id, pid)?;
     attached.finish();
     Ok(status.code())
 }

@@ -14,6 +14,7 @@ use crate::server::{self, ServedContainer};
 use crate::{guard, logging};
 
 mod check;
+mod console;
 mod create;
 mod dashboard;
 mod delete;
@@ -109,6 +110,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Kill { all, id, signal } => kill::run(&g, &id, &signal, all),
         Command::Delete { force, id } => delete::run(&g, &id, force),
         Command::Exec(a) => exec::run(&g, a),
+        Command::Console { log, id, command } => console::run(&g, &id, log, command),
         Command::Ps {
             format,
             id,

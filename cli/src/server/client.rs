@@ -87,6 +87,12 @@ pub struct ServedContainer {
 }
 
 impl ServedContainer {
+    /// The guest's serial console output so far, boot log included (`hull console --log`).
+    pub fn console_log(&self, id: &str) -> Result<String> {
+        self.check(id)?;
+        ask!(self, Request::ConsoleLog, Answer::Text(t) => t)
+    }
+
     /// The container `id` under the state root `root`.
     pub fn new(root: &Path, id: &str) -> Self {
         ServedContainer {
@@ -211,6 +217,7 @@ impl Containers for ServedContainer {
         let request = Request::Exec {
             process: Box::new(opts.process),
             console_socket: opts.console_socket,
+            in_guest: opts.in_guest,
         };
         let guest_pid = match self.call(request, &fds, Some(CALL_TIMEOUT))? {
             Answer::Started { guest_pid } => guest_pid,

@@ -220,9 +220,11 @@ impl Server {
                     .ok_or_else(|| self.no_process(pid))?;
                 self.vm.signal(id, guest, to_signal(signal)?).map(done)
             }
+            Request::ConsoleLog => self.vm.console_log().map(Answer::Text),
             Request::Exec {
                 process,
                 console_socket,
+                in_guest,
             } => {
                 let mut fds = fds.into_iter();
                 let stdio = Stdio {
@@ -237,6 +239,7 @@ impl Server {
                         console_socket,
                         detach: true,
                         stdio,
+                        in_guest,
                         ..Default::default()
                     },
                 )?;

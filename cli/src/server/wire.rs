@@ -68,7 +68,12 @@ pub enum Request {
         process: Box<Process>,
         /// Where its pty master goes, for a terminal.
         console_socket: Option<PathBuf>,
+        /// Run it in the pod's guest, outside the container (`hull console`).
+        #[serde(default)]
+        in_guest: bool,
     },
+    /// The guest's serial console output so far (boot log included). [`Answer::Text`]
+    ConsoleLog,
     /// A mirror the calling verb forked stands for a guest process. [`Answer::Done`]
     Register {
         /// The mirror's (host) pid.
@@ -122,6 +127,8 @@ pub enum Mirrored {
 pub enum Answer {
     /// Done; nothing to report.
     Done,
+    /// Text (the guest's console log).
+    Text(String),
     /// The container's state.
     State(Box<ContainerState>),
     /// An exec'd process runs.
@@ -277,7 +284,9 @@ mod tests {
             Request::Exec {
                 process: Box::new(process),
                 console_socket: Some("/tmp/console.sock".into()),
+                in_guest: true,
             },
+            Request::ConsoleLog,
             Request::Register {
                 mirror: 7,
                 of: Mirrored::Init,

@@ -283,8 +283,15 @@ impl QemuHypervisor {
             s(&cfg.initrd),
             "-append".into(),
             self.kernel_cmdline(),
+            // Appended to, so that a VM restored from a template keeps the template's boot
+            // log before its own output (see `spawn`).
+            "-chardev".into(),
+            format!(
+                "file,id=serial0,path={},append=on",
+                s(&self.console_log()).replace(',', ",,")
+            ),
             "-serial".into(),
-            format!("file:{}", s(&self.console_log())),
+            "chardev:serial0".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", s(&self.qmp_socket())),
             "-device".into(),
@@ -506,6 +513,10 @@ impl QemuHypervisor {
                 self.config.agent_call_timeout,
             )?;
             self.save_state(&staging.join("state"))?;
+            // The guest's boot log goes with the template: VMs restored from it show it.
+            if let Err(e) = std::fs::copy(self.console_log(), staging.join(template::BOOT_LOG)) {
+                tracing::debug!("keep the template's boot log: {e}");
+            }
             // QEMU goes with the connection still open: restored guests find their agent
             // reading it, and the host's new connection continues the stream.
             self.process.kill();
@@ -578,7 +589,15 @@ impl QemuHypervisor {
         self.remove_sockets();
         let log = File::create(self.qemu_log())
             .map_err(|e| HypervisorError::io(format!("create {:?}", self.qemu_log()), e))?;
+        // A fresh console log; a restored guest's starts with its template's boot log.
         let _ = std::fs::remove_file(self.console_log());
+        if let Start::Restore { state, .. } = &self.start {
+            if let Some(boot_log) = state.parent().map(|t| t.join(template::BOOT_LOG)) {
+                if let Err(e) = std::fs::copy(&boot_log, self.console_log()) {
+                    tracing::debug!(?boot_log, "no boot log of the template: {e}");
+                }
+            }
+        }
 
         let binary = qemu_binary();
         let mut cmd = Command::new(&binary);
@@ -886,7 +905,13 @@ mod tests {
         assert!(a.contains("virtserialport,chardev=agent,name=agent.0"));
         assert!(a.contains("-fsdev local,id=fs0,path=/srv/rootfs,security_model=none"));
         assert!(a.contains("virtio-9p-device,fsdev=fs0,mount_tag=rootfs"));
-        assert!(a.contains("-serial file:/run/hull/vm1/console.log"));
+        assert!(
+            a.contains(
+                "-chardev file,id=serial0,path=/run/hull/vm1/console.log,append=on \
+                 -serial chardev:serial0"
+            ),
+            "{a}"
+        );
     }
 
     /// `n` NICs on stand-in fds (/dev/null: the command line only names their numbers).

@@ -18,6 +18,9 @@ use std::time::SystemTime;
 
 use crate::error::{HypervisorError, Result};
 
+/// The guest's console output up to the template's save (its boot log), kept beside it.
+pub const BOOT_LOG: &str = "console.log";
+
 /// How many templates a root keeps (each holds up to its guest's touched memory on disk).
 pub const KEEP: usize = 3;
 /// Bump when the layout or what a template holds changes.

@@ -13,7 +13,7 @@ use oci_spec::runtime::LinuxResources;
 
 use super::{ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Sig, Stats};
 use crate::config::Isolation;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Where a host pod's create and exec run (libcontainer clones container processes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +90,12 @@ impl Containers for HostPod {
     }
 
     fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32> {
+        if opts.in_guest {
+            return Err(Error::invalid(format!(
+                "container {id} runs on the host's kernel: it has no guest to open a console \
+                 in (use hull exec to run a command in the container)"
+            )));
+        }
         match self.spawner {
             Spawner::InProcess => Ok(self.root.exec(id, opts)?),
             Spawner::Helper => Ok(self.root.exec_in_helper(id, opts)?),

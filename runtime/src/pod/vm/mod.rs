@@ -29,6 +29,7 @@ use crate::config::{Isolation, VmSection};
 use crate::error::{Error, Result};
 
 mod boot;
+mod console;
 mod devices;
 mod network;
 mod oom;
@@ -338,11 +339,18 @@ impl Containers for VmPod {
         }
         let agent = self.agent()?;
         let exec_id = format!("exec-{}", self.exec_seq.fetch_add(1, Ordering::SeqCst) + 1);
+        let mut opts = opts;
+        if opts.in_guest {
+            self.prepare_console(id, &mut opts.process)?;
+        }
         let json = serde_json::to_vec(&opts.process)
             .map_err(|e| Error::invalid(format!("exec in {id}: process: {e}")))?;
-        let pid = agent
-            .exec_process(id, &exec_id, &json)
-            .map_err(|e| vm_err(format!("exec in container {id}"), e))? as i32;
+        let started = if opts.in_guest {
+            agent.exec_in_guest(id, &exec_id, &json)
+        } else {
+            agent.exec_process(id, &exec_id, &json)
+        };
+        let pid = started.map_err(|e| vm_err(format!("exec in container {id}"), e))? as i32;
         let terminal = opts.process.terminal().unwrap_or(false);
         let proc_ = match self.relay(
             &agent,

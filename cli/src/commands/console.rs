@@ -1,0 +1,59 @@
+//! `hull console`: a root shell (or a command) in the guest of a vm container's pod, outside
+//! its containers, through the pod's agent (Kata's debug console); `--log` prints the guest's
+//! serial console. A host container has no guest: refused, pointing at `hull exec`.
+
+use hull_runtime::pod::Containers;
+use oci_spec::runtime::Process;
+
+use super::{exec, Globals, Target};
+use crate::args::ExecArgs;
+use crate::error::{Error, Result};
+
+/// `hull console [--log] ID [CMD...]`.
+pub fn run(g: &Globals, id: &str, log: bool, command: Vec<String>) -> Result<i32> {
+    let target = Target::of(g, id);
+    let served = match &target {
+        Target::Served(s) => s,
+        Target::Host(p) => {
+            // An unknown id says so; a host container is told where to go.
+            p.state(id)?;
+            return Err(Error::InvalidInput(format!(
+                "container {id} runs on the host's kernel: it has no guest to open a console in \
+                 (use hull exec to run a command in the container)"
+            )));
+        }
+    };
+    if log {
+        print!("{}", served.console_log(id)?);
+        return Ok(0);
+    }
+    let tty = nix::unistd::isatty(0).unwrap_or(false);
+    let mut process = Process::default();
+    process.set_args(Some(if command.is_empty() {
+        vec!["sh".into()]
+    } else {
+        command
+    }));
+    process.set_terminal(Some(tty));
+    process.set_console_size(None);
+    let a = ExecArgs {
+        console_socket: None,
+        cwd: None,
+        env: Vec::new(),
+        tty,
+        user: None,
+        additional_gids: Vec::new(),
+        process: None,
+        detach: false,
+        pid_file: None,
+        process_label: None,
+        apparmor: None,
+        no_new_privs: false,
+        cap: Vec::new(),
+        preserve_fds: 0,
+        ignore_paused: false,
+        id: id.to_string(),
+        command: Vec::new(),
+    };
+    exec::start(&target, id, process, &a, true)
+}
