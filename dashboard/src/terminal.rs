@@ -25,15 +25,15 @@ const HANGUP_GRACE: Duration = Duration::from_secs(2);
 nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
 nix::ioctl_write_int_bad!(set_controlling_terminal, libc::TIOCSCTTY);
 
-/// The command a terminal into container `id` of state root `root` runs. A vm container
-/// should get `hull console ID` (a shell in the pod's guest) once that verb is on main;
-/// until then both isolations get a shell in the container.
+/// The command a terminal into container `id` of state root `root` runs: for a vm
+/// container `hull console ID`, a root shell in the pod's guest outside its containers
+/// (the pod that will not answer is reached there); for a host container a shell in the
+/// container, `hull exec -t ID /bin/sh`.
 pub fn shell_command(hull: &Path, root: &Path, id: &str, isolation: Isolation) -> Command {
     let mut cmd = Command::new(hull);
     cmd.arg("--root").arg(root);
     match isolation {
-        // Switch to `["console", id]` when `hull console` lands.
-        Isolation::Vm => cmd.args(["exec", "-t", id, "/bin/sh"]),
+        Isolation::Vm => cmd.args(["console", id]),
         Isolation::Host => cmd.args(["exec", "-t", id, "/bin/sh"]),
     };
     cmd

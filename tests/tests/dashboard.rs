@@ -5,9 +5,8 @@
 //! policy: a non-loopback address without a token is refused; with a token every request
 //! must carry it.
 //!
-//! The terminal runs `hull exec -t ID /bin/sh` for host and vm containers alike (the
-//! dashboard's `terminal::shell_command`: vm containers move to `hull console` once it
-//! lands).
+//! The terminal runs `hull exec -t ID /bin/sh` for a host container, and `hull console ID`
+//! (a shell in the pod's guest, outside the container) for a vm container.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -563,15 +562,16 @@ fn dashboard_shows_a_vm_container_with_its_guest_and_its_terminal_runs_a_command
         "vm",
         &[&format!("kernel {release}"), "1 vCPU", "256 MiB", "running"],
     );
-    // The terminal's shell runs on the guest's kernel, not the host's.
+    // The terminal's shell runs in the guest (on its kernel, not the host's), outside the
+    // container: the guest's PID 1 is the agent.
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_ne!(host.trim(), release);
-    browser.type_line("echo kernel-$(uname -r)-end");
+    browser.type_line("echo kernel-$(uname -r)-init-$(cat /proc/1/comm)-end");
     browser.wait_for("the guest's release in the terminal", TERMINAL_TEXT, |t| {
-        t.contains(&format!("kernel-{release}-end"))
+        t.contains(&format!("kernel-{release}-init-hull-agent-end"))
     });
-    // The window's size reaches the terminal's pty (`hull exec -t` does not pass it on
-    // into the container yet: `stty size` there says 0 0, for host and vm alike).
+    // The window's size reaches the terminal's pty. (`hull console` and `hull exec -t` do
+    // not pass it on into the guest's or the container's pty yet: `stty size` there fails.)
     let size = resize_window(&mut browser, 900, 600);
     assert!(
         wait_until(Duration::from_secs(20), || pty_sizes_under(d.child.id())
