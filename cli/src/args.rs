@@ -210,6 +210,12 @@ pub enum Command {
     Features,
     /// Say what this host can run (host and vm isolation) and why.
     Check,
+    /// Serve a web page of this host's containers (runs hull-dashboard; see its --help).
+    Dashboard {
+        /// hull-dashboard's arguments (--listen ADDR, --token T, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The sandbox server of a vm container (started by `create`; not for people).
     #[command(hide = true)]
     SandboxServer {

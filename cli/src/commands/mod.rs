@@ -16,6 +16,7 @@ use crate::{guard, logging};
 mod check;
 mod console;
 mod create;
+mod dashboard;
 mod delete;
 mod events;
 mod exec;
@@ -127,6 +128,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Spec { rootless, bundle } => spec::run(rootless, &bundle),
         Command::Check => check::run(&g),
         Command::Features => features::run(),
+        Command::Dashboard { args } => dashboard::run(&g, &args),
         Command::SandboxServer {
             id,
             bundle,
