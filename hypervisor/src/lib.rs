@@ -164,7 +164,12 @@ pub struct VmConfig {
     /// Host PCI devices passed through with VFIO (each bound to `vfio-pci`). A VM with them
     /// boots cold on a machine with a PCIe bus (a template's guest has not seen them).
     pub pci_devices: Vec<PciDevice>,
+    /// QEMU TCG's translation buffer in MiB (TCG only; QEMU's own default is 1 GiB).
+    pub tcg_tb_mib: u32,
 }
+
+/// The TCG translation buffer a VM gets unless configured: what a pod's guest runs fits.
+pub const DEFAULT_TCG_TB_MIB: u32 = 64;
 
 /// The serial of empty disk slot `index` (see [`VmConfig::disk_slots`]): the agent finds the
 /// disk attached there by it.
@@ -196,6 +201,7 @@ impl VmConfig {
             disks: Vec::new(),
             disk_slots: 0,
             pci_devices: Vec::new(),
+            tcg_tb_mib: DEFAULT_TCG_TB_MIB,
         }
     }
 

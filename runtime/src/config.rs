@@ -133,6 +133,9 @@ pub struct VmSection {
     /// the host reaches a pod's agent, and root there can read the guest's memory anyway;
     /// `false` refuses it.
     pub debug_console: bool,
+    /// QEMU TCG's translation buffer per VM, in MiB (TCG only): the largest part of an idle
+    /// pod's memory, filled as guest code is first run.
+    pub tcg_tb_mib: u32,
 }
 
 impl Default for VmSection {
@@ -152,6 +155,7 @@ impl Default for VmSection {
             template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
             disk_slots: 2,
             debug_console: true,
+            tcg_tb_mib: hull_hypervisor::DEFAULT_TCG_TB_MIB,
         }
     }
 }
@@ -277,6 +281,7 @@ impl VmSection {
         c.extra_cmdline = self.kernel_params.clone();
         c.template_dir = self.template.then(|| self.template_dir.clone());
         c.disk_slots = self.disk_slots;
+        c.tcg_tb_mib = self.tcg_tb_mib.max(1);
         Ok(c)
     }
 }

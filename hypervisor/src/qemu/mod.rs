@@ -267,10 +267,10 @@ impl QemuHypervisor {
                 }
             ),
             "-accel".into(),
-            // TCG's translation buffer defaults to 1 GiB of host memory per VM; 64 MiB holds
-            // what a pod's guest runs.
+            // TCG's translation buffer defaults to 1 GiB of host memory per VM; the config's
+            // (64 MiB by default) holds what a pod's guest runs.
             match self.accel() {
-                "tcg" => "tcg,tb-size=64".to_string(),
+                "tcg" => format!("tcg,tb-size={}", cfg.tcg_tb_mib),
                 a => a.to_string(),
             },
             "-m".into(),
