@@ -311,6 +311,24 @@ impl Container {
         let (pid, p) = if terminal {
             let pty = nix::pty::openpty(None, None)
                 .map_err(|e| AgentError::io("openpty", std::io::Error::from(e)))?;
+            if let Some(size) = proc.console_size() {
+                let ws = libc::winsize {
+                    ws_row: size.height() as u16,
+                    ws_col: size.width() as u16,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                use std::os::fd::AsRawFd;
+                // SAFETY: TIOCSWINSZ reads one `winsize` from the live local.
+                unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            }
+            // Neither end may leak into the process beyond its stdio (dup2 clears the flag on
+            // the copies it makes).
+            for fd in [&pty.master, &pty.slave] {
+                use std::os::fd::AsRawFd;
+                // SAFETY: F_SETFD on a descriptor this function owns.
+                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
             let slave = fs::File::from(pty.slave);
             for (i, f) in [slave.try_clone(), slave.try_clone(), Ok(slave)]
                 .into_iter()

@@ -34,10 +34,66 @@ impl Drop for RawMode {
     }
 }
 
-/// Copy stdin -> master and master -> stdout on background threads.
-/// The output thread is returned so the caller can drain it after the process exits.
+/// hull's own terminal size (stdin's) as a process's `consoleSize`, so that the process's pty
+/// has it from the start (`None` when stdin is no terminal).
+pub fn console_size() -> Option<oci_spec::runtime::Box> {
+    let ws = window_size(0)?;
+    oci_spec::runtime::BoxBuilder::default()
+        .height(u64::from(ws.ws_row))
+        .width(u64::from(ws.ws_col))
+        .build()
+        .ok()
+}
+
+/// The window size of terminal `fd`, if it is one with a size.
+fn window_size(fd: i32) -> Option<libc::winsize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the live local.
+    let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && (ws.ws_row, ws.ws_col) != (0, 0)).then_some(ws)
+}
+
+/// Keeps the pty behind `master` the size of hull's own terminal (stdin): now, and on every
+/// change (polled: SIGWINCH is the container's, forwarded to it), until `done`.
+fn follow_window_size(master: std::fs::File, done: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    let apply = move |ws: &libc::winsize| {
+        // SAFETY: TIOCSWINSZ reads one `winsize` from the live reference; on a pty master it
+        // sets the pty's size (the process behind it gets SIGWINCH from the kernel).
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, ws) };
+    };
+    let Some(mut last) = window_size(0) else {
+        return; // stdin is no terminal: nothing to follow
+    };
+    apply(&last);
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if let Some(ws) = window_size(0) {
+                if (ws.ws_row, ws.ws_col) != (last.ws_row, last.ws_col) {
+                    apply(&ws);
+                    last = ws;
+                }
+            }
+        }
+    });
+}
+
+/// Copy stdin -> master and master -> stdout on background threads, keeping the pty the
+/// size of hull's terminal. The output thread is returned so the caller can drain it after
+/// the process exits.
 pub fn proxy(master: OwnedFd) -> std::thread::JoinHandle<()> {
     let out = std::fs::File::from(master);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Ok(m) = out.try_clone() {
+        follow_window_size(m, done.clone());
+    }
     let input = out.try_clone();
     if let Ok(mut input) = input {
         std::thread::spawn(move || {
@@ -61,5 +117,6 @@ pub fn proxy(master: OwnedFd) -> std::thread::JoinHandle<()> {
             }
             let _ = stdout.flush();
         }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
     })
 }

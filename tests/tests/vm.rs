@@ -1225,14 +1225,36 @@ fn the_guest_console_runs_commands_in_the_pods_guest_outside_the_container() {
         }
         text
     });
+    // The window size follows hull's terminal into the guest.
+    let ws = libc::winsize {
+        ws_row: 30,
+        ws_col: 90,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the live local.
+    unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&writer),
+            libc::TIOCSWINSZ,
+            &ws,
+        )
+    };
+    std::thread::sleep(Duration::from_millis(600));
     writer
-        .write_all(b"echo hull-$((6*7)) $(id -u); tty; exit 3\r")
+        .write_all(b"echo hull-$((6*7)) $(id -u); tty; stty size; ls -l /proc/self/fd/; exit 3\r")
         .unwrap();
     let status = wait_bounded(&mut child, VM_CALL);
     drop(writer);
     let text = reader.join().unwrap();
     assert!(text.contains("hull-42 0"), "{text:?}");
     assert!(text.contains("/dev/pts/"), "a pty in the guest: {text:?}");
+    assert!(text.contains("30 90"), "the window size: {text:?}");
+    // Nothing of the agent's leaks into the shell (its pty pair, its channels).
+    assert!(
+        !text.contains("ptmx") && !text.contains("vport") && !text.contains("socket:"),
+        "open fds: {text:?}"
+    );
     assert_eq!(status.code(), Some(3), "{text:?}");
     h.ok(&["delete", "--force", &id]);
 

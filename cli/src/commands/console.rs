@@ -35,7 +35,11 @@ pub fn run(g: &Globals, id: &str, log: bool, command: Vec<String>) -> Result<i32
         command
     }));
     process.set_terminal(Some(tty));
-    process.set_console_size(None);
+    process.set_console_size(if tty {
+        crate::console::console_size()
+    } else {
+        None
+    });
     let a = ExecArgs {
         console_socket: None,
         cwd: None,

@@ -100,7 +100,11 @@ fn exec_process(bundle: &dyn Fn() -> Result<std::path::PathBuf>, a: &ExecArgs) -
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
-    p.set_console_size(None);
+    p.set_console_size(if a.tty {
+        crate::console::console_size()
+    } else {
+        None
+    });
     if let Some(cwd) = &a.cwd {
         p.set_cwd(cwd.into());
     }
