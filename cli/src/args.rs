@@ -69,7 +69,7 @@ pub enum Format {
 }
 
 /// Options shared by `create` and `run`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CreateArgs {
     /// Bundle directory (holds config.json).
     #[arg(short, long, default_value = ".")]

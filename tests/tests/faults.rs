@@ -567,3 +567,56 @@ fn a_killed_mirror_of_a_vm_container_ends_it_and_state_says_so() {
         processes_mentioning(&h.root.path().to_string_lossy()).is_empty()
     }));
 }
+
+#[test]
+fn a_foreground_vm_run_is_listed_and_a_killed_one_is_cleaned_up_by_delete() {
+    let Some(a) = guest_artefacts() else { return };
+    let h = Hull::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vm.toml");
+    std::fs::write(&cfg, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
+    let id = unique_id("vmfg");
+    let b = bundle(&marked(&id, SLEEP), |_| {});
+    let mut run = h
+        .cmd(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Running in the foreground, it is a container like any other: listed, with a state.
+    assert!(
+        wait_until(Duration::from_secs(60), || h
+            .run(&["state", &id])
+            .status
+            .success()
+            && h.state(&id)["status"] == "running"),
+        "the foreground vm container never showed as running"
+    );
+    assert!(h.ok(&["list", "-q"]).lines().any(|l| l == id));
+    // `hull run` killed: the container stays reachable, and delete removes all of it.
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(h.state(&id)["status"], "running");
+    h.ok(&["delete", "--force", &id]);
+    assert!(!h.has_state(&id));
+    assert!(wait_until(Duration::from_secs(10), || {
+        processes_mentioning(&h.root.path().to_string_lossy()).is_empty()
+    }));
+    let root = h.root.path().to_string_lossy().into_owned();
+    assert!(
+        mounts_mentioning(&root).is_empty(),
+        "{:?}",
+        mounts_mentioning(&root)
+    );
+    assert!(
+        std::fs::read_dir(h.root.path()).unwrap().next().is_none(),
+        "the state root is empty"
+    );
+}

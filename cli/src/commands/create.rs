@@ -18,7 +18,7 @@ use crate::server::{Mirrored, ServedContainer};
 pub fn run(g: &Globals, a: &CreateArgs) -> Result<i32> {
     let (isolation, _, _) = isolation_of(g.config.as_deref(), &a.bundle)?;
     if isolation == Isolation::Vm {
-        create_vm_detached(g, a)?;
+        create_vm_detached(g, a).map(|_mirror| ())?;
         return Ok(0);
     }
     g.host_pod()
@@ -29,7 +29,7 @@ pub fn run(g: &Globals, a: &CreateArgs) -> Result<i32> {
 /// `hull create` (or `run -d`) of a vm container: start its sandbox server, detached, wait
 /// until it has created the container (or failed, with its reason), then fork the init's
 /// mirror, a descendant of this process as the caller's subreaper wants, and write its pid.
-pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<()> {
+pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<i32> {
     use std::os::unix::process::CommandExt;
     // The bundle's spec was read and checked by `isolation_of`.
     hull_container::validate_id(&a.id)?;
@@ -97,12 +97,14 @@ pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<()> {
         why => return Err(fail(Error::Server(why.to_string()))),
     }
     let served = ServedContainer::new(&g.root, &a.id);
-    if let Err(e) = served.mirror(Mirrored::Init, a.pid_file.as_deref()) {
-        // A container nobody can wait for is no use: it goes, and with it everything.
-        let _ = served.delete(&a.id, true);
-        return Err(e.into());
+    match served.mirror(Mirrored::Init, a.pid_file.as_deref()) {
+        Ok(mirror) => Ok(mirror),
+        Err(e) => {
+            // A container nobody can wait for is no use: it goes, and with it everything.
+            let _ = served.delete(&a.id, true);
+            Err(e.into())
+        }
     }
-    Ok(())
 }
 
 /// The isolation a bundle asks for (its annotation, else the config, else host), with the

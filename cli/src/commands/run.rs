@@ -1,9 +1,10 @@
 //! `hull run`: create, start and (unless detached) wait for a container, then delete it. A
-//! foreground vm container's VM is owned by this process; a detached one's by its sandbox
-//! server, as after `create`.
+//! vm container's VM is owned by its sandbox server, as after `create`, in the foreground too:
+//! the container is then listed, reachable by every verb, and cleaned up by `delete` if this
+//! process is killed.
 
-use hull_runtime::config::{Config, Isolation};
-use hull_runtime::pod::{Containers, HostPod, Pod, Stdio, VmPod};
+use hull_runtime::config::Isolation;
+use hull_runtime::pod::{Containers, HostPod};
 
 use super::create::{create_options, create_vm_detached, isolation_of};
 use super::Globals;
@@ -16,7 +17,7 @@ use crate::server::ServedContainer;
 
 /// `hull run`.
 pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32> {
-    let (isolation, cfg, spec) = isolation_of(g.config.as_deref(), &a.bundle)?;
+    let (isolation, _, spec) = isolation_of(g.config.as_deref(), &a.bundle)?;
     if isolation == Isolation::Vm {
         if detach {
             create_vm_detached(g, a)?;
@@ -27,7 +28,12 @@ pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32>
             }
             return Ok(0);
         }
-        return run_vm_container(g, a, cfg, &spec);
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        return run_vm_container(g, a, keep, terminal);
     }
     // Whether a foreground container wants a terminal (read once with the spec).
     let terminal = spec
@@ -38,58 +44,50 @@ pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32>
     run_container(&g.host_pod(), a, detach, keep, terminal)
 }
 
-/// `hull run` in vm mode: this process owns the pod's VM for the container's lifetime.
-/// `--keep` has no meaning here: the VM, and so the container, cannot outlive this process.
-fn run_vm_container(
-    g: &Globals,
-    a: &CreateArgs,
-    cfg: Config,
-    spec: &oci_spec::runtime::Spec,
-) -> Result<i32> {
-    let terminal = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    // The VM's relays are threads: block before the first of them starts.
-    block_forwarded();
-    // This process owns the pod: its VM lives as long as the container runs.
-    let pod = VmPod::new(&g.root, &a.id, cfg.vm);
-    std::fs::create_dir_all(&g.root).map_err(|e| Error::io(&g.root, e))?;
+/// `hull run` of a vm container in the foreground: its sandbox server (as `create` starts one)
+/// owns the VM and takes this process's stdio (or, with a terminal, hands this process the pty);
+/// this process starts the container, passes signals on, waits for the init's mirror (its
+/// child: the mirror exits with the guest init's status) and deletes the container unless
+/// `keep`.
+fn run_vm_container(g: &Globals, a: &CreateArgs, keep: bool, terminal: bool) -> Result<i32> {
+    become_subreaper()?;
     let fg = Foreground::new(&g.root, &a.id, terminal, a.console_socket.clone())?;
-    let mut opts = create_options(a, false, fg.console_socket.clone());
-    opts.stdio = Stdio::default();
-    pod.start_pod(&a.bundle)?;
-    let pid = match pod.create(opts) {
-        Ok(pid) => pid,
-        Err(e) => {
-            let _ = pod.stop_pod();
-            return Err(e.into());
-        }
-    };
+    let mut served_args = a.clone();
+    served_args.console_socket = fg.console_socket.clone();
+    let mirror = create_vm_detached(g, &served_args)?;
+    let remote = ServedContainer::new(&g.root, &a.id);
+    // The pty proxy's threads start in attach: block first.
+    block_forwarded();
     let attached = match fg.attach() {
         Ok(t) => t,
         Err(e) => {
-            let _ = pod.stop_pod();
+            let _ = remote.delete(&a.id, true);
             return Err(e);
         }
     };
-    if let Err(e) = pod.start(&a.id) {
-        let _ = pod.stop_pod();
-        return Err(e.into());
-    }
-    let sandbox = pod;
-    let sandbox = std::sync::Arc::new(sandbox);
     {
-        let (sb, id) = (std::sync::Arc::clone(&sandbox), a.id.clone());
+        let (r, id) = (remote.clone(), a.id.clone());
         forward_signals_with(move |sig| {
-            let _ = sb.kill(&id, sig.into(), false);
+            let _ = r.kill(&id, sig.into(), false);
         });
     }
-    let status = sandbox.wait(&a.id, pid);
+    if let Err(e) = remote.start(&a.id) {
+        let _ = remote.delete(&a.id, true);
+        return Err(e.into());
+    }
+    let code = loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(mirror), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("wait for the container's mirror", e)),
+        }
+    };
     attached.finish();
-    sandbox.stop_pod()?;
-    Ok(status?.code())
+    if !keep {
+        remote.delete(&a.id, true)?;
+    }
+    Ok(code)
 }
 
 fn run_container(
