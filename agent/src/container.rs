@@ -307,20 +307,20 @@ impl Container {
             }
         }
         let terminal = proc.terminal().unwrap_or(false);
-        let guard = reaper.fork_guard();
-        let (pid, p) = if terminal {
+        // The agent's end: the pty master, or the far ends of three pipes.
+        enum AgentEnd {
+            Tty(fs::File),
+            Pipes(ParentStdio),
+        }
+        let agent_end = if terminal {
             let pty = nix::pty::openpty(None, None)
                 .map_err(|e| AgentError::io("openpty", std::io::Error::from(e)))?;
             if let Some(size) = proc.console_size() {
-                let ws = libc::winsize {
-                    ws_row: size.height() as u16,
-                    ws_col: size.width() as u16,
-                    ws_xpixel: 0,
-                    ws_ypixel: 0,
-                };
-                use std::os::fd::AsRawFd;
-                // SAFETY: TIOCSWINSZ reads one `winsize` from the live local.
-                unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                let (rows, cols) = (size.height() as u16, size.width() as u16);
+                let master = std::os::fd::AsFd::as_fd(&pty.master);
+                if let Err(e) = hull_container::console::set_window_size(master, rows, cols) {
+                    tracing::debug!("console size of a guest process: {e}");
+                }
             }
             // Neither end may leak into the process beyond its stdio (dup2 clears the flag on
             // the copies it makes).
@@ -330,34 +330,13 @@ impl Container {
                 unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
             }
             let slave = fs::File::from(pty.slave);
-            for (i, f) in [slave.try_clone(), slave.try_clone(), Ok(slave)]
-                .into_iter()
-                .enumerate()
-            {
-                let f = f.map_err(|e| AgentError::io("dup pty slave", e))?;
-                match i {
-                    0 => cmd.stdin(f),
-                    1 => cmd.stdout(f),
-                    _ => cmd.stderr(f),
-                };
-            }
-            // SAFETY: between fork and exec only async-signal-safe calls: setsid(2) and the
-            // TIOCSCTTY ioctl(2) on stdin, the pty slave, which becomes the controlling tty.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .spawn()
-                .map_err(|e| AgentError::io(format!("start {program} in the guest"), e))?;
-            let pid = child.id() as i32;
-            drop(cmd);
-            let p = Process::with_tty(exec_id.to_string(), pid, fs::File::from(pty.master))?;
-            (pid, p)
+            let dup = || {
+                slave
+                    .try_clone()
+                    .map_err(|e| AgentError::io("dup pty slave", e))
+            };
+            cmd.stdin(dup()?).stdout(dup()?).stderr(slave);
+            AgentEnd::Tty(fs::File::from(pty.master))
         } else {
             let (child_stdio, parent) = process::stdio_pipes()?;
             let Stdio {
@@ -372,20 +351,28 @@ impl Container {
             cmd.stdin(take(stdin))
                 .stdout(take(stdout))
                 .stderr(take(stderr));
-            // SAFETY: between fork and exec only setsid(2), async-signal-safe: the console
-            // process leads its own session, away from the agent's.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                    libc::setsid();
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .spawn()
-                .map_err(|e| AgentError::io(format!("start {program} in the guest"), e))?;
-            let pid = child.id() as i32;
-            drop(cmd);
-            (pid, Process::with_pipes(exec_id.to_string(), pid, parent))
+            AgentEnd::Pipes(parent)
+        };
+        // SAFETY: between fork and exec only async-signal-safe calls: setsid(2), so that the
+        // process leads its own session away from the agent's, and with a terminal the
+        // TIOCSCTTY ioctl(2) on stdin, the pty slave, which becomes its controlling tty.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::setsid() < 0 || (terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let guard = reaper.fork_guard();
+        let child = cmd
+            .spawn()
+            .map_err(|e| AgentError::io(format!("start {program} in the guest"), e))?;
+        let pid = child.id() as i32;
+        drop(cmd);
+        let p = match agent_end {
+            AgentEnd::Tty(master) => Process::with_tty(exec_id.to_string(), pid, master)?,
+            AgentEnd::Pipes(pipes) => Process::with_pipes(exec_id.to_string(), pid, pipes),
         };
         // The reaper (the agent is PID 1) collects its exit, not `Child`.
         reaper.watch(pid);

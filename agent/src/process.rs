@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -275,16 +275,7 @@ impl Process {
             .tty
             .as_ref()
             .ok_or_else(|| AgentError::FailedPrecondition("process has no terminal".into()))?;
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads a winsize from the valid pointer; the fd is a pty master.
-        if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
-            return Err(AgentError::last_os("TIOCSWINSZ"));
-        }
-        Ok(())
+        hull_container::console::set_window_size(tty.as_fd(), rows, cols)
+            .map_err(|e| AgentError::io("TIOCSWINSZ", e))
     }
 }

@@ -3,7 +3,7 @@
 //! own stdio, as runc does; its own terminal is raw meanwhile.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::termios::{self, SetArg, Termios};
 
@@ -37,49 +37,36 @@ impl Drop for RawMode {
 /// hull's own terminal size (stdin's) as a process's `consoleSize`, so that the process's pty
 /// has it from the start (`None` when stdin is no terminal).
 pub fn console_size() -> Option<oci_spec::runtime::Box> {
-    let ws = window_size(0)?;
+    let (rows, cols) = stdin_size()?;
     oci_spec::runtime::BoxBuilder::default()
-        .height(u64::from(ws.ws_row))
-        .width(u64::from(ws.ws_col))
+        .height(u64::from(rows))
+        .width(u64::from(cols))
         .build()
         .ok()
 }
 
-/// The window size of terminal `fd`, if it is one with a size.
-fn window_size(fd: i32) -> Option<libc::winsize> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one `winsize` into the live local.
-    let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && (ws.ws_row, ws.ws_col) != (0, 0)).then_some(ws)
+/// The window size (rows, columns) of hull's own terminal (stdin), if it has one.
+fn stdin_size() -> Option<(u16, u16)> {
+    hull_container::console::window_size(std::io::stdin().as_fd()).filter(|s| *s != (0, 0))
 }
 
 /// Keeps the pty behind `master` the size of hull's own terminal (stdin): now, and on every
 /// change (polled: SIGWINCH is the container's, forwarded to it), until `done`.
 fn follow_window_size(master: std::fs::File, done: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
-    let apply = move |ws: &libc::winsize| {
-        // SAFETY: TIOCSWINSZ reads one `winsize` from the live reference; on a pty master it
-        // sets the pty's size (the process behind it gets SIGWINCH from the kernel).
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, ws) };
+    let apply = move |(rows, cols): (u16, u16)| {
+        let _ = hull_container::console::set_window_size(master.as_fd(), rows, cols);
     };
-    let Some(mut last) = window_size(0) else {
+    let Some(mut last) = stdin_size() else {
         return; // stdin is no terminal: nothing to follow
     };
-    apply(&last);
+    apply(last);
     std::thread::spawn(move || {
         while !done.load(Ordering::Relaxed) {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            if let Some(ws) = window_size(0) {
-                if (ws.ws_row, ws.ws_col) != (last.ws_row, last.ws_col) {
-                    apply(&ws);
-                    last = ws;
-                }
+            if let Some(size) = stdin_size().filter(|s| *s != last) {
+                apply(size);
+                last = size;
             }
         }
     });

@@ -1,5 +1,6 @@
 //! The receiving end of a console socket: libcontainer sends the pty master of a process
-//! with `terminal: true` over it (SCM_RIGHTS), as runc's `--console-socket` does.
+//! with `terminal: true` over it (SCM_RIGHTS), as runc's `--console-socket` does; and a
+//! terminal's window size, read and set.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -9,6 +10,39 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use crate::error::{Error, Result};
+
+/// The window size (rows, columns) of terminal `fd`; `None` when it is no terminal.
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the live local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Sets the window size of terminal `fd` (on a pty master: the pty's, and the process on it
+/// gets SIGWINCH from the kernel).
+pub fn set_window_size(
+    fd: std::os::fd::BorrowedFd<'_>,
+    rows: u16,
+    cols: u16,
+) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the live local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// A private console socket that receives one pty master.
 pub struct ConsoleReceiver {

@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,19 +199,12 @@ impl IoState {
                 "the process has no terminal to resize".into(),
             ));
         };
-        let ws = libc::winsize {
-            ws_row: height.min(u16::MAX as u32) as u16,
-            ws_col: width.min(u16::MAX as u32) as u16,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which points at a
-        // live local; the fd is the pty master we own.
-        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        if rc != 0 {
-            return Err(Error::io("pty master", std::io::Error::last_os_error()));
-        }
-        Ok(())
+        let (rows, cols) = (
+            height.min(u16::MAX as u32) as u16,
+            width.min(u16::MAX as u32) as u16,
+        );
+        hull_container::console::set_window_size(master.as_fd(), rows, cols)
+            .map_err(|e| Error::io("pty master", e))
     }
 
     /// Close the process' stdin (`CloseIO`).

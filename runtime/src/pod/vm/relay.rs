@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -163,7 +163,7 @@ fn spawn_input(
             let mut buf = vec![0u8; 16 * 1024];
             while !done.load(Ordering::SeqCst) {
                 if terminal {
-                    if let Some(ws) = winsize(&from) {
+                    if let Some(ws) = hull_container::console::window_size(from.as_fd()) {
                         if ws != size && ws != (0, 0) {
                             size = ws;
                             let _ = agent.tty_win_resize(&id, &exec_id, ws.0 as u32, ws.1 as u32);
@@ -202,17 +202,4 @@ fn spawn_input(
         })
         .map(|_| ())
         .map_err(|e| Error::io("spawn the input relay", e))
-}
-
-/// (rows, cols) of a terminal.
-fn winsize(f: &fs::File) -> Option<(u16, u16)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one `winsize` into the live local.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0).then_some((ws.ws_row, ws.ws_col))
 }
