@@ -277,6 +277,19 @@ pub fn probe_block() -> Probe {
 }
 
 /// The PCI devices of each IOMMU group under `groups` and the driver each is bound to
+/// The name a sysfs link points at (`.../drivers/vfio-pci` -> `vfio-pci`, an `iommu_group`
+/// link -> its number); `None` without the link.
+pub fn sysfs_link_name(link: &Path) -> Option<String> {
+    std::fs::read_link(link)
+        .ok()
+        .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// The driver bound to the PCI device whose sysfs directory is `device`, if any.
+pub fn pci_driver(device: &Path) -> Option<String> {
+    sysfs_link_name(&device.join("driver"))
+}
+
 /// (`group 3: 0000:01:00.0 vfio-pci, 0000:01:00.1 ahci`); yes when one is bound to
 /// vfio-pci (ready to pass to a VM), `none` without groups.
 pub fn probe_vfio_devices(groups: &Path) -> Probe {
@@ -292,10 +305,7 @@ pub fn probe_vfio_devices(groups: &Path) -> Probe {
             .flatten()
             .flatten()
             .map(|d| {
-                let driver = std::fs::read_link(d.path().join("driver"))
-                    .ok()
-                    .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .unwrap_or_else(|| "no driver".into());
+                let driver = pci_driver(&d.path()).unwrap_or_else(|| "no driver".into());
                 bound += usize::from(driver == "vfio-pci");
                 format!("{} {driver}", d.file_name().to_string_lossy())
             })

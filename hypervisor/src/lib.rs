@@ -285,10 +285,7 @@ fn check_pci_device(pci_devices: &Path, address: &str) -> Result<()> {
             "pci device {address}: no such device on the host"
         )));
     }
-    let driver = std::fs::read_link(dev.join("driver"))
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
-    match driver.as_deref() {
+    match detect::pci_driver(&dev).as_deref() {
         Some("vfio-pci") => Ok(()),
         other => Err(HypervisorError::Config(format!(
             "pci device {address} is bound to {}, not vfio-pci",

@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use hull_agent_client::BlockDevice;
-use hull_hypervisor::Disk;
+use hull_hypervisor::{detect, Disk};
 use oci_spec::runtime::{LinuxDeviceType, Spec};
 
 use super::VmPod;
@@ -103,15 +103,20 @@ struct WantedGroup {
     group: String,
 }
 
+/// The name under /dev of the host's `kind` (`block`, `char`) device `major:minor`, from
+/// its uevent in sysfs.
+fn devname(kind: &str, number: (i64, i64)) -> Option<String> {
+    let uevent =
+        fs::read_to_string(format!("/sys/dev/{kind}/{}:{}/uevent", number.0, number.1)).ok()?;
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
+}
+
 /// The IOMMU group a character device of a spec is the VFIO node of: the host's node with
 /// those numbers is `/dev/vfio/N`, or (no such node) the spec's path is.
 fn vfio_group(path: &str, number: (i64, i64)) -> Option<String> {
-    let devname = fs::read_to_string(format!("/sys/dev/char/{}:{}/uevent", number.0, number.1))
-        .ok()
-        .and_then(|u| {
-            u.lines()
-                .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
-        });
+    let devname = devname("char", number);
     let name = match &devname {
         Some(n) => n.strip_prefix("vfio/")?,
         None => path.strip_prefix("/dev/vfio/")?,
@@ -184,9 +189,11 @@ fn wanted(id: &str, spec: &Spec) -> Result<Vec<Wanted>> {
                 out.push(Wanted {
                     number,
                     read_only: !writable,
+                    // By container path, else by host node (looked up only when any is named).
                     shared: shared.contains(&path)
-                        || host_node(number)
-                            .is_some_and(|n| shared.iter().any(|s| Path::new(s) == n)),
+                        || (!shared.is_empty()
+                            && host_node(number)
+                                .is_some_and(|n| shared.iter().any(|s| Path::new(s) == n))),
                     container_path: path,
                 });
             }
@@ -208,10 +215,7 @@ fn wanted(id: &str, spec: &Spec) -> Result<Vec<Wanted>> {
 
 /// The host's node of block device `major:minor`.
 fn host_node(number: (i64, i64)) -> Option<PathBuf> {
-    let uevent =
-        fs::read_to_string(format!("/sys/dev/block/{}:{}/uevent", number.0, number.1)).ok()?;
-    let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
-    let node = Path::new("/dev").join(name);
+    let node = Path::new("/dev").join(devname("block", number)?);
     node.exists().then_some(node)
 }
 
@@ -444,13 +448,8 @@ fn wanted_pci(id: &str, spec: &Spec, sys: &Path) -> Result<Vec<(String, String)>
         )));
     }
     let pci = sys.join("bus/pci/devices");
-    let driver = |addr: &str| {
-        fs::read_link(pci.join(addr).join("driver"))
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-    };
     let bound = |what: &str, addr: &str| -> Result<()> {
-        match driver(addr).as_deref() {
+        match detect::pci_driver(&pci.join(addr)).as_deref() {
             Some("vfio-pci") => Ok(()),
             other => Err(Error::invalid(format!(
                 "container {id}: {what}: pci device {addr} is bound to {}, not vfio-pci: bind \
@@ -505,10 +504,8 @@ fn wanted_pci(id: &str, spec: &Spec, sys: &Path) -> Result<Vec<(String, String)>
                 "container {id}: {what}: no such PCI device on the host"
             )));
         }
-        let group = fs::read_link(pci.join(addr).join("iommu_group"))
-            .ok()
-            .and_then(|g| g.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .ok_or_else(|| {
+        let group =
+            detect::sysfs_link_name(&pci.join(addr).join("iommu_group")).ok_or_else(|| {
                 Error::invalid(format!(
                     "container {id}: {what}: the device is in no IOMMU group"
                 ))
