@@ -31,15 +31,10 @@ pub fn load_bundle_spec(bundle: &Path) -> Result<Spec> {
             spec.version()
         )));
     }
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or_else(|| invalid("no root".into()))?;
-    let rootfs = if root.path().is_absolute() {
-        root.path().clone()
-    } else {
-        bundle.join(root.path())
-    };
+    if spec.root().is_none() {
+        return Err(invalid("no root".into()));
+    }
+    let rootfs = rootfs_of(bundle, &spec);
     if !rootfs.is_dir() {
         return Err(invalid(format!(
             "root.path {} is not a directory",
@@ -102,8 +97,9 @@ pub(crate) fn prepare_paths(bundle: &Path, spec: &Spec) -> Result<()> {
     make_cwd(&rootfs, &cwd).map_err(invalid)
 }
 
-/// The rootfs directory of `spec` (of `bundle`).
-fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
+/// The rootfs directory of `spec` (of `bundle`): `root.path`, relative to the bundle unless
+/// absolute (`rootfs` when the spec names none).
+pub(crate) fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
     let root = spec
         .root()
         .as_ref()

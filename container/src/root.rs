@@ -227,15 +227,7 @@ impl ContainerRoot {
             }
         }
         let rootfs = load_bundle_spec(&st.bundle)
-            .ok()
-            .and_then(|s| s.root().as_ref().map(|r| r.path().clone()))
-            .map(|p| {
-                if p.is_absolute() {
-                    p
-                } else {
-                    st.bundle.join(p)
-                }
-            })
+            .map(|s| crate::bundle::rootfs_of(&st.bundle, &s))
             .unwrap_or_default();
         ContainerState {
             oci_version: OCI_VERSION.to_string(),
