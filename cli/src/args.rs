@@ -235,7 +235,7 @@ pub enum Command {
 }
 
 /// `hull exec`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct ExecArgs {
     /// Unix socket that receives the pty master.
     #[arg(long)]

@@ -40,24 +40,11 @@ pub fn run(g: &Globals, id: &str, log: bool, command: Vec<String>) -> Result<i32
     } else {
         None
     });
+    // The console's own process: only the terminal comes from exec's flags.
     let a = ExecArgs {
-        console_socket: None,
-        cwd: None,
-        env: Vec::new(),
         tty,
-        user: None,
-        additional_gids: Vec::new(),
-        process: None,
-        detach: false,
-        pid_file: None,
-        process_label: None,
-        apparmor: None,
-        no_new_privs: false,
-        cap: Vec::new(),
-        preserve_fds: 0,
-        ignore_paused: false,
         id: id.to_string(),
-        command: Vec::new(),
+        ..Default::default()
     };
     exec::start(&target, id, process, &a, true)
 }
