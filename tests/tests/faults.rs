@@ -529,11 +529,11 @@ fn a_create_killed_at_any_moment_is_reported_truly_and_delete_force_removes_it()
 
 #[test]
 fn a_killed_mirror_of_a_vm_container_ends_it_and_state_says_so() {
-    let Some(a) = guest_artefacts() else { return };
-    let h = Hull::new();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vm.toml");
-    std::fs::write(&cfg, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
+    let Some(cfg) = hull_tests::docker::vm_config(dir.path()) else {
+        return;
+    };
+    let h = Hull::new();
     let with_cfg = |args: &[&str]| {
         let mut all = vec!["--config", cfg.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -570,11 +570,11 @@ fn a_killed_mirror_of_a_vm_container_ends_it_and_state_says_so() {
 
 #[test]
 fn a_foreground_vm_run_is_listed_and_a_killed_one_is_cleaned_up_by_delete() {
-    let Some(a) = guest_artefacts() else { return };
-    let h = Hull::new();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vm.toml");
-    std::fs::write(&cfg, vm_config_text("vm", &a.kernel, &a.initrd)).unwrap();
+    let Some(cfg) = hull_tests::docker::vm_config(dir.path()) else {
+        return;
+    };
+    let h = Hull::new();
     let id = unique_id("vmfg");
     let b = bundle(&marked(&id, SLEEP), |_| {});
     let mut run = h

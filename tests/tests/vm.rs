@@ -39,6 +39,22 @@ impl Configs {
         Some(Self { dir, vm, host })
     }
 
+    /// A vm config whose VMs start from templates kept in this test's own directory (so the
+    /// first start makes one): the config's path, and the templates' directory.
+    fn with_templates(&self) -> (PathBuf, PathBuf) {
+        let a = guest_artefacts().expect("guest artefacts");
+        let tdir = self.dir.path().join("templates");
+        let cfg = self.write(
+            "template.toml",
+            &format!(
+                "{}template = true\ntemplate_dir = {:?}\n",
+                vm_config_text("vm", &a.kernel, &a.initrd),
+                tdir.to_str().unwrap()
+            ),
+        );
+        (cfg, tdir)
+    }
+
     /// Another config file in this test's directory.
     fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.path().join(name);
@@ -1067,16 +1083,7 @@ fn qemu_command_lines(needle: &str) -> Vec<String> {
 #[test]
 fn twenty_vm_pods_started_at_once_from_a_template_all_restore() {
     let Some(c) = Configs::new() else { return };
-    let a = guest_artefacts().unwrap();
-    let tdir = c.dir.path().join("templates");
-    let cfg = c.write(
-        "parallel.toml",
-        &format!(
-            "{}template = true\ntemplate_dir = {:?}\n",
-            vm_config_text("vm", &a.kernel, &a.initrd),
-            tdir.to_str().unwrap()
-        ),
-    );
+    let (cfg, tdir) = c.with_templates();
     let (h, _cleanup) = hull();
     // The first start makes the template.
     run_ok(&h, &cfg, &Bundle::new(&["true"]), &unique_id("par-first"));
@@ -1108,16 +1115,7 @@ fn twenty_vm_pods_started_at_once_from_a_template_all_restore() {
 #[test]
 fn vms_restored_from_a_template_get_the_hosts_clock_and_their_own_randomness() {
     let Some(c) = Configs::new() else { return };
-    let a = guest_artefacts().unwrap();
-    let tdir = c.dir.path().join("templates");
-    let cfg = c.write(
-        "template.toml",
-        &format!(
-            "{}template = true\ntemplate_dir = {:?}\n",
-            vm_config_text("vm", &a.kernel, &a.initrd),
-            tdir.to_str().unwrap()
-        ),
-    );
+    let (cfg, tdir) = c.with_templates();
     let (h, _cleanup) = hull();
     let b = Bundle::new(&["sh", "-c", "cat /proc/sys/kernel/random/uuid; date +%s"]);
     let guest = |id: &str| -> (String, i64) {
@@ -1174,17 +1172,8 @@ fn vms_restored_from_a_template_get_the_hosts_clock_and_their_own_randomness() {
 #[test]
 fn the_guest_console_runs_commands_in_the_pods_guest_outside_the_container() {
     let Some(c) = Configs::new() else { return };
-    let a = guest_artefacts().unwrap();
     // A template-restored VM: its console log still starts with the guest's boot.
-    let tdir = c.dir.path().join("templates");
-    let cfg = c.write(
-        "console.toml",
-        &format!(
-            "{}template = true\ntemplate_dir = {:?}\n",
-            vm_config_text("vm", &a.kernel, &a.initrd),
-            tdir.to_str().unwrap()
-        ),
-    );
+    let (cfg, _) = c.with_templates();
     let (h, _cleanup) = hull();
     run_ok(&h, &cfg, &Bundle::new(&["true"]), &unique_id("con-tpl"));
     let b = Bundle::new(&["sleep", "100"]);
