@@ -389,6 +389,13 @@ fn the_binary_guard_drops_the_bind_of_a_deleted_binary() {
     std::fs::remove_file(&mount_point).unwrap();
 }
 
+/// `hull --config CFG ARGS...`, bounded as a call that boots a VM.
+fn with_config(h: &Hull, cfg: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    output_with_timeout(h.cmd(&all), Duration::from_secs(180))
+}
+
 /// vm mode: the hooks run on the host, leniently, around the container in the pod's VM;
 /// a real-time signal reaches it; a created container is deleted without --force.
 #[test]
@@ -398,11 +405,7 @@ fn vm_hooks_are_lenient_and_real_time_signals_reach_the_guest() {
         return;
     };
     let h = Hull::new();
-    let with_cfg = |args: &[&str]| {
-        let mut all = vec!["--config", cfg.to_str().unwrap()];
-        all.extend_from_slice(args);
-        output_with_timeout(h.cmd(&all), Duration::from_secs(180))
-    };
+    let with_cfg = |args: &[&str]| with_config(&h, &cfg, args);
     let dir = tempfile::tempdir().unwrap();
     let started = dir.path().join("started");
     let stopped = dir.path().join("stopped");
@@ -534,11 +537,7 @@ fn a_killed_mirror_of_a_vm_container_ends_it_and_state_says_so() {
         return;
     };
     let h = Hull::new();
-    let with_cfg = |args: &[&str]| {
-        let mut all = vec!["--config", cfg.to_str().unwrap()];
-        all.extend_from_slice(args);
-        output_with_timeout(h.cmd(&all), Duration::from_secs(180))
-    };
+    let with_cfg = |args: &[&str]| with_config(&h, &cfg, args);
     let id = unique_id("vmmirror");
     let b = bundle(&marked(&id, SLEEP), |_| {});
     let out = with_cfg(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
