@@ -68,6 +68,7 @@ fn a_pci_device_bound_to_vfio_pci_is_driven_by_the_pods_guest_kernel() {
         &inner,
         format!(
             r#"set -u
+touch /run/vfio-start
 hull="{hull} --root /run/hull-vfio --config {config}"
 g=$HULL_NESTED_VFIO_GROUP; addr=$HULL_NESTED_VFIO_PCI
 for i in $(seq 100); do [ -c /dev/vfio/$g ] && break; sleep 0.1; done
@@ -83,6 +84,10 @@ $hull create --bundle {holder} vfio-holder; echo "holder $?"
 $hull run --bundle {by_annotation} vfio-second 2>&1; echo "exit $?"
 $hull delete --force vfio-holder; echo "deleted $?"
 echo "== left: $(ls /run/hull-vfio 2>/dev/null | wc -l) $(pgrep -c qemu-system)"
+# The guest console of any start that failed in this machine (its logs die with it).
+for log in $(find /var/log/hull/failed-boots -name console.log -newer /run/vfio-start 2>/dev/null); do
+    echo "--- $log" >&2; tail -40 "$log" >&2
+done
 "#,
             hull = bin("hull").display(),
             config = config.display(),
