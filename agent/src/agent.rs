@@ -40,6 +40,8 @@ pub struct Agent {
     creating: Mutex<HashSet<String>>,
     oom_seen: Mutex<HashMap<String, u64>>,
     pod_netns: PodNetns,
+    /// What each container's create mounted (its rootfs disk), unmounted with it.
+    storages: Mutex<HashMap<String, Vec<PathBuf>>>,
 }
 
 fn deadline(ctx: &TtrpcContext) -> Option<Duration> {
@@ -78,6 +80,7 @@ impl Agent {
             containers: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             oom_seen: Mutex::new(HashMap::new()),
+            storages: Mutex::new(HashMap::new()),
             pod_netns: netns,
         })
     }
@@ -108,9 +111,10 @@ impl Agent {
             }
             creating.insert(id.to_string());
         }
+        let mut mounted = Vec::new();
         let result = (|| {
             for s in &req.storages {
-                mounts::mount_storage(&self.cfg.allowed_roots, s)?;
+                mounted.push(mounts::mount_storage(&self.cfg.allowed_roots, s)?);
             }
             let rootfs = self.cfg.allowed_roots.resolve_existing(&req.rootfs)?;
             if !rootfs.is_dir() {
@@ -125,9 +129,21 @@ impl Agent {
             Container::create(id, spec, &self.cfg.dirs, &self.reaper)
         })();
         self.creating.lock().remove(id);
-        let c = result?;
+        let c = match result {
+            Ok(c) => c,
+            Err(e) => {
+                mounted
+                    .iter()
+                    .rev()
+                    .for_each(|m| mounts::unmount_storage(m));
+                return Err(e);
+            }
+        };
         let pid = c.init.pid as u32;
         self.containers.write().insert(id.to_string(), Arc::new(c));
+        if !mounted.is_empty() {
+            self.storages.lock().insert(id.to_string(), mounted);
+        }
         Ok(pid)
     }
 
@@ -136,6 +152,11 @@ impl Agent {
         c.remove(&self.reaper)?;
         self.containers.write().remove(id);
         self.oom_seen.lock().remove(id);
+        let mounted = self.storages.lock().remove(id).unwrap_or_default();
+        mounted
+            .iter()
+            .rev()
+            .for_each(|m| mounts::unmount_storage(m));
         Ok(())
     }
 

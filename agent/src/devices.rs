@@ -16,6 +16,13 @@ use crate::error::{AgentError, Result};
 /// takes the resize).
 const FIND: Duration = Duration::from_secs(5);
 
+/// The guest's node (`/dev/vdX`) of the disk whose serial is `serial`, waited for like a
+/// container's block device (a disk slot filled just now grows from size 0).
+pub fn disk_node(serial: &str) -> Result<std::path::PathBuf> {
+    let (_, _, name) = find_disk(Path::new("/sys/block"), serial, FIND)?;
+    Ok(Path::new("/dev").join(name))
+}
+
 /// The `major:minor` of the disk whose serial is `serial`, under `sys_block`.
 fn find_disk(sys_block: &Path, serial: &str, within: Duration) -> Result<(i64, i64, String)> {
     let deadline = Instant::now() + within;

@@ -45,8 +45,9 @@ fn cstr(s: &[u8], what: &str) -> Result<CString> {
     CString::new(s).map_err(|_| AgentError::InvalidArgument(format!("NUL in {what}")))
 }
 
-/// Mounts one storage at a mount point inside the allowed roots.
-pub fn mount_storage(roots: &AllowedRoots, s: &Storage) -> Result<()> {
+/// Mounts one storage at a mount point inside the allowed roots; returns the mount point. A
+/// source `serial:SERIAL` names the VM's disk with that serial (a container's rootfs image).
+pub fn mount_storage(roots: &AllowedRoots, s: &Storage) -> Result<std::path::PathBuf> {
     if !ALLOWED_FSTYPES.contains(&s.fstype.as_str()) {
         return Err(AgentError::InvalidArgument(format!(
             "filesystem type {:?} is not allowed",
@@ -60,6 +61,9 @@ pub fn mount_storage(roots: &AllowedRoots, s: &Storage) -> Result<()> {
         // A bind source is a guest path too: it must be inside the roots.
         let src = roots.resolve_existing(&s.source)?;
         ("none".to_string(), src.as_os_str().as_bytes().to_vec())
+    } else if let Some(serial) = s.source.strip_prefix("serial:") {
+        let node = crate::devices::disk_node(serial)?;
+        (s.fstype.clone(), node.as_os_str().as_bytes().to_vec())
     } else {
         (s.fstype.clone(), s.source.as_bytes().to_vec())
     };
@@ -84,7 +88,26 @@ pub fn mount_storage(roots: &AllowedRoots, s: &Storage) -> Result<()> {
         )));
     }
     tracing::info!(source = %s.source, fstype = %s.fstype, target = ?target, "storage mounted");
-    Ok(())
+    Ok(target)
+}
+
+/// Unmounts what [`mount_storage`] mounted (lazily when still busy: a process of the
+/// container's may linger a moment).
+pub fn unmount_storage(target: &std::path::Path) {
+    let Ok(c_target) = cstr(target.as_os_str().as_bytes(), "mount point") else {
+        return;
+    };
+    // SAFETY: `c_target` is a valid NUL-terminated string that outlives the calls.
+    let rc = unsafe { libc::umount2(c_target.as_ptr(), 0) };
+    if rc != 0 {
+        // SAFETY: as above.
+        let rc = unsafe { libc::umount2(c_target.as_ptr(), libc::MNT_DETACH) };
+        if rc != 0 {
+            tracing::warn!(target = ?target, "unmount storage: {}", std::io::Error::last_os_error());
+            return;
+        }
+    }
+    tracing::info!(target = ?target, "storage unmounted");
 }
 
 #[cfg(test)]

@@ -72,6 +72,33 @@ impl Isolation {
     }
 }
 
+/// Where a vm pod's containers' root filesystems are in its guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsMode {
+    /// The host's rootfs directories, shared into the guest over virtio-9p: writes land in
+    /// the host's rootfs; QEMU cannot checkpoint the VM while the share is mounted.
+    #[default]
+    Share,
+    /// An ext4 image per container, built from its rootfs (and its bind sources, copied) at
+    /// create, a disk of the VM: writes stay in the image; the VM can be checkpointed and a
+    /// backend without a shared filesystem (builtin) can run it.
+    Disk,
+}
+
+impl RootfsMode {
+    /// Parse `share` / `disk` (the `io.hull.rootfs` annotation's value).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "share" => Ok(RootfsMode::Share),
+            "disk" => Ok(RootfsMode::Disk),
+            other => Err(format!(
+                "io.hull.rootfs: {other:?} is neither \"share\" nor \"disk\""
+            )),
+        }
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -136,6 +163,9 @@ pub struct VmSection {
     /// QEMU TCG's translation buffer per VM, in MiB (TCG only): the largest part of an idle
     /// pod's memory, filled as guest code is first run.
     pub tcg_tb_mib: u32,
+    /// Where containers' root filesystems are in the guest (`share` or `disk`); a pod's first
+    /// container may choose with the `io.hull.rootfs` annotation.
+    pub rootfs: RootfsMode,
 }
 
 impl Default for VmSection {
@@ -156,6 +186,7 @@ impl Default for VmSection {
             disk_slots: 2,
             debug_console: true,
             tcg_tb_mib: hull_hypervisor::DEFAULT_TCG_TB_MIB,
+            rootfs: RootfsMode::Share,
         }
     }
 }

@@ -1267,3 +1267,83 @@ fn the_guest_console_runs_commands_in_the_pods_guest_outside_the_container() {
     );
     nothing_left(&h);
 }
+
+/// `io.hull.rootfs=disk`: the container's rootfs is an ext4 disk of the VM (no 9p share is
+/// mounted in the guest), built from the bundle's rootfs and its bind sources; writes stay in
+/// the image; the guest console has its tools; a bad value is one line; nothing is left.
+#[test]
+fn a_disk_rootfs_is_an_ext4_disk_of_the_vm_with_the_bundles_files() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let host_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host_file.path(), "from-the-host\n").unwrap();
+    let src = host_file.path().to_str().unwrap().to_string();
+    let script = "grep ' / ' /proc/mounts; grep -c ' 9p ' /proc/mounts; cat /hostfile; \
+                  echo written > /etc/new; cat /etc/new; exit 5";
+    let b = Bundle::with(&["sh", "-c", script], move |v| {
+        v["annotations"]["io.hull.rootfs"] = "disk".into();
+        v["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/hostfile", "type": "bind", "source": src, "options": ["rbind", "ro"]}
+        ));
+    });
+    let out = run(&h, &c.vm, &b, &unique_id("diskroot"));
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "stdout: {text}\nstderr: {}",
+        stderr(&out)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("/dev/vd") && lines[0].contains(" / ext4 "),
+        "the rootfs is an ext4 disk: {text}"
+    );
+    assert_eq!(
+        lines[1], "0",
+        "no 9p share is mounted in the container: {text}"
+    );
+    assert_eq!(lines[2], "from-the-host", "the bind source's copy: {text}");
+    assert_eq!(lines[3], "written", "{text}");
+    assert!(
+        !b.path().join("rootfs/etc/new").exists(),
+        "a write in a disk rootfs stays in the image"
+    );
+    nothing_left(&h);
+
+    // A pod that stays: exec and the guest console work; the guest mounts no 9p share.
+    let b = Bundle::with(&["sleep", "60"], |v| {
+        v["annotations"]["io.hull.rootfs"] = "disk".into()
+    });
+    let id = unique_id("diskpod");
+    create_detached(&h, &c.vm, &b, &id);
+    h.ok(&["--config", c.vm.to_str().unwrap(), "start", &id]);
+    let o = h.ok(&[
+        "--config",
+        c.vm.to_str().unwrap(),
+        "exec",
+        &id,
+        "cat",
+        "/etc/passwd",
+    ]);
+    assert!(o.starts_with("root:x:0:0"), "{o}");
+    let o = h.ok(&[
+        "--config",
+        c.vm.to_str().unwrap(),
+        "console",
+        &id,
+        "sh",
+        "-c",
+        "grep -c ' 9p ' /proc/mounts; true",
+    ]);
+    assert_eq!(o.trim(), "0", "the guest mounts no 9p share");
+    h.ok(&["--config", c.vm.to_str().unwrap(), "delete", "-f", &id]);
+    nothing_left(&h);
+
+    let b = Bundle::with(&["true"], |v| {
+        v["annotations"]["io.hull.rootfs"] = "tape".into()
+    });
+    let out = run(&h, &c.vm, &b, &unique_id("diskbad"));
+    fails_with(&out, &["io.hull.rootfs", "tape"]);
+    nothing_left(&h);
+}

@@ -9,21 +9,31 @@ use oci_spec::runtime::Spec;
 
 use super::network::PodNet;
 use super::{vm_err, Vm, VmPod, GUEST_SHARED, SHARE_TAG};
+use crate::config::RootfsMode;
 use crate::error::{Error, Result};
 
 impl VmPod {
     /// What every pod's VM needs of its hypervisor: a shared filesystem (virtio-9p), which
     /// carries the containers' root filesystems. `hull check` reports what `auto` picks for it.
     pub fn vm_needs() -> Needs {
-        Needs {
-            shared_fs: Some(SharedFs::Virtio9p),
-            ..Needs::default()
+        Self::vm_needs_for(RootfsMode::Share)
+    }
+
+    /// What a pod's VM needs of its hypervisor with its root filesystems `rootfs`: the 9p
+    /// share, or (`disk`) disk slots filled while the VM runs.
+    pub fn vm_needs_for(rootfs: RootfsMode) -> Needs {
+        match rootfs {
+            RootfsMode::Share => Needs {
+                shared_fs: Some(SharedFs::Virtio9p),
+                ..Needs::default()
+            },
+            RootfsMode::Disk => Needs::default(),
         }
     }
 
     /// The pod's VM, sized by the first container's spec (its memory limit is added to the
     /// configured memory, its CPU quota raises the vCPUs), sharing the pod's directory.
-    fn vm_config(&self, spec: &Spec) -> Result<VmConfig> {
+    fn vm_config(&self, spec: &Spec, rootfs: RootfsMode) -> Result<VmConfig> {
         let mut cfg = self.config.vm_config(&self.dir.join("vm"))?;
         if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
@@ -39,10 +49,14 @@ impl VmPod {
                 }
             }
         }
-        cfg.shares.push(Share {
-            host_dir: self.shared(),
-            tag: SHARE_TAG.into(),
-        });
+        match rootfs {
+            RootfsMode::Share => cfg.shares.push(Share {
+                host_dir: self.shared(),
+                tag: SHARE_TAG.into(),
+            }),
+            // Each container's rootfs image takes a slot, beside the slots for devices.
+            RootfsMode::Disk => cfg.disk_slots += super::rootdisk::ROOTFS_SLOTS,
+        }
         Ok(cfg)
     }
 
@@ -50,11 +64,14 @@ impl VmPod {
     /// devices passed through (`devices.rs`), and the pod's network (`network.rs`), and sets the pod up in it,
     /// on the agent connection that answered the boot (the pod keeps it).
     pub(super) fn boot(&self, bundle: &Path, spec: &Spec) -> Result<()> {
-        let mut cfg = self.vm_config(spec)?;
+        let rootfs = self.rootfs_mode(spec)?;
+        let mut cfg = self.vm_config(spec, rootfs)?;
         let shared = self.shared();
         fs::create_dir_all(&shared).map_err(|e| Error::io(&shared, e))?;
         let disks = self.claim_disks(spec)?;
-        let slots = (0..cfg.disk_slots).map(|_| None).collect();
+        let slots = (0..cfg.disk_slots)
+            .map(|_| super::devices::Slot::Empty)
+            .collect();
         cfg.disks = disks
             .iter()
             .map(|d| Disk {
@@ -77,7 +94,7 @@ impl VmPod {
         if let Some(n) = &net {
             cfg.nics = n.nics();
         }
-        match self.boot_with(cfg, spec, net.as_ref()) {
+        match self.boot_with(cfg, spec, net.as_ref(), rootfs) {
             Ok((hv, agent)) => {
                 self.inner.lock().vm = Some(Vm {
                     hv,
@@ -86,6 +103,7 @@ impl VmPod {
                     disks,
                     slots,
                     pci,
+                    rootfs,
                 });
                 Ok(())
             }
@@ -103,28 +121,42 @@ impl VmPod {
         cfg: VmConfig,
         spec: &Spec,
         net: Option<&PodNet>,
+        rootfs: RootfsMode,
     ) -> Result<(Box<dyn Hypervisor>, AgentClient)> {
         let booting = format!("boot the pod's vm (kernel {})", cfg.kernel.display());
         let mut hv = hull_hypervisor::select(self.config.hypervisor, cfg)
             .map_err(|e| vm_err("the pod's hypervisor", e))?;
+        if rootfs == RootfsMode::Disk && !hv.capabilities().block.hot {
+            return Err(Error::Vm(format!(
+                "pod {}: rootfs = \"disk\" puts each container's rootfs on a disk added to the \
+                 running vm, which the {} backend cannot do",
+                self.id,
+                hv.backend()
+            )));
+        }
         let vm = hv.boot().map_err(|e| vm_err(&booting, e))?;
         let agent = hv.wait_for_agent(&vm).map_err(|e| vm_err(&booting, e))?;
         tracing::info!(pod = %self.id, backend = %hv.backend(), boot = ?vm.started.elapsed(), dir = %self.dir.display(), "vm up");
-        let storage = Storage {
-            source: SHARE_TAG.into(),
-            fstype: "9p".into(),
-            options: vec![
-                "trans=virtio".into(),
-                "version=9p2000.L".into(),
-                "msize=262144".into(),
-                "cache=mmap".into(),
-            ],
-            mount_point: GUEST_SHARED.into(),
-            ..Default::default()
+        // Disk mode: nothing is shared, so the 9p share stays unmounted (a VM with a mounted
+        // 9p share cannot be migrated, hence not checkpointed).
+        let storages = match rootfs {
+            RootfsMode::Share => vec![Storage {
+                source: SHARE_TAG.into(),
+                fstype: "9p".into(),
+                options: vec![
+                    "trans=virtio".into(),
+                    "version=9p2000.L".into(),
+                    "msize=262144".into(),
+                    "cache=mmap".into(),
+                ],
+                mount_point: GUEST_SHARED.into(),
+                ..Default::default()
+            }],
+            RootfsMode::Disk => Vec::new(),
         };
         let hostname = spec.hostname().clone().unwrap_or_else(|| "hull".into());
         let set_up = agent
-            .setup_sandbox(&self.id, &hostname, &[], vec![storage])
+            .setup_sandbox(&self.id, &hostname, &[], storages)
             .map_err(|e| vm_err("set up the pod in the vm", e))
             .and_then(|()| match net {
                 Some(n) => self.configure_guest_network(&agent, n),
@@ -181,7 +213,7 @@ mod tests {
             ..Default::default()
         };
         let pod = VmPod::new(dir.path().join("root"), "pod", section);
-        let cfg = pod.vm_config(&Spec::default()).unwrap();
+        let cfg = pod.vm_config(&Spec::default(), RootfsMode::Share).unwrap();
         assert_eq!(cfg.needs(), VmPod::vm_needs());
         assert_eq!(cfg.shares.len(), 1, "the pod's shared directory");
     }

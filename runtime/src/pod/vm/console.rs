@@ -11,12 +11,13 @@ use std::process::Command;
 use oci_spec::runtime::{Process, UserBuilder};
 
 use super::{VmPod, GUEST_SHARED};
+use crate::config::RootfsMode;
 use crate::error::{Error, Result};
 
 /// The static busybox the console's tools come from (Debian's busybox-static).
-const BUSYBOX: &str = "/bin/busybox";
+pub(super) const BUSYBOX: &str = "/bin/busybox";
 /// The tools' directory in the pod's shared directory.
-const TOOLS: &str = ".hull-tools";
+pub(super) const TOOLS: &str = ".hull-tools";
 
 impl VmPod {
     /// Makes `process` a guest console process of container `id`'s pod: root, in `/`, the
@@ -28,8 +29,14 @@ impl VmPod {
                 "container {id}: the guest console is off ([vm] debug_console = false)"
             )));
         }
-        self.install_tools()?;
-        let tools = format!("{GUEST_SHARED}/{TOOLS}");
+        // Disk mode: each container's image has the tools (nothing of the host is mounted).
+        let tools = match self.running_rootfs() {
+            RootfsMode::Share => {
+                self.install_tools()?;
+                format!("{GUEST_SHARED}/{TOOLS}")
+            }
+            RootfsMode::Disk => format!("{GUEST_SHARED}/{id}/{TOOLS}"),
+        };
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             process.set_args(Some(vec!["sh".into()]));
         }
@@ -80,7 +87,7 @@ impl VmPod {
 
 /// Copies `busybox` into `dir` with a link named after each of its applets (built in a
 /// temporary directory, then renamed: a concurrent console sees all or nothing).
-fn install_busybox(busybox: &Path, dir: &Path) -> Result<()> {
+pub(super) fn install_busybox(busybox: &Path, dir: &Path) -> Result<()> {
     if !busybox.is_file() {
         return Err(Error::invalid(format!(
             "the guest console needs a static busybox at {} (apt-get install busybox-static)",

@@ -76,6 +76,33 @@ pub(super) struct PodDisk {
     _lock: File,
 }
 
+/// What fills one of the VM's disk slots.
+pub(super) enum Slot {
+    /// Nothing: the guest sees a disk of size 0.
+    Empty,
+    /// A host block device, and the containers of the pod that use it.
+    Device {
+        /// The containers using it.
+        users: Vec<String>,
+        /// The device.
+        disk: PodDisk,
+    },
+    /// A container's rootfs image (`[vm] rootfs = "disk"`), removed with the container.
+    Rootfs {
+        /// The container.
+        container: String,
+        /// The image file.
+        image: PathBuf,
+    },
+}
+
+impl super::Vm {
+    /// The first empty disk slot.
+    pub(super) fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|s| matches!(s, Slot::Empty))
+    }
+}
+
 /// A host PCI device passed through to the pod's VM.
 pub(super) struct PodPci {
     /// Its PCI address (`0000:01:00.0`).
@@ -294,41 +321,39 @@ impl VmPod {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        let result = (|| {
-            for w in &wanted {
-                let mut g = self.inner.lock();
-                let vm = g
-                    .vm
-                    .as_mut()
-                    .ok_or_else(|| Error::Vm(format!("pod {}: its vm is not running", self.id)))?;
-                if let Some(i) = vm.disks.iter().position(|d| d.number == w.number) {
-                    out.push(BlockDevice {
-                        serial: hull_hypervisor::disk_serial(i),
-                        container_path: w.container_path.clone(),
-                        ..Default::default()
-                    });
-                    continue;
-                }
-                // Another container of the pod has it in a slot already: the same disk.
-                if let Some(slot) = vm
-                    .slots
-                    .iter()
-                    .position(|x| x.as_ref().is_some_and(|(_, d)| d.number == w.number))
-                {
-                    // Slots are attached read-write (see QEMU's attach_disk); each
-                    // container's own device rule decides what it may do.
-                    if let Some((users, _)) = vm.slots[slot].as_mut() {
-                        users.push(id.to_string());
+        let result =
+            (|| {
+                for w in &wanted {
+                    let mut g = self.inner.lock();
+                    let vm = g.vm.as_mut().ok_or_else(|| {
+                        Error::Vm(format!("pod {}: its vm is not running", self.id))
+                    })?;
+                    if let Some(i) = vm.disks.iter().position(|d| d.number == w.number) {
+                        out.push(BlockDevice {
+                            serial: hull_hypervisor::disk_serial(i),
+                            container_path: w.container_path.clone(),
+                            ..Default::default()
+                        });
+                        continue;
                     }
-                    out.push(BlockDevice {
-                        serial: hull_hypervisor::disk_slot_serial(slot),
-                        container_path: w.container_path.clone(),
-                        ..Default::default()
-                    });
-                    continue;
-                }
-                let slot = vm.slots.iter().position(Option::is_none).ok_or_else(|| {
-                    Error::invalid(format!(
+                    // Another container of the pod has it in a slot already: the same disk.
+                    if let Some(slot) = vm.slots.iter().position(
+                        |x| matches!(x, Slot::Device { disk, .. } if disk.number == w.number),
+                    ) {
+                        // Slots are attached read-write (see QEMU's attach_disk); each
+                        // container's own device rule decides what it may do.
+                        if let Slot::Device { users, .. } = &mut vm.slots[slot] {
+                            users.push(id.to_string());
+                        }
+                        out.push(BlockDevice {
+                            serial: hull_hypervisor::disk_slot_serial(slot),
+                            container_path: w.container_path.clone(),
+                            ..Default::default()
+                        });
+                        continue;
+                    }
+                    let slot = vm.free_slot().ok_or_else(|| {
+                        Error::invalid(format!(
                         "container {id}: block device {} ({}:{}): the pod's VM has no free disk \
                          slot left ([vm] disk_slots = {})",
                         w.container_path,
@@ -336,29 +361,32 @@ impl VmPod {
                         w.number.1,
                         vm.slots.len()
                     ))
-                })?;
-                let disk = claim(&self.id, w)?;
-                vm.hv
-                    .attach_disk(
-                        slot,
-                        &Disk {
-                            path: disk.host.clone(),
-                            read_only: disk.read_only,
-                            shared: false,
-                        },
-                    )
-                    .map_err(|e| {
-                        super::vm_err(format!("add {} to the pod's vm", disk.host.display()), e)
                     })?;
-                vm.slots[slot] = Some((vec![id.to_string()], disk));
-                out.push(BlockDevice {
-                    serial: hull_hypervisor::disk_slot_serial(slot),
-                    container_path: w.container_path.clone(),
-                    ..Default::default()
-                });
-            }
-            Ok(())
-        })();
+                    let disk = claim(&self.id, w)?;
+                    vm.hv
+                        .attach_disk(
+                            slot,
+                            &Disk {
+                                path: disk.host.clone(),
+                                read_only: disk.read_only,
+                                shared: false,
+                            },
+                        )
+                        .map_err(|e| {
+                            super::vm_err(format!("add {} to the pod's vm", disk.host.display()), e)
+                        })?;
+                    vm.slots[slot] = Slot::Device {
+                        users: vec![id.to_string()],
+                        disk,
+                    };
+                    out.push(BlockDevice {
+                        serial: hull_hypervisor::disk_slot_serial(slot),
+                        container_path: w.container_path.clone(),
+                        ..Default::default()
+                    });
+                }
+                Ok(())
+            })();
         match result {
             Ok(()) => Ok(out),
             Err(e) => {
@@ -376,18 +404,23 @@ impl VmPod {
             return;
         };
         for slot in 0..vm.slots.len() {
-            let last = match vm.slots[slot].as_mut() {
-                Some((users, _)) if users.iter().any(|u| u == id) => {
+            let last = match &mut vm.slots[slot] {
+                Slot::Device { users, .. } if users.iter().any(|u| u == id) => {
                     users.retain(|u| u != id);
                     users.is_empty()
                 }
+                Slot::Rootfs { container, .. } => container == id,
                 _ => false,
             };
             if last {
                 if let Err(e) = vm.hv.detach_disk(slot) {
                     tracing::warn!(pod = %self.id, container = %id, slot, "empty a disk slot: {e}");
                 }
-                vm.slots[slot] = None;
+                if let Slot::Rootfs { image, .. } =
+                    std::mem::replace(&mut vm.slots[slot], Slot::Empty)
+                {
+                    let _ = fs::remove_file(&image);
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ use parking_lot::{Mutex, MutexGuard};
 use super::{
     ContainerState, Containers, CreateOptions, ExecOptions, ExitStatus, Pod, Sig, Stats, Status,
 };
-use crate::config::{Isolation, VmSection};
+use crate::config::{Isolation, RootfsMode, VmSection};
 use crate::error::{Error, Result};
 
 mod boot;
@@ -34,10 +34,12 @@ mod devices;
 mod network;
 mod oom;
 mod relay;
+mod rootdisk;
 mod shares;
 
 pub use devices::{SHARED_ANNOTATION, VFIO_ANNOTATION, VFIO_MODE_ANNOTATION};
 pub use network::clean_up_network;
+pub use rootdisk::ROOTFS_ANNOTATION;
 
 /// The 9p tag of the shared directory.
 const SHARE_TAG: &str = "hullshare";
@@ -85,8 +87,11 @@ struct Vm {
     net: Option<network::PodNet>,
     /// Host block devices that are the VM's disks, in order.
     disks: Vec<devices::PodDisk>,
-    /// The VM's disk slots: the containers using a filled one, and its device.
-    slots: Vec<Option<(Vec<String>, devices::PodDisk)>>,
+    /// The VM's disk slots: host devices (with the containers using each) and containers'
+    /// rootfs images.
+    slots: Vec<devices::Slot>,
+    /// Where the containers' root filesystems are in the guest.
+    rootfs: RootfsMode,
     /// Host PCI devices passed through to the VM.
     pci: Vec<devices::PodPci>,
 }
@@ -210,15 +215,25 @@ impl Containers for VmPod {
         let mut mounts = Vec::new();
         let result = (|| -> Result<(i32, Arc<VmProc>)> {
             self.check_pci_for(&id, &spec)?;
-            let (mut gspec, guest_rootfs) =
-                self.guest_spec(&id, &opts.bundle, spec.clone(), &mut mounts)?;
+            let (mut gspec, guest_rootfs, storages) = match self.running_rootfs() {
+                RootfsMode::Share => {
+                    let cdir = self.shared().join(&id);
+                    let (s, r) =
+                        self.guest_spec(&id, &opts.bundle, spec.clone(), &cdir, &mut mounts)?;
+                    (s, r, Vec::new())
+                }
+                RootfsMode::Disk => {
+                    let (s, r, st) = self.rootfs_disk(&id, &opts.bundle, spec.clone())?;
+                    (s, r, vec![st])
+                }
+            };
             devices::strip_vfio_nodes(&mut gspec);
             let json = serde_json::to_vec(&gspec)
                 .map_err(|e| Error::invalid(format!("container {id}: spec: {e}")))?;
             let disks = self.disks_for(&id, &spec)?;
             let agent = self.agent()?;
             let pid = agent
-                .create_container_with_disks(&id, &json, &guest_rootfs, Vec::new(), disks)
+                .create_container_with_disks(&id, &json, &guest_rootfs, storages, disks)
                 .map_err(|e| vm_err(format!("create container {id} in the vm"), e))?
                 as i32;
             let relayed = self.relay(

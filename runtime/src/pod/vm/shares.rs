@@ -51,13 +51,16 @@ impl VmPod {
         }
     }
 
-    /// The spec the guest gets: rootfs and bind sources moved into the shared dir, host
-    /// namespace paths, hooks and host cgroup paths dropped. Returns the host mounts made.
+    /// The spec the guest gets: rootfs and bind sources bind-mounted under `cdir` (the
+    /// container's dir in the shared dir, or the staging dir of its rootfs image), which the
+    /// guest has at `/run/hull/shared/<id>`; host namespace paths, hooks and host cgroup paths
+    /// dropped. Returns the host mounts made.
     pub(super) fn guest_spec(
         &self,
         id: &str,
         bundle: &Path,
         mut spec: Spec,
+        cdir: &Path,
         mounts: &mut Vec<PathBuf>,
     ) -> Result<(Spec, String)> {
         let host_root = spec
@@ -70,7 +73,6 @@ impl VmPod {
         } else {
             bundle.join(host_root)
         };
-        let cdir = self.shared().join(id);
         let rootfs = cdir.join("rootfs");
         Self::bind(&host_root, &rootfs, false)?;
         mounts.push(rootfs);
