@@ -237,9 +237,14 @@ pub enum ConnectionEnd {
 pub fn serve_connection(services: &Arc<Services>, mut reader: File, writer: File) -> ConnectionEnd {
     let (tx, rx) = mpsc::channel::<(MessageHeader, Vec<u8>)>();
     let fd = reader.as_raw_fd();
+    // Shared with the writer thread so that the connection's end closes it at once: a
+    // virtio-serial port opens only once, and the agent reopens it for the host's next
+    // connection (a VM restored from a checkpoint) while long-polls of the old one still run.
+    let writer = Arc::new(parking_lot::Mutex::new(Some(writer)));
+    let w = Arc::clone(&writer);
     let writer_thread = std::thread::Builder::new()
         .name("ttrpc-writer".into())
-        .spawn(move || write_loop(writer, rx));
+        .spawn(move || write_loop(&w, rx));
     let in_flight = Arc::new(AtomicUsize::new(0));
 
     let end = loop {
@@ -304,11 +309,16 @@ pub fn serve_connection(services: &Arc<Services>, mut reader: File, writer: File
     };
     drop(tx);
     // The writer ends once every in-flight handler has answered and dropped its sender; do not
-    // wait for long-polls (wait, OOM events) that may never answer on a dead connection.
+    // wait for long-polls (wait, OOM events) that may never answer on a dead connection: their
+    // answers go nowhere, the stream is closed now.
     if let Ok(handle) = writer_thread {
         if in_flight.load(Ordering::SeqCst) == 0 {
             let _ = handle.join();
         }
+    }
+    match writer.try_lock_for(Duration::from_secs(1)) {
+        Some(mut w) => *w = None,
+        None => tracing::warn!("connection writer busy: not closed"),
     }
     end
 }
@@ -361,13 +371,17 @@ fn handle_request(
     }
 }
 
-fn write_loop(mut w: File, rx: mpsc::Receiver<(MessageHeader, Vec<u8>)>) {
+fn write_loop(w: &parking_lot::Mutex<Option<File>>, rx: mpsc::Receiver<(MessageHeader, Vec<u8>)>) {
     for (mut mh, payload) in rx {
         mh.length = payload.len() as u32;
         let head: Vec<u8> = mh.into();
         let mut frame = head;
         frame.extend_from_slice(&payload);
-        if let Err(e) = w.write_all(&frame) {
+        let mut w = w.lock();
+        let Some(file) = w.as_mut() else {
+            continue; // the connection ended: nobody reads the answer
+        };
+        if let Err(e) = file.write_all(&frame) {
             tracing::debug!(error = %e, "connection write failed");
             // Keep draining so handlers never block on a full channel.
             continue;

@@ -156,16 +156,28 @@ fn serve_serial(path: &PathBuf, services: &Arc<Services>) -> Result<()> {
     while !path.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let mut first = true;
     loop {
-        let dev = {
+        let opened = {
             use std::os::unix::fs::OpenOptionsExt;
             OpenOptions::new()
                 .read(true)
                 .write(true)
                 .custom_flags(libc::O_NOCTTY)
                 .open(path)
-                .map_err(|e| AgentError::io(format!("open {path:?}"), e))?
         };
+        let dev = match opened {
+            Ok(d) => d,
+            Err(e) if first => return Err(AgentError::io(format!("open {path:?}"), e)),
+            // Reopening (the host's next connection): the port may be busy a moment while
+            // the old connection's writer closes.
+            Err(e) => {
+                tracing::warn!(error = %e, ?path, "reopen the serial port");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        first = false;
         make_raw_if_tty(&dev);
         let write = dev
             .try_clone()

@@ -93,6 +93,79 @@ pub struct CreateArgs {
     pub id: String,
 }
 
+/// CRIU options `checkpoint` and `restore` share (runc's): they apply to host containers,
+/// whose processes CRIU saves; a vm pod's whole VM is saved, which keeps all of them anyway.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CriuArgs {
+    /// Directory of the checkpoint's files.
+    #[arg(long)]
+    pub image_path: PathBuf,
+    /// Directory for CRIU's logs and work files (default: the image path).
+    #[arg(long)]
+    pub work_path: Option<PathBuf>,
+    /// Allow open TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Allow external unix sockets.
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Allow shell jobs.
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Handle file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// How cgroups are checkpointed and restored (soft, full, strict, ignore).
+    #[arg(long)]
+    pub manage_cgroups_mode: Option<String>,
+    /// Namespaces left empty (a host container's).
+    #[arg(long)]
+    pub empty_ns: Vec<String>,
+    /// Deduplicate the image's pages.
+    #[arg(long)]
+    pub auto_dedup: bool,
+    /// Lazy migration (not supported).
+    #[arg(long)]
+    pub lazy_pages: bool,
+}
+
+/// `hull checkpoint`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointArgs {
+    /// Where the checkpoint goes, and how.
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Let the container run on after the checkpoint.
+    #[arg(long)]
+    pub leave_running: bool,
+    /// A previous pre-dump (not supported).
+    #[arg(long)]
+    pub parent_path: Option<PathBuf>,
+    /// Only pre-dump memory (not supported).
+    #[arg(long)]
+    pub pre_dump: bool,
+    /// Container id.
+    pub id: String,
+}
+
+/// `hull restore`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// Where the checkpoint is, and how.
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// The container's bundle, its network namespace, pid file and console socket as
+    /// `create` takes them.
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Return once the container runs.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Do not become the restored container's subreaper.
+    #[arg(long)]
+    pub no_subreaper: bool,
+}
+
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -103,6 +176,11 @@ pub enum Command {
         /// Container id.
         id: String,
     },
+    /// Save a running container to a directory (a vm pod's whole VM; a host container's
+    /// processes through CRIU).
+    Checkpoint(CheckpointArgs),
+    /// Start a container from a checkpoint; wait for it unless detached.
+    Restore(RestoreArgs),
     /// Create and start a container; wait for it unless detached.
     Run {
         /// Return once the container runs.
@@ -231,6 +309,9 @@ pub enum Command {
         /// fd to report start-up on.
         #[arg(long)]
         ready_fd: i32,
+        /// Start the pod from this checkpoint instead of booting (`hull restore`).
+        #[arg(long)]
+        restore: Option<PathBuf>,
     },
 }
 

@@ -51,7 +51,7 @@ impl Backend {
             Backend::Qemu => Capabilities {
                 shared_fs: &[SharedFs::Virtio9p],
                 pause: true,
-                snapshot: false,
+                snapshot: true,
                 templates: true,
                 stops_by_guest_power_off: false,
                 block: DeviceSupport::COLD_AND_SLOTS,
@@ -298,7 +298,7 @@ mod tests {
             assert_eq!(c.block, block, "{b}");
             assert!(c.pause, "{b}");
         }
-        assert!(Backend::Builtin.capabilities().snapshot && !Backend::Qemu.capabilities().snapshot);
+        assert!(Backend::Builtin.capabilities().snapshot && Backend::Qemu.capabilities().snapshot);
         assert!(Backend::Qemu.capabilities().templates);
     }
 }

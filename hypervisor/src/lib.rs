@@ -166,6 +166,13 @@ pub struct VmConfig {
     pub pci_devices: Vec<PciDevice>,
     /// QEMU TCG's translation buffer in MiB (TCG only; QEMU's own default is 1 GiB).
     pub tcg_tb_mib: u32,
+    /// Start from a checkpoint of a VM of this configuration (the directory
+    /// [`Hypervisor::snapshot`] wrote) instead of booting: every process in the guest goes on
+    /// where it was. No template is used.
+    pub restore_from: Option<PathBuf>,
+    /// Disk slots filled when the VM starts: `(slot, disk)`, a restored VM's slots as they
+    /// were at its checkpoint.
+    pub filled_slots: Vec<(usize, Disk)>,
 }
 
 /// The TCG translation buffer a VM gets unless configured: what a pod's guest runs fits.
@@ -202,6 +209,8 @@ impl VmConfig {
             disk_slots: 0,
             pci_devices: Vec::new(),
             tcg_tb_mib: DEFAULT_TCG_TB_MIB,
+            restore_from: None,
+            filled_slots: Vec::new(),
         }
     }
 
@@ -332,7 +341,9 @@ pub trait Hypervisor: Send {
     fn pause(&mut self) -> Result<()>;
     /// Lets a paused guest run again.
     fn resume(&mut self) -> Result<()>;
-    /// Saves the running VM's state into `dir` ([`Capabilities::snapshot`]).
+    /// Saves the VM's whole state (devices and RAM) into `dir` ([`Capabilities::snapshot`]),
+    /// from which a VM of the same configuration starts ([`VmConfig::restore_from`]). A
+    /// running VM runs on afterwards; a paused one stays paused.
     fn snapshot(&mut self, dir: &Path) -> Result<()>;
     /// Errors if the VM is not running (its process exited, or it was stopped).
     fn check_running(&mut self) -> Result<()>;

@@ -18,7 +18,7 @@ use crate::server::{Mirrored, ServedContainer};
 pub fn run(g: &Globals, a: &CreateArgs) -> Result<i32> {
     let (isolation, _, _) = isolation_of(g.config.as_deref(), &a.bundle)?;
     if isolation == Isolation::Vm {
-        create_vm_detached(g, a).map(|_mirror| ())?;
+        create_vm_detached(g, a, None).map(|_mirror| ())?;
         return Ok(0);
     }
     g.host_pod()
@@ -29,7 +29,13 @@ pub fn run(g: &Globals, a: &CreateArgs) -> Result<i32> {
 /// `hull create` (or `run -d`) of a vm container: start its sandbox server, detached, wait
 /// until it has created the container (or failed, with its reason), then fork the init's
 /// mirror, a descendant of this process as the caller's subreaper wants, and write its pid.
-pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<i32> {
+/// With `restore`, the server starts the pod from that checkpoint (`hull restore`): the
+/// container runs already.
+pub(super) fn create_vm_detached(
+    g: &Globals,
+    a: &CreateArgs,
+    restore: Option<&Path>,
+) -> Result<i32> {
     use std::os::unix::process::CommandExt;
     // The bundle's spec was read and checked by `isolation_of`.
     hull_container::validate_id(&a.id)?;
@@ -66,6 +72,9 @@ pub(super) fn create_vm_detached(g: &Globals, a: &CreateArgs) -> Result<i32> {
     .arg(abs(&a.bundle));
     if let Some(p) = &a.console_socket {
         cmd.arg("--console-socket").arg(abs(p));
+    }
+    if let Some(p) = restore {
+        cmd.arg("--restore").arg(abs(p));
     }
     let w = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
     // SAFETY: between fork and exec only setsid(2) and dup2(2), async-signal-safe.

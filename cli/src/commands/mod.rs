@@ -14,6 +14,7 @@ use crate::server::{self, ServedContainer};
 use crate::{guard, logging};
 
 mod check;
+mod checkpoint;
 mod console;
 mod create;
 mod dashboard;
@@ -25,6 +26,7 @@ mod kill;
 mod list;
 mod pause;
 mod ps;
+mod restore;
 mod resume;
 mod run;
 mod sandbox_server;
@@ -106,6 +108,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             create,
         } => run::run(&g, &create, detach, keep),
         Command::Start { id } => start::run(&g, &id),
+        Command::Checkpoint(a) => checkpoint::run(&g, &a),
+        Command::Restore(a) => restore::run(&g, &a),
         Command::State { id } => state::run(&g, &id),
         Command::Kill { all, id, signal } => kill::run(&g, &id, &signal, all),
         Command::Delete { force, id } => delete::run(&g, &id, force),
@@ -134,7 +138,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             bundle,
             console_socket,
             ready_fd,
-        } => sandbox_server::run(&g, id, bundle, console_socket, ready_fd),
+            restore,
+        } => sandbox_server::run(&g, id, bundle, console_socket, ready_fd, restore),
     }
 }
 

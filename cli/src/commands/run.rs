@@ -20,7 +20,7 @@ pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32>
     let (isolation, _, spec) = isolation_of(g.config.as_deref(), &a.bundle)?;
     if isolation == Isolation::Vm {
         if detach {
-            create_vm_detached(g, a)?;
+            create_vm_detached(g, a, None)?;
             let remote = ServedContainer::new(&g.root, &a.id);
             if let Err(e) = remote.start(&a.id) {
                 let _ = remote.delete(&a.id, true);
@@ -33,7 +33,7 @@ pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32>
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        return run_vm_container(g, a, keep, terminal);
+        return run_vm_container(g, a, keep, terminal, None);
     }
     // Whether a foreground container wants a terminal (read once with the spec).
     let terminal = spec
@@ -48,13 +48,20 @@ pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32>
 /// owns the VM and takes this process's stdio (or, with a terminal, hands this process the pty);
 /// this process starts the container, passes signals on, waits for the init's mirror (its
 /// child: the mirror exits with the guest init's status) and deletes the container unless
-/// `keep`.
-fn run_vm_container(g: &Globals, a: &CreateArgs, keep: bool, terminal: bool) -> Result<i32> {
+/// `keep`. With `restore`, the pod starts from that checkpoint, its container running
+/// already (`hull restore` in the foreground).
+pub(super) fn run_vm_container(
+    g: &Globals,
+    a: &CreateArgs,
+    keep: bool,
+    terminal: bool,
+    restore: Option<&std::path::Path>,
+) -> Result<i32> {
     become_subreaper()?;
     let fg = Foreground::new(&g.root, &a.id, terminal, a.console_socket.clone())?;
     let mut served_args = a.clone();
     served_args.console_socket = fg.console_socket.clone();
-    let mirror = create_vm_detached(g, &served_args)?;
+    let mirror = create_vm_detached(g, &served_args, restore)?;
     let remote = ServedContainer::new(&g.root, &a.id);
     // The pty proxy's threads start in attach: block first.
     block_forwarded();
@@ -71,9 +78,11 @@ fn run_vm_container(g: &Globals, a: &CreateArgs, keep: bool, terminal: bool) -> 
             let _ = r.kill(&id, sig.into(), false);
         });
     }
-    if let Err(e) = remote.start(&a.id) {
-        let _ = remote.delete(&a.id, true);
-        return Err(e.into());
+    if restore.is_none() {
+        if let Err(e) = remote.start(&a.id) {
+            let _ = remote.delete(&a.id, true);
+            return Err(e.into());
+        }
     }
     let code = loop {
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(mirror), None) {

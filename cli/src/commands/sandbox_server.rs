@@ -17,6 +17,7 @@ pub fn run(
     bundle: PathBuf,
     console_socket: Option<PathBuf>,
     ready_fd: RawFd,
+    restore: Option<PathBuf>,
 ) -> Result<i32> {
     let (cfg, _) = Config::load_or_default(g.config.as_deref())?;
     server::serve_main(server::ServerArgs {
@@ -26,5 +27,6 @@ pub fn run(
         console_socket,
         vm: cfg.vm,
         ready_fd,
+        restore,
     })
 }

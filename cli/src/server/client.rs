@@ -171,6 +171,33 @@ impl ServedContainer {
         Ok(pid)
     }
 
+    /// Saves the pod into `image_path` (`hull checkpoint`); unless `leave_running`, the pod
+    /// then stops and the container is gone.
+    pub fn checkpoint(&self, id: &str, image_path: &Path, leave_running: bool) -> Result<()> {
+        self.check(id)?;
+        let request = Request::Checkpoint {
+            image_path: image_path.to_path_buf(),
+            leave_running,
+        };
+        match self.call(request, &[], None)? {
+            Answer::Done if leave_running => Ok(()),
+            Answer::Deleted if !leave_running => self.await_gone(),
+            other => Err(self.unexpected(other).into()),
+        }
+    }
+
+    /// After [`Answer::Deleted`]: the server removes the state dir as it exits; waits for
+    /// that briefly, then cleans up what is left.
+    fn await_gone(&self) -> Result<()> {
+        for _ in 0..200 {
+            if !self.dir.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        record::clean_up_dead(&self.dir)
+    }
+
     /// The record of a server that no longer answers: the container is stopped.
     fn dead_state(&self) -> Result<ContainerState> {
         let r = ServerRecord::read(&self.dir).map_err(|_| Error::not_found(&self.id))?;
@@ -274,16 +301,7 @@ impl Containers for ServedContainer {
     fn delete(&self, id: &str, force: bool) -> Result<()> {
         self.check(id)?;
         match self.call(Request::Delete { force }, &[], Some(CALL_TIMEOUT)) {
-            Ok(Answer::Deleted) => {
-                // The server removes the state dir as it exits; wait for that briefly.
-                for _ in 0..200 {
-                    if !self.dir.exists() {
-                        return Ok(());
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                record::clean_up_dead(&self.dir)
-            }
+            Ok(Answer::Deleted) => self.await_gone(),
             Ok(other) => Err(self.unexpected(other).into()),
             // A dead server's container is stopped: deleting it is always allowed.
             Err(e) if e.server_gone() => record::clean_up_dead(&self.dir),

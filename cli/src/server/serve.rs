@@ -38,6 +38,8 @@ pub struct ServerArgs {
     pub vm: VmSection,
     /// fd on which to report "ok" or the error, then close.
     pub ready_fd: RawFd,
+    /// Start the pod from this checkpoint (`hull restore`) instead of booting and creating.
+    pub restore: Option<PathBuf>,
 }
 
 /// One vm container's server: its pod and the mirrors of its processes.
@@ -127,15 +129,21 @@ fn start(a: &ServerArgs, dir: &Path) -> Result<(Arc<Server>, UnixListener)> {
         mirrors: Vec::new(),
     }
     .write(dir)?;
-    vm.start_pod(&a.bundle)?;
-    let init_guest_pid = vm.create(CreateOptions {
+    let opts = CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
         console_socket: a.console_socket.clone(),
         detach: true,
         stdio,
         ..Default::default()
-    })?;
+    };
+    let init_guest_pid = match &a.restore {
+        Some(checkpoint) => vm.restore(checkpoint, opts)?,
+        None => {
+            vm.start_pod(&a.bundle)?;
+            vm.create(opts)?
+        }
+    };
     let sock = record::socket_path(dir);
     if let Some(parent) = sock.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -270,6 +278,20 @@ impl Server {
             Request::Pause => self.vm.pause(id).map(done),
             Request::Resume => self.vm.resume(id).map(done),
             Request::Update { resources } => self.vm.update(id, &resources).map(done),
+            Request::Checkpoint {
+                image_path,
+                leave_running,
+            } => {
+                self.vm.checkpoint(&image_path, leave_running)?;
+                if leave_running {
+                    return Ok(Answer::Done);
+                }
+                // Saved and stopped (runc's checkpoint without --leave-running): the
+                // container is gone, as after a forced delete.
+                self.mirrors.end_all(KILLED);
+                self.vm.stop_pod()?;
+                Ok(Answer::Deleted)
+            }
             Request::Delete { force } => {
                 // The container is the pod: deleting it stops the pod's VM.
                 let status = self.vm.state(id)?.status;

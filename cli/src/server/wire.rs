@@ -101,6 +101,14 @@ pub enum Request {
         /// The limits.
         resources: Box<LinuxResources>,
     },
+    /// Save the pod's VM into `image_path` (`hull checkpoint`): [`Answer::Done`] when it runs
+    /// on (`leave_running`), else the pod stops and the server exits: [`Answer::Deleted`].
+    Checkpoint {
+        /// The checkpoint directory.
+        image_path: PathBuf,
+        /// Let the pod run on.
+        leave_running: bool,
+    },
     /// Delete the container, and with it the pod: the server exits. [`Answer::Deleted`]
     Delete {
         /// Even if it runs.
@@ -303,6 +311,10 @@ mod tests {
             Request::Resume,
             Request::Update {
                 resources: Box::default(),
+            },
+            Request::Checkpoint {
+                image_path: "/ck".into(),
+                leave_running: true,
             },
             Request::Delete { force: true },
         ];

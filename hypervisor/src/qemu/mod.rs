@@ -58,6 +58,30 @@ enum Start {
     /// Restores a template: its RAM mapped privately (copy-on-write), its device state loaded
     /// by incoming migration.
     Restore { memory: PathBuf, state: PathBuf },
+    /// Restores a checkpoint ([`Hypervisor::snapshot`]): RAM and device state loaded by
+    /// incoming migration; `named_memory`: the checkpointed VM's RAM was the memory backend
+    /// `mem` (it had been restored from a template), which migration finds by that name.
+    Checkpoint { state: PathBuf, named_memory: bool },
+}
+
+/// The file of a checkpoint directory holding QEMU's migration stream (devices and RAM).
+const CHECKPOINT_STATE: &str = "qemu.state";
+/// The file of a checkpoint directory describing how to start a QEMU that loads it.
+const CHECKPOINT_META: &str = "qemu.json";
+/// Bump when a checkpoint's layout changes.
+const CHECKPOINT_FORMAT: u32 = 1;
+/// Migration's bandwidth cap for a checkpoint, bytes/s: no cap in practice.
+const MIGRATION_BANDWIDTH: u64 = 1 << 40;
+/// How long saving or loading a checkpoint (all of the guest's RAM) may take.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a checkpoint directory says of the QEMU that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct CheckpointMeta {
+    format: u32,
+    named_memory: bool,
+    memory_mib: u32,
+    vcpus: u32,
 }
 
 /// Whether the guest's vCPUs run, as QMP `query-status` says.
@@ -260,10 +284,13 @@ impl QemuHypervisor {
                     (false, true) => "microvm",
                     (false, false) => "microvm,acpi=off",
                 },
-                if self.start == Start::Boot {
-                    ""
-                } else {
-                    ",memory-backend=mem"
+                match &self.start {
+                    Start::Boot
+                    | Start::Checkpoint {
+                        named_memory: false,
+                        ..
+                    } => "",
+                    _ => ",memory-backend=mem",
                 }
             ),
             "-accel".into(),
@@ -350,8 +377,24 @@ impl QemuHypervisor {
         for i in 0..cfg.disk_slots {
             a.push("-blockdev".into());
             a.push(format!("driver=null-co,node-name=slot{i}-empty,size=0"));
+            // A slot filled from the start (a restored checkpoint's) has its disk's node as
+            // `attach_disk` makes it.
+            let file = match cfg.filled_slots.iter().find(|(n, _)| *n == i) {
+                Some((_, disk)) => {
+                    a.push("-blockdev".into());
+                    a.push(format!(
+                        "driver={},node-name=slot{i}-disk,filename={},cache.direct={},aio=threads,locking={}",
+                        disk_driver(disk),
+                        s(&disk.path).replace(',', ",,"),
+                        if disk_cache(disk) == "none" { "on" } else { "off" },
+                        if disk.shared { "off" } else { "auto" }
+                    ));
+                    format!("slot{i}-disk")
+                }
+                None => format!("slot{i}-empty"),
+            };
             a.push("-blockdev".into());
-            a.push(format!("driver=raw,node-name=slot{i},file=slot{i}-empty"));
+            a.push(format!("driver=raw,node-name=slot{i},file={file}"));
             a.push("-device".into());
             a.push(self.virtio(&format!(
                 "virtio-blk-device,drive=slot{i},serial={}",
@@ -379,6 +422,15 @@ impl QemuHypervisor {
             }
             Start::Restore { memory, .. } => {
                 a.extend(["-object".into(), memory_file(memory, false)]);
+                a.extend(["-incoming".into(), "defer".into()]);
+            }
+            Start::Checkpoint { named_memory, .. } => {
+                if *named_memory {
+                    a.extend([
+                        "-object".into(),
+                        format!("memory-backend-ram,id=mem,size={}M", cfg.memory_mib),
+                    ]);
+                }
                 a.extend(["-incoming".into(), "defer".into()]);
             }
         }
@@ -487,6 +539,54 @@ impl QemuHypervisor {
         }
     }
 
+    /// Starts the guest from the checkpoint in `dir`: QEMU with the checkpointed VM's memory
+    /// layout waits for the migration stream, loads it, and runs the guest on.
+    fn start_from_checkpoint(&mut self, dir: &Path) -> Result<Instant> {
+        let meta_path = dir.join(CHECKPOINT_META);
+        let bad = |why: String| HypervisorError::Config(format!("checkpoint {dir:?}: {why}"));
+        let text =
+            std::fs::read(&meta_path).map_err(|e| bad(format!("{}: {e}", meta_path.display())))?;
+        let meta: CheckpointMeta = serde_json::from_slice(&text)
+            .map_err(|e| bad(format!("{}: {e}", meta_path.display())))?;
+        if meta.format != CHECKPOINT_FORMAT {
+            return Err(bad(format!(
+                "format {} (this hull reads {CHECKPOINT_FORMAT})",
+                meta.format
+            )));
+        }
+        if (meta.memory_mib, meta.vcpus) != (self.config.memory_mib, self.config.vcpus) {
+            return Err(bad(format!(
+                "made of a vm with {} MiB and {} vCPUs, not {} MiB and {}",
+                meta.memory_mib, meta.vcpus, self.config.memory_mib, self.config.vcpus
+            )));
+        }
+        let state = dir.join(CHECKPOINT_STATE);
+        if !state.is_file() {
+            return Err(bad(format!("{} is missing", state.display())));
+        }
+        self.start = Start::Checkpoint {
+            state: state.clone(),
+            named_memory: meta.named_memory,
+        };
+        let started = self.spawn()?;
+        let loaded = (|| {
+            let uri = format!("exec:cat {}", template::shell_quote(&state)?);
+            self.qmp("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
+            self.await_migration_within(
+                "migrate-incoming",
+                "loading the checkpoint",
+                CHECKPOINT_TIMEOUT,
+            )?;
+            self.qmp("cont", None).map(|_| ())
+        })();
+        if let Err(e) = loaded {
+            self.process.kill();
+            return Err(e);
+        }
+        tracing::info!(checkpoint = ?dir, elapsed = ?started.elapsed(), "vm restored from its checkpoint");
+        Ok(started)
+    }
+
     /// Kills the guest restored from template `t`, which failed with `e`, and removes `t`.
     fn discard_template(&mut self, t: &Template, e: &HypervisorError) -> Result<()> {
         tracing::warn!(template = ?t.dir(), error = %e, "vm template did not restore; removing it and booting");
@@ -556,7 +656,12 @@ impl QemuHypervisor {
     /// Polls `query-migrate` until the migration completed; an error when it failed, was
     /// cancelled or took over [`SAVE_TIMEOUT`].
     fn await_migration(&mut self, command: &str, what: &str) -> Result<()> {
-        let deadline = Instant::now() + SAVE_TIMEOUT;
+        self.await_migration_within(command, what, SAVE_TIMEOUT)
+    }
+
+    /// [`Self::await_migration`] with its own bound.
+    fn await_migration_within(&mut self, command: &str, what: &str, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
         loop {
             let v = self.qmp("query-migrate", None)?;
             match v.get("status").and_then(|s| s.as_str()).unwrap_or("") {
@@ -573,7 +678,7 @@ impl QemuHypervisor {
                 _ if Instant::now() >= deadline => {
                     return Err(HypervisorError::Qmp {
                         command: command.into(),
-                        message: format!("{what} took over {SAVE_TIMEOUT:?}"),
+                        message: format!("{what} took over {limit:?}"),
                     })
                 }
                 _ => std::thread::sleep(Duration::from_millis(2)),
@@ -656,6 +761,20 @@ fn disk_cache(disk: &Disk) -> &'static str {
     }
 }
 
+/// QEMU's block driver for `disk`: `host_device` for a block device node, else `file`.
+fn disk_driver(disk: &Disk) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if disk
+        .path
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_block_device())
+    {
+        "host_device"
+    } else {
+        "file"
+    }
+}
+
 /// The size in bytes of a disk (a block device's `st_size` is 0: seek to its end).
 fn disk_size(path: &Path) -> Result<u64> {
     use std::io::Seek;
@@ -688,9 +807,13 @@ impl Hypervisor for QemuHypervisor {
             return Err(HypervisorError::Config("vm is already booted".into()));
         }
         self.validate()?;
-        let started = match self.template_root() {
-            Some(root) => self.start_from_template(&root)?,
-            None => self.cold_start()?,
+        let started = match (&self.config.restore_from, self.template_root()) {
+            (Some(dir), _) => {
+                let dir = dir.clone();
+                self.start_from_checkpoint(&dir)?
+            }
+            (None, Some(root)) => self.start_from_template(&root)?,
+            (None, None) => self.cold_start()?,
         };
         Ok(BootedVm {
             channel: self.agent_channel(),
@@ -767,11 +890,59 @@ impl Hypervisor for QemuHypervisor {
         self.qmp("cont", None).map(|_| ())
     }
 
-    fn snapshot(&mut self, _dir: &Path) -> Result<()> {
-        Err(HypervisorError::NotSupported {
-            operation: "snapshot",
-            backend: "qemu",
-        })
+    /// Migration of the whole VM into `dir` (QEMU refuses while the guest has a 9p share
+    /// mounted, saying so). The guest is stopped meanwhile and runs on after, unless it was
+    /// paused.
+    fn snapshot(&mut self, dir: &Path) -> Result<()> {
+        self.check_running()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HypervisorError::io(format!("create {dir:?}"), e))?;
+        let was_running = self.query_status()?.running;
+        if was_running {
+            self.qmp("stop", None)?;
+        }
+        let saved = (|| {
+            // All of the RAM goes into the stream, a template's too (x-ignore-shared off), as
+            // fast as the disk takes it (QEMU's default cap is 32 MiB/s, for a network).
+            self.qmp(
+                "migrate-set-capabilities",
+                Some(serde_json::json!({"capabilities": [
+                    {"capability": "x-ignore-shared", "state": false}
+                ]})),
+            )?;
+            self.qmp(
+                "migrate-set-parameters",
+                Some(serde_json::json!({"max-bandwidth": MIGRATION_BANDWIDTH})),
+            )?;
+            let uri = format!(
+                "exec:cat > {}",
+                template::shell_quote(&dir.join(CHECKPOINT_STATE))?
+            );
+            self.qmp("migrate", Some(serde_json::json!({ "uri": uri })))?;
+            self.await_migration_within("migrate", "saving the checkpoint", CHECKPOINT_TIMEOUT)?;
+            let meta = CheckpointMeta {
+                format: CHECKPOINT_FORMAT,
+                named_memory: !matches!(
+                    self.start,
+                    Start::Boot
+                        | Start::Checkpoint {
+                            named_memory: false,
+                            ..
+                        }
+                ),
+                memory_mib: self.config.memory_mib,
+                vcpus: self.config.vcpus,
+            };
+            let path = dir.join(CHECKPOINT_META);
+            let json = serde_json::to_vec_pretty(&meta).expect("checkpoint meta serialises");
+            std::fs::write(&path, json)
+                .map_err(|e| HypervisorError::io(format!("write {path:?}"), e))
+        })();
+        if was_running {
+            // After a migration QEMU is in `postmigrate`, from which `cont` runs the guest.
+            self.qmp("cont", None)?;
+        }
+        saved
     }
 
     fn attach_disk(&mut self, slot: usize, disk: &Disk) -> Result<()> {
@@ -783,14 +954,7 @@ impl Hypervisor for QemuHypervisor {
         }
         let size = disk_size(&disk.path)?;
         let node = format!("slot{slot}-disk");
-        let driver = if disk.path.metadata().is_ok_and(|m| {
-            use std::os::unix::fs::FileTypeExt;
-            m.file_type().is_block_device()
-        }) {
-            "host_device"
-        } else {
-            "file"
-        };
+        let driver = disk_driver(disk);
         self.qmp(
             "blockdev-add",
             Some(serde_json::json!({
@@ -1173,15 +1337,47 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_and_hot_devices_are_not_claimed_and_snapshot_says_not_supported() {
+    fn snapshots_and_slots_are_claimed_and_a_restore_loads_the_checkpoint_with_its_slots() {
         let mut q = QemuHypervisor::new(cfg());
         let caps = q.capabilities();
-        assert!(!caps.snapshot && caps.block.hot && caps.block.cold);
+        assert!(caps.snapshot && caps.block.hot && caps.block.cold);
         let e = q.snapshot(Path::new("/tmp")).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "snapshot is not supported by the qemu backend"
+        assert!(e.to_string().contains("not booted"), "{e}");
+
+        let mut c = cfg();
+        c.disk_slots = 2;
+        c.filled_slots = vec![(
+            1,
+            Disk {
+                path: "/x/c1.img".into(),
+                read_only: false,
+                shared: false,
+            },
+        )];
+        let mut q = QemuHypervisor::new(c);
+        q.start = Start::Checkpoint {
+            state: "/ck/qemu.state".into(),
+            named_memory: true,
+        };
+        let a = q.command_args().join(" ");
+        assert!(
+            a.contains("-blockdev driver=raw,node-name=slot0,file=slot0-empty"),
+            "{a}"
         );
+        assert!(
+            a.contains("node-name=slot1-disk,filename=/x/c1.img")
+                && a.contains("-blockdev driver=raw,node-name=slot1,file=slot1-disk"),
+            "{a}"
+        );
+        assert!(a.contains(",memory-backend=mem "), "{a}");
+        assert!(a.contains("memory-backend-ram,id=mem,size=256M"), "{a}");
+        assert!(a.ends_with("-incoming defer"), "{a}");
+        q.start = Start::Checkpoint {
+            state: "/ck/qemu.state".into(),
+            named_memory: false,
+        };
+        let a = q.command_args().join(" ");
+        assert!(!a.contains("memory-backend"), "{a}");
     }
 
     #[test]

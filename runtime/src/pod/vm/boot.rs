@@ -90,6 +90,7 @@ impl VmPod {
                 address: p.address.clone(),
             })
             .collect();
+        let (memory_mib, vcpus) = (cfg.memory_mib, cfg.vcpus);
         let net = self.set_up_network(bundle, spec)?;
         if let Some(n) = &net {
             cfg.nics = n.nics();
@@ -104,6 +105,8 @@ impl VmPod {
                     slots,
                     pci,
                     rootfs,
+                    memory_mib,
+                    vcpus,
                 });
                 Ok(())
             }

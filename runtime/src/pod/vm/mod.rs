@@ -29,6 +29,7 @@ use crate::config::{Isolation, RootfsMode, VmSection};
 use crate::error::{Error, Result};
 
 mod boot;
+mod checkpoint;
 mod console;
 mod devices;
 mod network;
@@ -71,6 +72,8 @@ struct VmContainer {
     annotations: HashMap<String, String>,
     status: Status,
     init_pid: i32,
+    /// The init has a terminal.
+    terminal: bool,
     /// Host mounts under the shared dir, innermost last.
     mounts: Vec<PathBuf>,
     procs: HashMap<i32, Arc<VmProc>>,
@@ -94,6 +97,9 @@ struct Vm {
     rootfs: RootfsMode,
     /// Host PCI devices passed through to the VM.
     pci: Vec<devices::PodPci>,
+    /// The VM's size (a restored checkpoint needs the same).
+    memory_mib: u32,
+    vcpus: u32,
 }
 
 #[derive(Default)]
@@ -275,6 +281,7 @@ impl Containers for VmPod {
                 annotations,
                 status: Status::Created,
                 init_pid: pid,
+                terminal,
                 mounts,
                 procs,
                 poststart: hooks.poststart().clone().unwrap_or_default(),

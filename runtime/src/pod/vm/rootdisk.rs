@@ -212,3 +212,56 @@ fn remove_staging(staging: &Path) {
     }
     let _ = fs::remove_dir_all(staging);
 }
+
+/// Copies image `src` to `dst` keeping its holes (an image is mostly holes): only the data
+/// extents are copied (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`).
+pub(super) fn copy_image(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let from = fs::File::open(src).map_err(|e| Error::io(src, e))?;
+    let len = from.metadata().map_err(|e| Error::io(src, e))?.len();
+    if let Some(p) = dst.parent() {
+        fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    let to = fs::File::create(dst).map_err(|e| Error::io(dst, e))?;
+    to.set_len(len).map_err(|e| Error::io(dst, e))?;
+    let (fi, fo) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        // SAFETY: lseek on a descriptor `from` owns.
+        let data = unsafe { libc::lseek(fi, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(Error::io(src, e));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fi, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(Error::io(src, std::io::Error::last_os_error()));
+        }
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < hole {
+            // SAFETY: copy_file_range between two descriptors we own, with offsets we own.
+            let n = unsafe {
+                libc::copy_file_range(
+                    fi,
+                    &mut off_in,
+                    fo,
+                    &mut off_out,
+                    (hole - off_in) as usize,
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(Error::io(dst, std::io::Error::last_os_error()));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        pos = hole;
+    }
+    to.sync_all().map_err(|e| Error::io(dst, e))
+}
