@@ -1347,3 +1347,313 @@ fn a_disk_rootfs_is_an_ext4_disk_of_the_vm_with_the_bundles_files() {
     fails_with(&out, &["io.hull.rootfs", "tape"]);
     nothing_left(&h);
 }
+
+/// A disk-rootfs bundle (checkpointable) running `script`.
+fn disk_rootfs_bundle(script: &str) -> Bundle {
+    Bundle::with(&["sh", "-c", script], |v| {
+        v["annotations"]["io.hull.rootfs"] = "disk".into()
+    })
+}
+
+/// The number container `id` last wrote to /count.
+fn guest_count(h: &Hull, cfg: &Path, id: &str) -> u64 {
+    let o = h.ok(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "exec",
+        id,
+        "cat",
+        "/count",
+    ]);
+    o.trim().parse().unwrap_or_else(|_| panic!("/count: {o:?}"))
+}
+
+/// `hull checkpoint` / `hull restore` with `args`, bounded.
+fn hull_out(h: &Hull, cfg: &Path, args: &[&str]) -> Output {
+    output_with_timeout(hull_cmd(h, cfg, args), VM_CALL)
+}
+
+/// The vm checkpoint: a counting container is saved and stops (gone, as runc's checkpoint
+/// leaves it), is restored under its id and counts on from its number, not from 1; the
+/// checkpoint restores again after that pod is deleted; a second restore of a running id is
+/// refused; nothing is left.
+#[test]
+fn a_checkpointed_vm_pod_stops_and_restored_counts_on_from_its_number() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let cfg = c.vm.as_path();
+    let b = disk_rootfs_bundle("i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done");
+    let id = unique_id("ckpt");
+    create_detached(&h, cfg, &b, &id);
+    h.ok(&["--config", cfg.to_str().unwrap(), "start", &id]);
+    assert!(
+        wait_until(Duration::from_secs(60), || guest_count(&h, cfg, &id) >= 10),
+        "the counter never reached 10"
+    );
+    let images = tempfile::tempdir().unwrap();
+    let dir = images.path().join("ck");
+    let before = guest_count(&h, cfg, &id);
+    let out = hull_out(
+        &h,
+        cfg,
+        &["checkpoint", "--image-path", dir.to_str().unwrap(), &id],
+    );
+    assert_eq!(out.status.code(), Some(0), "checkpoint: {}", stderr(&out));
+    assert!(
+        !h.has_state(&id),
+        "a checkpoint without --leave-running stops the container"
+    );
+    assert!(dir.join("hull-pod.json").is_file() && dir.join("qemu.state").is_file());
+    nothing_left(&h);
+
+    for round in 0..2 {
+        let out = hull_out(
+            &h,
+            cfg,
+            &[
+                "restore",
+                "-d",
+                "--image-path",
+                dir.to_str().unwrap(),
+                "--bundle",
+                b.path().to_str().unwrap(),
+                &id,
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "restore {round}: {}",
+            stderr(&out)
+        );
+        assert_eq!(h.state(&id)["status"], "running");
+        let restored = guest_count(&h, cfg, &id);
+        assert!(
+            restored >= before && restored < before + 100,
+            "restore {round}: the counter is at {restored}, it was at {before} before the checkpoint"
+        );
+        assert!(
+            wait_until(Duration::from_secs(30), || guest_count(&h, cfg, &id)
+                > restored + 3),
+            "restore {round}: the counter does not count on"
+        );
+        if round == 0 {
+            let out = hull_out(
+                &h,
+                cfg,
+                &[
+                    "restore",
+                    "-d",
+                    "--image-path",
+                    dir.to_str().unwrap(),
+                    "--bundle",
+                    b.path().to_str().unwrap(),
+                    &id,
+                ],
+            );
+            fails_with(&out, &[&id, "already exists"]);
+        }
+        h.ok(&["--config", cfg.to_str().unwrap(), "delete", "-f", &id]);
+        nothing_left(&h);
+    }
+}
+
+/// `--leave-running`: the pod runs on, and a TCP connection from the host into it stays up
+/// across the checkpoint.
+#[test]
+fn a_tcp_connection_into_a_vm_pod_survives_a_leave_running_checkpoint() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let cfg = c.vm.as_path();
+    let net = PodNetns::new(3);
+    let b = Bundle::with(&["nc", "-ll", "-p", "7000", "-e", "cat"], {
+        let path = net.path();
+        move |v| {
+            v["annotations"]["io.hull.rootfs"] = "disk".into();
+            let nss = v["linux"]["namespaces"].as_array_mut().unwrap();
+            nss.retain(|n| n["type"] != "network");
+            nss.push(serde_json::json!({"type": "network", "path": path}));
+        }
+    });
+    let id = unique_id("cktcp");
+    create_detached(&h, cfg, &b, &id);
+    h.ok(&["--config", cfg.to_str().unwrap(), "start", &id]);
+    let mut conn = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            conn = std::net::TcpStream::connect("10.201.3.2:7000").ok();
+            conn.is_some()
+        }),
+        "the pod never listened"
+    );
+    let conn = conn.unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut echo = |text: &str| {
+        (&conn).write_all(format!("{text}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(echo("before"), "before");
+    let images = tempfile::tempdir().unwrap();
+    let out = hull_out(
+        &h,
+        cfg,
+        &[
+            "checkpoint",
+            "--leave-running",
+            "--tcp-established",
+            "--image-path",
+            images.path().to_str().unwrap(),
+            &id,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "checkpoint: {}", stderr(&out));
+    assert_eq!(h.state(&id)["status"], "running");
+    assert_eq!(
+        echo("after"),
+        "after",
+        "the connection survives the checkpoint"
+    );
+    h.ok(&["--config", cfg.to_str().unwrap(), "delete", "-f", &id]);
+    nothing_left(&h);
+}
+
+/// A restore in the foreground passes the restored process's output to this process's
+/// stdout and ends with its exit status.
+#[test]
+fn a_foreground_restore_carries_the_output_and_exit_status_on() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let cfg = c.vm.as_path();
+    let b = disk_rootfs_bundle(
+        "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo $i > /count; echo n$i; sleep 0.1; done; exit 3",
+    );
+    let id = unique_id("ckfg");
+    create_detached(&h, cfg, &b, &id);
+    h.ok(&["--config", cfg.to_str().unwrap(), "start", &id]);
+    assert!(wait_until(Duration::from_secs(60), || guest_count(
+        &h, cfg, &id
+    ) >= 10));
+    let images = tempfile::tempdir().unwrap();
+    let out = hull_out(
+        &h,
+        cfg,
+        &[
+            "checkpoint",
+            "--image-path",
+            images.path().to_str().unwrap(),
+            &id,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "checkpoint: {}", stderr(&out));
+    let out = hull_out(
+        &h,
+        cfg,
+        &[
+            "restore",
+            "--image-path",
+            images.path().to_str().unwrap(),
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ],
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout: {text}\nstderr: {}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains("n60"),
+        "the restored process's output: {text}"
+    );
+    assert!(!text.contains("n1\n"), "it did not start over: {text}");
+    nothing_left(&h);
+}
+
+/// What cannot be checkpointed or restored is refused in one line, leaving the pod as it was
+/// and nothing behind: a 9p-shared rootfs (QEMU cannot save it), a missing or corrupt image
+/// dir, a host id that is not there.
+#[test]
+fn checkpoints_that_cannot_be_are_refused_in_one_line() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let cfg = c.vm.as_path();
+    let images = tempfile::tempdir().unwrap();
+    let dir = images.path().join("ck");
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done",
+    ]);
+    let id = unique_id("ckshare");
+    create_detached(&h, cfg, &b, &id);
+    h.ok(&["--config", cfg.to_str().unwrap(), "start", &id]);
+    let out = hull_out(
+        &h,
+        cfg,
+        &["checkpoint", "--image-path", dir.to_str().unwrap(), &id],
+    );
+    fails_with(
+        &out,
+        &["checkpoint of pod", "virtio-9p", "io.hull.rootfs=disk"],
+    );
+    assert_eq!(h.state(&id)["status"], "running");
+    let n = guest_count(&h, cfg, &id);
+    assert!(
+        wait_until(Duration::from_secs(30), || guest_count(&h, cfg, &id) > n),
+        "it runs on"
+    );
+    assert!(!dir.join("hull-pod.json").exists());
+    h.ok(&["--config", cfg.to_str().unwrap(), "delete", "-f", &id]);
+    nothing_left(&h);
+
+    let bundle = b.path().to_str().unwrap();
+    let missing = images.path().join("missing");
+    let out = hull_out(
+        &h,
+        cfg,
+        &[
+            "restore",
+            "--image-path",
+            missing.to_str().unwrap(),
+            "--bundle",
+            bundle,
+            "r1",
+        ],
+    );
+    fails_with(&out, &["restore of r1", "not a directory"]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hull-pod.json"), "{not json").unwrap();
+    let out = hull_out(
+        &h,
+        cfg,
+        &[
+            "restore",
+            "-d",
+            "--image-path",
+            dir.to_str().unwrap(),
+            "--bundle",
+            bundle,
+            "r1",
+        ],
+    );
+    fails_with(&out, &["restore of r1", "hull-pod.json"]);
+    nothing_left(&h);
+    let out = hull_out(
+        &h,
+        cfg,
+        &[
+            "checkpoint",
+            "--image-path",
+            dir.to_str().unwrap(),
+            "nosuch",
+        ],
+    );
+    fails_with(&out, &["nosuch"]);
+}
