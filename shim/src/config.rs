@@ -46,6 +46,57 @@ pub fn config_path(any: &Any) -> Option<PathBuf> {
     found
 }
 
+/// What a checkpoint request's options ask (`containerd.runc.v1.CheckpointOptions`, or the
+/// older `containerd.linux.runc.CheckpointOptions`: same fields).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// Stop the task after the checkpoint (`exit = 1`); else it runs on, containerd's default.
+    pub exit: bool,
+    /// Where to write it (`image_path = 8`), instead of the request's path.
+    pub image_path: Option<PathBuf>,
+}
+
+/// The checkpoint options in `any` (none, or another type: the defaults).
+pub fn checkpoint_options(any: Option<&Any>) -> CheckpointOptions {
+    let mut out = CheckpointOptions::default();
+    let Some(any) = any.filter(|a| a.type_url.ends_with("CheckpointOptions")) else {
+        return out;
+    };
+    let buf = &any.value;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let Some(tag) = varint(buf, &mut pos) else {
+            break;
+        };
+        match (tag >> 3, tag & 7) {
+            (1, 0) => match varint(buf, &mut pos) {
+                Some(v) => out.exit = v != 0,
+                None => break,
+            },
+            (_, 0) => {
+                if varint(buf, &mut pos).is_none() {
+                    break;
+                }
+            }
+            (field, 2) => {
+                let Some(len) = varint(buf, &mut pos) else {
+                    break;
+                };
+                let end = pos.saturating_add(len as usize);
+                let Some(value) = buf.get(pos..end) else {
+                    break;
+                };
+                if field == 8 && !value.is_empty() {
+                    out.image_path = std::str::from_utf8(value).ok().map(PathBuf::from);
+                }
+                pos = end;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
@@ -128,5 +179,30 @@ mod tests {
             msg.contains("/nonexistent/hull.toml") && msg.contains("ConfigPath"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn checkpoint_options_say_exit_and_image_path() {
+        // exit = true (field 1, varint), open_tcp (2), image_path (8) = "/ck".
+        let value = vec![0x08, 0x01, 0x10, 0x01, 0x42, 0x03, b'/', b'c', b'k'];
+        let any = Any {
+            type_url: "containerd.runc.v1.CheckpointOptions".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(
+            checkpoint_options(Some(&any)),
+            CheckpointOptions {
+                exit: true,
+                image_path: Some("/ck".into())
+            }
+        );
+        assert_eq!(checkpoint_options(None), CheckpointOptions::default());
+        let other = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value: vec![0x08, 0x01],
+            ..Default::default()
+        };
+        assert!(!checkpoint_options(Some(&other)).exit);
     }
 }

@@ -86,6 +86,8 @@ struct Container {
     mounted_rootfs: Option<PathBuf>,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
+    /// Restored from a checkpoint: its init runs already (`Start` only reports it).
+    restored: bool,
 }
 
 /// The shim's pod, once its first container chose it.
@@ -188,7 +190,14 @@ impl Service {
 
     /// The shim's pod: the first container (the pod's sandbox container under CRI) chooses
     /// its isolation from its annotation and config, and starts it; later containers join it.
-    fn pod_for(&self, id: &str, bundle: &Path, config: &Config) -> Result<(DynPod, BundleState)> {
+    /// `start`: start the pod (not for a restore, which starts it from its checkpoint).
+    fn pod_for(
+        &self,
+        id: &str,
+        bundle: &Path,
+        config: &Config,
+        start: bool,
+    ) -> Result<(DynPod, BundleState)> {
         let mut slot = self.inner.pod.lock();
         if let Some(p) = slot.as_ref() {
             return Ok((Arc::clone(&p.pod), p.record.clone()));
@@ -215,7 +224,7 @@ impl Service {
             ),
         };
         info!(pod = %id, ?isolation, root = %root.display(), "starting the pod");
-        {
+        if start {
             let _gate = self.inner.reaper.spawning();
             let started = pod.start_pod(bundle);
             for h in pod.helper_pids() {
@@ -288,20 +297,40 @@ impl Service {
         }
     }
 
+    /// containerd's checkpoint (`ctr task checkpoint`, `ctr c checkpoint --task`): into the
+    /// options' image path, else the request's; the task runs on unless the options say
+    /// `exit` (a vm pod is saved whole, and then its VM stops: every task of it exits).
+    fn do_checkpoint(&self, req: CheckpointTaskRequest) -> Result<()> {
+        let c = self.container(&req.id)?;
+        let sandbox = self.sandbox()?;
+        let opts = crate::config::checkpoint_options(req.options.as_ref());
+        let dir = opts
+            .image_path
+            .clone()
+            .or_else(|| (!req.path.is_empty()).then(|| PathBuf::from(&req.path)))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("checkpoint of container {}: no path", c.id))
+            })?;
+        info!(container = %c.id, dir = %dir.display(), exit = opts.exit, "checkpoint");
+        sandbox.checkpoint(&c.id, &dir, !opts.exit)?;
+        Ok(())
+    }
+
     fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         let id = req.id.clone();
         if self.inner.containers.lock().contains_key(&id) {
             return Err(Error::AlreadyExists(format!("container {id}")));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "container {id}: restore from a checkpoint is not supported by hull"
-            )));
-        }
+        let restore = (!req.checkpoint.is_empty()).then(|| PathBuf::from(&req.checkpoint));
         let (config, _) = crate::config::for_task(req.options.as_ref())?;
         let bundle = PathBuf::from(&req.bundle);
         let first = self.inner.containers.lock().is_empty();
-        let (sandbox, record) = self.pod_for(&id, &bundle, &config)?;
+        if restore.is_some() && !first {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id}: a checkpoint restores a whole pod, not a container into one"
+            )));
+        }
+        let (sandbox, record) = self.pod_for(&id, &bundle, &config, restore.is_none())?;
         let created = self.create_in(&sandbox, &record, id.clone(), bundle, &req);
         if created.is_err() && first && self.inner.containers.lock().is_empty() {
             // Nothing of a pod whose first container did not come up stays (its VM).
@@ -347,14 +376,18 @@ impl Service {
             // A host pod's pid is a child of this shim (the helper exits), a vm pod's is the
             // guest's: both are claimed so that only their waiter reaps them.
             let _gate = self.inner.reaper.spawning();
-            let created = sandbox.create(CreateOptions {
+            let opts = CreateOptions {
                 id: id.clone(),
                 bundle: bundle.clone(),
                 console_socket,
                 detach: true,
                 stdio: prepared.stdio,
                 ..Default::default()
-            });
+            };
+            let created = match &req.checkpoint {
+                c if c.is_empty() => sandbox.create(opts),
+                c => sandbox.restore(Path::new(c), opts),
+            };
             for h in sandbox.helper_pids() {
                 self.inner.reaper.claim(h);
             }
@@ -381,6 +414,7 @@ impl Service {
             mounted_rootfs,
             init: Arc::clone(&init),
             execs: Mutex::new(HashMap::new()),
+            restored: !req.checkpoint.is_empty(),
         });
         self.inner.containers.lock().insert(id.clone(), c);
         self.spawn_waiter(Arc::clone(sandbox), id.clone(), init, pid);
@@ -411,10 +445,13 @@ impl Service {
             }
         }
         if p.exec_id.is_empty() {
-            {
+            if !c.restored {
                 let _cwd = self.inner.cwd.lock();
                 let _gate = self.inner.reaper.spawning();
                 sandbox.start(&c.id)?;
+            } else if sandbox.state(&c.id)?.status == Status::Paused {
+                // containerd pauses a task around its checkpoint: the restored one runs.
+                sandbox.resume(&c.id)?;
             }
             let pid = {
                 let mut st = p.st.lock();
@@ -800,13 +837,11 @@ impl Task for Service {
     }
 
     fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        let id = req.id.clone();
         reply(
             "checkpoint",
-            &req.id,
-            Err(Error::Unsupported(format!(
-                "checkpoint of container {}: not supported by hull",
-                req.id
-            ))),
+            &id,
+            self.do_checkpoint(req).map(|_| Empty::new()),
         )
     }
 

@@ -398,3 +398,104 @@ fn ctr_device_is_a_disk_of_the_vm() {
     c.assert_clean();
     assert_no_vm(&c);
 }
+
+/// The number a counting task last wrote to /count (through `ctr task exec`).
+fn task_count(c: &Containerd, id: &str, n: &mut u32) -> u64 {
+    *n += 1;
+    let exec_id = format!("count{n}");
+    let r = c.ctr(&["task", "exec", "--exec-id", &exec_id, id, "cat", "/count"]);
+    assert_eq!(r.code, 0, "exec: {}", r.err);
+    r.out
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("/count: {:?}", r.out))
+}
+
+/// containerd's checkpoint of a vm task (`ctr c checkpoint --task`: the task is saved while
+/// containerd pauses it, and runs on), then `ctr c restore --live` of that checkpoint under
+/// the same id, after the original is gone: the counter goes on from the number it had at the
+/// checkpoint, not from 1 and not from where the original got to.
+#[test]
+fn ctr_checkpoints_a_vm_task_and_restores_it_counting_on() {
+    assert!(
+        common::usable(),
+        "needs root, containerd 1.6 and busybox-static"
+    );
+    let c = Containerd::start("vmckpt");
+    let Some(cfg) = vm_config(&c, "vm") else {
+        return;
+    };
+    // The pod's rootfs on a disk: a checkpointable pod.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("rootfs = \"disk\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let r = c.run(
+        &["-d", "--runtime-config-path", cfg.to_str().unwrap()],
+        "ck1",
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    c.wait_status("ck1", "RUNNING");
+    let mut n = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while task_count(&c, "ck1", &mut n) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counter never reached 10"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let before = task_count(&c, "ck1", &mut n);
+    let r = c.ctr(&[
+        "container",
+        "checkpoint",
+        "--task",
+        "ck1",
+        "hull.test/ck1:saved",
+    ]);
+    assert_eq!(r.code, 0, "checkpoint: {} {}", r.out, r.err);
+    let after = task_count(&c, "ck1", &mut n);
+    c.wait_status("ck1", "RUNNING");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let later = task_count(&c, "ck1", &mut n);
+    assert!(
+        later > after + 5,
+        "the task runs on after the checkpoint: {after} -> {later}"
+    );
+    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "ck1"]).code, 0);
+    c.wait_status("ck1", "STOPPED");
+    assert_eq!(c.ctr(&["task", "delete", "ck1"]).code, 0);
+    assert_eq!(c.ctr(&["container", "rm", "ck1"]).code, 0);
+    assert_no_vm(&c);
+
+    let r = c.ctr(&[
+        "container",
+        "restore",
+        "--live",
+        "ck1",
+        "hull.test/ck1:saved",
+    ]);
+    assert_eq!(r.code, 0, "restore: {} {}", r.out, r.err);
+    c.wait_status("ck1", "RUNNING");
+    let restored = task_count(&c, "ck1", &mut n);
+    assert!(
+        restored >= before && restored < later,
+        "restored at {restored}: the checkpoint was taken between {before} and {after}, the \
+         original got to {later}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        task_count(&c, "ck1", &mut n) > restored,
+        "the restored task counts on"
+    );
+    assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", "ck1"]).code, 0);
+    c.wait_status("ck1", "STOPPED");
+    assert_eq!(c.ctr(&["task", "delete", "ck1"]).code, 0);
+    assert_eq!(c.ctr(&["container", "rm", "ck1"]).code, 0);
+    c.assert_clean();
+    assert_no_vm(&c);
+}

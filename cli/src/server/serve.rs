@@ -282,7 +282,7 @@ impl Server {
                 image_path,
                 leave_running,
             } => {
-                self.vm.checkpoint(&image_path, leave_running)?;
+                self.vm.checkpoint(id, &image_path, leave_running)?;
                 if leave_running {
                     return Ok(Answer::Done);
                 }

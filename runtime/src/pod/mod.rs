@@ -83,6 +83,27 @@ pub trait Pod: Containers {
     /// A host pod owns nothing but its containers, which the front deletes one by one.
     /// Stopping a stopped pod does nothing.
     fn stop_pod(&self) -> Result<()>;
+    /// Saves container `id` into `dir` (a checkpoint) and, unless `leave_running`, stops it
+    /// (a vm pod: the whole pod VM is saved, every container of it, and then stopped; the
+    /// front stops the pod). An error, saying why, where this pod cannot.
+    fn checkpoint(&self, id: &str, dir: &Path, leave_running: bool) -> Result<()> {
+        let _ = (dir, leave_running);
+        Err(crate::Error::invalid(format!(
+            "checkpoint of container {id}: not supported for {:?} isolation",
+            self.isolation()
+        )))
+    }
+    /// Starts the checkpoint in `dir` (instead of `start_pod` and `create`): container
+    /// `opts.id` runs again with `opts`' stdio and console socket; returns its init's pid.
+    /// On failure nothing is left behind.
+    fn restore(&self, dir: &Path, opts: CreateOptions) -> Result<i32> {
+        let _ = dir;
+        Err(crate::Error::invalid(format!(
+            "restore of container {}: not supported for {:?} isolation",
+            opts.id,
+            self.isolation()
+        )))
+    }
     /// Host processes the pod itself starts and waits for (a VM): a subreaper must leave
     /// their exits alone.
     fn helper_pids(&self) -> Vec<i32> {

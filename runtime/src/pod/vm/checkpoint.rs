@@ -2,7 +2,7 @@
 //! so no CRIU is involved and any host kernel will do. A checkpoint directory holds the
 //! hypervisor's save of the paused VM (devices and all of its RAM: every process, open file
 //! and socket of the guest as it was), a copy of each container's rootfs image taken while
-//! the VM was paused (so disk and memory agree), and `hull-pod.json` saying which containers
+//! the VM was paused (so disk and memory agree; packed: its data without its holes), and `hull-pod.json` saying which containers
 //! were in it. Only disk-rootfs pods ([`super::ROOTFS_ANNOTATION`]) can be saved: QEMU refuses
 //! to migrate a VM while the guest has a 9p share mounted. Restoring starts a VM of the same
 //! size from the checkpoint with copies of the images in the same disk slots; the agent
@@ -27,6 +27,8 @@ use crate::pod::{CreateOptions, Status};
 const POD_FILE: &str = "hull-pod.json";
 /// Bump when the layout of a checkpoint changes.
 const FORMAT: u32 = 1;
+/// The exit status of a process its pod's checkpoint stopped (SIGKILL's).
+const KILLED: i32 = 137;
 
 /// What `hull-pod.json` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,14 +63,14 @@ struct SavedContainer {
 
 /// The checkpoint's copy of container `id`'s rootfs image.
 fn image_name(id: &str) -> String {
-    format!("rootfs-{id}.img")
+    format!("rootfs-{id}.packed")
 }
 
 impl VmPod {
     /// Saves the pod into `dir` (created if missing): the VM is paused, saved with its
     /// rootfs images, and runs on if `leave_running`; otherwise the caller stops the pod. A
     /// pod that cannot be saved is refused in one line, before anything is paused.
-    pub fn checkpoint(&self, dir: &Path, leave_running: bool) -> Result<()> {
+    pub(super) fn checkpoint_pod(&self, dir: &Path, leave_running: bool) -> Result<()> {
         let mut g = self.inner.lock();
         let refuse = |why: String| Error::invalid(format!("checkpoint of pod {}: {why}", self.id));
         let mut containers = Vec::new();
@@ -143,7 +145,7 @@ impl VmPod {
                 .map_err(|e| vm_err("save the pod's vm", e))?;
             for s in &vm.slots {
                 if let Slot::Rootfs { container, image } = s {
-                    super::rootdisk::copy_image(image, &dir.join(image_name(container)))?;
+                    super::rootdisk::pack_image(image, &dir.join(image_name(container)))?;
                 }
             }
             let path = dir.join(POD_FILE);
@@ -154,9 +156,18 @@ impl VmPod {
             if let Err(e) = vm.hv.resume() {
                 tracing::warn!(pod = %self.id, "resume after the checkpoint: {e}");
             }
-        } else if let Err(e) = vm.hv.stop(false) {
+        } else {
             // Saved: the paused guest is not asked for anything more (it would not answer).
-            tracing::warn!(pod = %self.id, "stop the saved vm: {e}");
+            if let Err(e) = vm.hv.stop(false) {
+                tracing::warn!(pod = %self.id, "stop the saved vm: {e}");
+            }
+            // Its processes end as killed (runc's checkpoint kills them), not as lost.
+            for c in g.containers.values_mut() {
+                c.status = Status::Stopped;
+                for p in c.procs.values() {
+                    p.exit.lock().get_or_insert(KILLED);
+                }
+            }
         }
         if result.is_err() {
             let _ = fs::remove_file(dir.join(POD_FILE));
@@ -169,7 +180,7 @@ impl VmPod {
     /// `opts.id` gets `opts`' stdio and console socket: returns its init's pid in the guest.
     /// The bundle gives the pod's network namespace and hooks, as at create. On error nothing
     /// is left.
-    pub fn restore(&self, dir: &Path, opts: CreateOptions) -> Result<i32> {
+    pub(super) fn restore_pod(&self, dir: &Path, opts: CreateOptions) -> Result<i32> {
         if self.inner.lock().vm.is_some() {
             return Err(Error::invalid(format!(
                 "pod {}: its vm runs already",
@@ -222,7 +233,7 @@ impl VmPod {
         let mut slots: Vec<Slot> = (0..meta.disk_slots).map(|_| Slot::Empty).collect();
         for c in &meta.containers {
             let image = self.dir.join("rootfs").join(format!("{}.img", c.id));
-            super::rootdisk::copy_image(&dir.join(&c.image), &image)?;
+            super::rootdisk::unpack_image(&dir.join(&c.image), &image)?;
             cfg.filled_slots.push((
                 c.slot,
                 Disk {

@@ -585,6 +585,15 @@ impl Pod for VmPod {
     fn helper_pids(&self) -> Vec<i32> {
         self.vm_pid().map(|p| p as i32).into_iter().collect()
     }
+
+    fn checkpoint(&self, id: &str, dir: &Path, leave_running: bool) -> Result<()> {
+        self.state(id)?;
+        self.checkpoint_pod(dir, leave_running)
+    }
+
+    fn restore(&self, dir: &Path, opts: CreateOptions) -> Result<i32> {
+        self.restore_pod(dir, opts)
+    }
 }
 
 impl VmPod {

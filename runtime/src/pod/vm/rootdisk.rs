@@ -213,55 +213,155 @@ fn remove_staging(staging: &Path) {
     let _ = fs::remove_dir_all(staging);
 }
 
-/// Copies image `src` to `dst` keeping its holes (an image is mostly holes): only the data
-/// extents are copied (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`).
-pub(super) fn copy_image(src: &Path, dst: &Path) -> Result<()> {
+/// The first bytes of a packed image ([`pack_image`]).
+const PACKED_MAGIC: &[u8; 16] = b"hull-sparse-v1\n\0";
+
+/// The data extents of `f` (`SEEK_DATA`/`SEEK_HOLE`), as (offset, length), up to `len`.
+fn extents(f: &fs::File, len: u64, path: &Path) -> Result<Vec<(u64, u64)>> {
     use std::os::fd::AsRawFd;
-    let from = fs::File::open(src).map_err(|e| Error::io(src, e))?;
-    let len = from.metadata().map_err(|e| Error::io(src, e))?.len();
-    if let Some(p) = dst.parent() {
-        fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
-    }
-    let to = fs::File::create(dst).map_err(|e| Error::io(dst, e))?;
-    to.set_len(len).map_err(|e| Error::io(dst, e))?;
-    let (fi, fo) = (from.as_raw_fd(), to.as_raw_fd());
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
     let mut pos: i64 = 0;
     while (pos as u64) < len {
-        // SAFETY: lseek on a descriptor `from` owns.
-        let data = unsafe { libc::lseek(fi, pos, libc::SEEK_DATA) };
+        // SAFETY: lseek on a descriptor `f` owns.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
         if data < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENXIO) {
                 break; // only a hole is left
             }
-            return Err(Error::io(src, e));
+            return Err(Error::io(path, e));
         }
         // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fi, data, libc::SEEK_HOLE) };
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
         if hole < 0 {
-            return Err(Error::io(src, std::io::Error::last_os_error()));
+            return Err(Error::io(path, std::io::Error::last_os_error()));
         }
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            // SAFETY: copy_file_range between two descriptors we own, with offsets we own.
-            let n = unsafe {
-                libc::copy_file_range(
-                    fi,
-                    &mut off_in,
-                    fo,
-                    &mut off_out,
-                    (hole - off_in) as usize,
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(Error::io(dst, std::io::Error::last_os_error()));
-            }
-            if n == 0 {
-                break;
-            }
-        }
+        out.push((data as u64, (hole - data) as u64));
         pos = hole;
     }
+    Ok(out)
+}
+
+/// Writes image `src` to `dst` as a packed file: a header, the image's size, then each data
+/// extent as (offset, length, bytes). An image is mostly holes; a packed one holds only its
+/// data, whatever copies it later (a tar of the checkpoint, containerd's content store).
+pub(super) fn pack_image(src: &Path, dst: &Path) -> Result<()> {
+    use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+    let mut from = fs::File::open(src).map_err(|e| Error::io(src, e))?;
+    let len = from.metadata().map_err(|e| Error::io(src, e))?.len();
+    let to = fs::File::create(dst).map_err(|e| Error::io(dst, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, to);
+    let werr = |e| Error::io(dst, e);
+    w.write_all(PACKED_MAGIC).map_err(werr)?;
+    w.write_all(&len.to_le_bytes()).map_err(werr)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, n) in extents(&from, len, src)? {
+        w.write_all(&off.to_le_bytes()).map_err(werr)?;
+        w.write_all(&n.to_le_bytes()).map_err(werr)?;
+        from.seek(SeekFrom::Start(off))
+            .map_err(|e| Error::io(src, e))?;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(buf.len() as u64) as usize;
+            from.read_exact(&mut buf[..k])
+                .map_err(|e| Error::io(src, e))?;
+            w.write_all(&buf[..k]).map_err(werr)?;
+            left -= k as u64;
+        }
+    }
+    let to = w.into_inner().map_err(|e| Error::io(dst, e.into_error()))?;
     to.sync_all().map_err(|e| Error::io(dst, e))
+}
+
+/// Writes the image packed in `src` ([`pack_image`]) to `dst`, a sparse file again. A file
+/// that is not a packed image, or is cut short, is an error naming it.
+pub(super) fn unpack_image(src: &Path, dst: &Path) -> Result<()> {
+    use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+    let bad = |why: &str| {
+        Error::invalid(format!(
+            "{}: not a packed rootfs image ({why})",
+            src.display()
+        ))
+    };
+    let from = fs::File::open(src).map_err(|e| Error::io(src, e))?;
+    let total = from.metadata().map_err(|e| Error::io(src, e))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, from);
+    let mut magic = [0u8; 16];
+    let mut word = [0u8; 8];
+    r.read_exact(&mut magic).map_err(|_| bad("too short"))?;
+    if &magic != PACKED_MAGIC {
+        return Err(bad("no header"));
+    }
+    r.read_exact(&mut word).map_err(|_| bad("too short"))?;
+    let len = u64::from_le_bytes(word);
+    if let Some(p) = dst.parent() {
+        fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    let mut to = fs::File::create(dst).map_err(|e| Error::io(dst, e))?;
+    to.set_len(len).map_err(|e| Error::io(dst, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 24u64;
+    while read < total {
+        r.read_exact(&mut word).map_err(|_| bad("cut short"))?;
+        let off = u64::from_le_bytes(word);
+        r.read_exact(&mut word).map_err(|_| bad("cut short"))?;
+        let n = u64::from_le_bytes(word);
+        if off.checked_add(n).is_none_or(|end| end > len) {
+            return Err(bad("an extent past its end"));
+        }
+        to.seek(SeekFrom::Start(off))
+            .map_err(|e| Error::io(dst, e))?;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(buf.len() as u64) as usize;
+            r.read_exact(&mut buf[..k]).map_err(|_| bad("cut short"))?;
+            to.write_all(&buf[..k]).map_err(|e| Error::io(dst, e))?;
+            left -= k as u64;
+        }
+        read += 16 + n;
+    }
+    to.sync_all().map_err(|e| Error::io(dst, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn a_packed_image_holds_its_data_and_unpacks_sparse_and_equal() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("a.img");
+        let mut f = fs::File::create(&img).unwrap();
+        f.set_len(64 << 20).unwrap();
+        for (off, text) in [
+            (0u64, &b"head"[..]),
+            (10 << 20, b"middle"),
+            ((64 << 20) - 4, b"tail"),
+        ] {
+            f.seek(SeekFrom::Start(off)).unwrap();
+            f.write_all(text).unwrap();
+        }
+        drop(f);
+        let packed = d.path().join("a.packed");
+        pack_image(&img, &packed).unwrap();
+        assert!(
+            fs::metadata(&packed).unwrap().len() < 1 << 20,
+            "only the data is packed"
+        );
+        let back = d.path().join("b.img");
+        unpack_image(&packed, &back).unwrap();
+        assert_eq!(fs::read(&img).unwrap(), fs::read(&back).unwrap());
+        assert!(
+            fs::metadata(&back).unwrap().blocks() * 512 < 1 << 20,
+            "unpacked sparse"
+        );
+
+        fs::write(&packed, b"hull-sparse-v1\n\0\x01").unwrap();
+        let e = unpack_image(&packed, &back).unwrap_err().to_string();
+        assert!(e.contains("not a packed rootfs image"), "{e}");
+        fs::write(&packed, b"something else entirely").unwrap();
+        assert!(unpack_image(&packed, &back).is_err());
+    }
 }
