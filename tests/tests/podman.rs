@@ -161,3 +161,66 @@ fn podman_device_with_runtime_hull() {
 fn podman_device_in_a_vm() {
     podman_device(true);
 }
+
+/// `podman container checkpoint` / `restore` of a vm container (its pod's rootfs on a disk):
+/// checkpointed, it stops; restored, its counter goes on from the number it had, not from 1.
+#[test]
+fn podman_checkpoint_and_restore_a_vm_container() {
+    let Some(a) = guest_artefacts() else { return };
+    let mut p = Podman::new();
+    let cfg = p.dir.path().join("vm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}rootfs = \"disk\"\n",
+            vm_config_text("vm", &a.kernel, &a.initrd)
+        ),
+    )
+    .unwrap();
+    p.flags.push(format!("config={}", cfg.display()));
+    import_busybox(&p);
+    let name = unique_id("hull-pck");
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "hull-busybox:test",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done",
+    ]);
+    let count = |p: &Podman| -> u64 {
+        let o = p.ok(&["exec", &name, "cat", "/count"]);
+        o.trim().parse().unwrap_or_else(|_| panic!("/count: {o:?}"))
+    };
+    assert!(wait_until(std::time::Duration::from_secs(60), || count(&p) >= 10));
+    let before = count(&p);
+    p.ok(&["container", "checkpoint", &name]);
+    assert_eq!(
+        p.ok(&["inspect", "-f", "{{.State.Status}}", &name]).trim(),
+        "exited",
+        "a checkpointed container stops"
+    );
+    p.ok(&["container", "restore", &name]);
+    assert_eq!(
+        p.ok(&["inspect", "-f", "{{.State.Status}}", &name]).trim(),
+        "running"
+    );
+    let restored = count(&p);
+    assert!(
+        restored >= before && restored < before + 100,
+        "restored at {restored}, checkpointed after {before}"
+    );
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || count(&p)
+            > restored + 3),
+        "the restored container counts on"
+    );
+    p.ok(&["stop", "-t", "1", &name]);
+    p.ok(&["rm", &name]);
+    assert!(
+        processes_mentioning(cfg.to_str().unwrap()).is_empty(),
+        "sandbox servers left"
+    );
+}

@@ -8,6 +8,13 @@ use crate::args::CheckpointArgs;
 use crate::error::{Error, Result};
 use hull_runtime::pod::Containers;
 
+/// The file CRIU writes last into a checkpoint, which Podman looks for.
+const CRIU_INVENTORY: &str = "inventory.img";
+/// What a vm checkpoint's `inventory.img` says (it holds no CRIU data).
+const VM_INVENTORY_NOTE: &str =
+    "hull vm checkpoint: the pod's VM is in qemu.state, its description in hull-pod.json; \
+     no CRIU image\n";
+
 /// `hull checkpoint`.
 pub fn run(g: &Globals, a: &CheckpointArgs) -> Result<i32> {
     let id = a.id.as_str();
@@ -28,6 +35,10 @@ pub fn run(g: &Globals, a: &CheckpointArgs) -> Result<i32> {
             let dir = std::path::absolute(&a.criu.image_path)
                 .map_err(|e| Error::io(&a.criu.image_path, e))?;
             remote.checkpoint(id, &dir, a.leave_running)?;
+            // Podman takes a checkpoint directory as complete when CRIU's inventory file is
+            // in it; a vm checkpoint has no CRIU files: the marker says what it is instead.
+            let marker = dir.join(CRIU_INVENTORY);
+            std::fs::write(&marker, VM_INVENTORY_NOTE).map_err(|e| Error::io(&marker, e))?;
             Ok(0)
         }
         Target::Host(pod) => {
