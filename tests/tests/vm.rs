@@ -1355,6 +1355,9 @@ fn disk_rootfs_bundle(script: &str) -> Bundle {
     })
 }
 
+/// The counting container of the checkpoint tests.
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done";
+
 /// The number container `id` last wrote to /count.
 fn guest_count(h: &Hull, cfg: &Path, id: &str) -> u64 {
     let o = h.ok(&[
@@ -1368,9 +1371,42 @@ fn guest_count(h: &Hull, cfg: &Path, id: &str) -> u64 {
     o.trim().parse().unwrap_or_else(|_| panic!("/count: {o:?}"))
 }
 
-/// `hull checkpoint` / `hull restore` with `args`, bounded.
-fn hull_out(h: &Hull, cfg: &Path, args: &[&str]) -> Output {
-    output_with_timeout(hull_cmd(h, cfg, args), VM_CALL)
+/// Creates (detached) and starts `b` as `id`, and waits until its counter reached `at`.
+fn start_counting(h: &Hull, cfg: &Path, b: &Bundle, id: &str, at: u64) {
+    create_detached(h, cfg, b, id);
+    h.ok(&["--config", cfg.to_str().unwrap(), "start", id]);
+    assert!(
+        wait_until(Duration::from_secs(60), || guest_count(h, cfg, id) >= at),
+        "the counter of {id} never reached {at}"
+    );
+}
+
+/// `hull delete -f id`, then nothing may be left.
+fn delete_all(h: &Hull, cfg: &Path, id: &str) {
+    h.ok(&["--config", cfg.to_str().unwrap(), "delete", "-f", id]);
+    nothing_left(h);
+}
+
+/// `hull checkpoint [FLAGS] --image-path DIR ID`, bounded.
+fn checkpoint(h: &Hull, cfg: &Path, flags: &[&str], dir: &Path, id: &str) -> Output {
+    let mut args = vec!["checkpoint"];
+    args.extend_from_slice(flags);
+    args.extend(["--image-path", dir.to_str().unwrap(), id]);
+    output_with_timeout(hull_cmd(h, cfg, &args), VM_CALL)
+}
+
+/// `hull restore [FLAGS] --image-path DIR --bundle B ID`, bounded.
+fn restore(h: &Hull, cfg: &Path, flags: &[&str], dir: &Path, b: &Path, id: &str) -> Output {
+    let mut args = vec!["restore"];
+    args.extend_from_slice(flags);
+    args.extend([
+        "--image-path",
+        dir.to_str().unwrap(),
+        "--bundle",
+        b.to_str().unwrap(),
+        id,
+    ]);
+    output_with_timeout(hull_cmd(h, cfg, &args), VM_CALL)
 }
 
 /// The vm checkpoint: a counting container is saved and stops (gone, as runc's checkpoint
@@ -1382,22 +1418,13 @@ fn a_checkpointed_vm_pod_stops_and_restored_counts_on_from_its_number() {
     let Some(c) = Configs::new() else { return };
     let (h, _cleanup) = hull();
     let cfg = c.vm.as_path();
-    let b = disk_rootfs_bundle("i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done");
+    let b = disk_rootfs_bundle(COUNTER);
     let id = unique_id("ckpt");
-    create_detached(&h, cfg, &b, &id);
-    h.ok(&["--config", cfg.to_str().unwrap(), "start", &id]);
-    assert!(
-        wait_until(Duration::from_secs(60), || guest_count(&h, cfg, &id) >= 10),
-        "the counter never reached 10"
-    );
+    start_counting(&h, cfg, &b, &id, 10);
     let images = tempfile::tempdir().unwrap();
     let dir = images.path().join("ck");
     let before = guest_count(&h, cfg, &id);
-    let out = hull_out(
-        &h,
-        cfg,
-        &["checkpoint", "--image-path", dir.to_str().unwrap(), &id],
-    );
+    let out = checkpoint(&h, cfg, &[], &dir, &id);
     assert_eq!(out.status.code(), Some(0), "checkpoint: {}", stderr(&out));
     assert!(
         !h.has_state(&id),
@@ -1407,19 +1434,7 @@ fn a_checkpointed_vm_pod_stops_and_restored_counts_on_from_its_number() {
     nothing_left(&h);
 
     for round in 0..2 {
-        let out = hull_out(
-            &h,
-            cfg,
-            &[
-                "restore",
-                "-d",
-                "--image-path",
-                dir.to_str().unwrap(),
-                "--bundle",
-                b.path().to_str().unwrap(),
-                &id,
-            ],
-        );
+        let out = restore(&h, cfg, &["-d"], &dir, b.path(), &id);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -1438,23 +1453,10 @@ fn a_checkpointed_vm_pod_stops_and_restored_counts_on_from_its_number() {
             "restore {round}: the counter does not count on"
         );
         if round == 0 {
-            let out = hull_out(
-                &h,
-                cfg,
-                &[
-                    "restore",
-                    "-d",
-                    "--image-path",
-                    dir.to_str().unwrap(),
-                    "--bundle",
-                    b.path().to_str().unwrap(),
-                    &id,
-                ],
-            );
+            let out = restore(&h, cfg, &["-d"], &dir, b.path(), &id);
             fails_with(&out, &[&id, "already exists"]);
         }
-        h.ok(&["--config", cfg.to_str().unwrap(), "delete", "-f", &id]);
-        nothing_left(&h);
+        delete_all(&h, cfg, &id);
     }
 }
 
@@ -1498,18 +1500,8 @@ fn a_tcp_connection_into_a_vm_pod_survives_a_leave_running_checkpoint() {
     };
     assert_eq!(echo("before"), "before");
     let images = tempfile::tempdir().unwrap();
-    let out = hull_out(
-        &h,
-        cfg,
-        &[
-            "checkpoint",
-            "--leave-running",
-            "--tcp-established",
-            "--image-path",
-            images.path().to_str().unwrap(),
-            &id,
-        ],
-    );
+    let flags = ["--leave-running", "--tcp-established"];
+    let out = checkpoint(&h, cfg, &flags, images.path(), &id);
     assert_eq!(out.status.code(), Some(0), "checkpoint: {}", stderr(&out));
     assert_eq!(h.state(&id)["status"], "running");
     assert_eq!(
@@ -1517,8 +1509,7 @@ fn a_tcp_connection_into_a_vm_pod_survives_a_leave_running_checkpoint() {
         "after",
         "the connection survives the checkpoint"
     );
-    h.ok(&["--config", cfg.to_str().unwrap(), "delete", "-f", &id]);
-    nothing_left(&h);
+    delete_all(&h, cfg, &id);
 }
 
 /// A restore in the foreground passes the restored process's output to this process's
@@ -1532,35 +1523,11 @@ fn a_foreground_restore_carries_the_output_and_exit_status_on() {
         "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo $i > /count; echo n$i; sleep 0.1; done; exit 3",
     );
     let id = unique_id("ckfg");
-    create_detached(&h, cfg, &b, &id);
-    h.ok(&["--config", cfg.to_str().unwrap(), "start", &id]);
-    assert!(wait_until(Duration::from_secs(60), || guest_count(
-        &h, cfg, &id
-    ) >= 10));
+    start_counting(&h, cfg, &b, &id, 10);
     let images = tempfile::tempdir().unwrap();
-    let out = hull_out(
-        &h,
-        cfg,
-        &[
-            "checkpoint",
-            "--image-path",
-            images.path().to_str().unwrap(),
-            &id,
-        ],
-    );
+    let out = checkpoint(&h, cfg, &[], images.path(), &id);
     assert_eq!(out.status.code(), Some(0), "checkpoint: {}", stderr(&out));
-    let out = hull_out(
-        &h,
-        cfg,
-        &[
-            "restore",
-            "--image-path",
-            images.path().to_str().unwrap(),
-            "--bundle",
-            b.path().to_str().unwrap(),
-            &id,
-        ],
-    );
+    let out = restore(&h, cfg, &[], images.path(), b.path(), &id);
     let text = stdout(&out);
     assert_eq!(
         out.status.code(),
@@ -1578,7 +1545,7 @@ fn a_foreground_restore_carries_the_output_and_exit_status_on() {
 
 /// What cannot be checkpointed or restored is refused in one line, leaving the pod as it was
 /// and nothing behind: a 9p-shared rootfs (QEMU cannot save it), a missing or corrupt image
-/// dir, a host id that is not there.
+/// dir, an id that is not there.
 #[test]
 fn checkpoints_that_cannot_be_are_refused_in_one_line() {
     let Some(c) = Configs::new() else { return };
@@ -1586,19 +1553,10 @@ fn checkpoints_that_cannot_be_are_refused_in_one_line() {
     let cfg = c.vm.as_path();
     let images = tempfile::tempdir().unwrap();
     let dir = images.path().join("ck");
-    let b = Bundle::new(&[
-        "sh",
-        "-c",
-        "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done",
-    ]);
+    let b = Bundle::new(&["sh", "-c", COUNTER]);
     let id = unique_id("ckshare");
-    create_detached(&h, cfg, &b, &id);
-    h.ok(&["--config", cfg.to_str().unwrap(), "start", &id]);
-    let out = hull_out(
-        &h,
-        cfg,
-        &["checkpoint", "--image-path", dir.to_str().unwrap(), &id],
-    );
+    start_counting(&h, cfg, &b, &id, 1);
+    let out = checkpoint(&h, cfg, &[], &dir, &id);
     fails_with(
         &out,
         &["checkpoint of pod", "virtio-9p", "io.hull.rootfs=disk"],
@@ -1610,50 +1568,15 @@ fn checkpoints_that_cannot_be_are_refused_in_one_line() {
         "it runs on"
     );
     assert!(!dir.join("hull-pod.json").exists());
-    h.ok(&["--config", cfg.to_str().unwrap(), "delete", "-f", &id]);
-    nothing_left(&h);
+    delete_all(&h, cfg, &id);
 
-    let bundle = b.path().to_str().unwrap();
-    let missing = images.path().join("missing");
-    let out = hull_out(
-        &h,
-        cfg,
-        &[
-            "restore",
-            "--image-path",
-            missing.to_str().unwrap(),
-            "--bundle",
-            bundle,
-            "r1",
-        ],
-    );
+    let out = restore(&h, cfg, &[], &images.path().join("missing"), b.path(), "r1");
     fails_with(&out, &["restore of r1", "not a directory"]);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hull-pod.json"), "{not json").unwrap();
-    let out = hull_out(
-        &h,
-        cfg,
-        &[
-            "restore",
-            "-d",
-            "--image-path",
-            dir.to_str().unwrap(),
-            "--bundle",
-            bundle,
-            "r1",
-        ],
-    );
+    let out = restore(&h, cfg, &["-d"], &dir, b.path(), "r1");
     fails_with(&out, &["restore of r1", "hull-pod.json"]);
     nothing_left(&h);
-    let out = hull_out(
-        &h,
-        cfg,
-        &[
-            "checkpoint",
-            "--image-path",
-            dir.to_str().unwrap(),
-            "nosuch",
-        ],
-    );
+    let out = checkpoint(&h, cfg, &[], &dir, "nosuch");
     fails_with(&out, &["nosuch"]);
 }

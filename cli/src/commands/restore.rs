@@ -6,7 +6,7 @@
 use hull_runtime::config::Isolation;
 
 use super::create::{create_vm_detached, isolation_of};
-use super::run::run_vm_container;
+use super::run::{run_vm_container, wants_terminal};
 use super::Globals;
 use crate::args::RestoreArgs;
 use crate::error::{Error, Result};
@@ -40,12 +40,7 @@ pub fn run(g: &Globals, a: &RestoreArgs) -> Result<i32> {
             create_vm_detached(g, &a.create, Some(&dir))?;
             return Ok(0);
         }
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        return run_vm_container(g, &a.create, false, terminal, Some(&dir));
+        return run_vm_container(g, &a.create, false, wants_terminal(&spec), Some(&dir));
     }
     Err(Error::InvalidInput(format!(
         "restore of host container {id}: not wired yet"

@@ -28,20 +28,17 @@ pub fn run(g: &Globals, a: &CreateArgs, detach: bool, keep: bool) -> Result<i32>
             }
             return Ok(0);
         }
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        return run_vm_container(g, a, keep, terminal, None);
+        return run_vm_container(g, a, keep, wants_terminal(&spec), None);
     }
-    // Whether a foreground container wants a terminal (read once with the spec).
-    let terminal = spec
-        .process()
+    run_container(&g.host_pod(), a, detach, keep, wants_terminal(&spec))
+}
+
+/// Whether a foreground container wants a terminal (read once with the spec).
+pub(super) fn wants_terminal(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.process()
         .as_ref()
         .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    run_container(&g.host_pod(), a, detach, keep, terminal)
+        .unwrap_or(false)
 }
 
 /// `hull run` of a vm container in the foreground: its sandbox server (as `create` starts one)
