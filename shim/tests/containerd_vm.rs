@@ -435,7 +435,7 @@ fn ctr_checkpoints_a_vm_task_and_restores_it_counting_on() {
         &[
             "sh",
             "-c",
-            "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done",
+            "i=0; while :; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; sleep 0.1; done",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.err);

@@ -188,7 +188,7 @@ fn podman_checkpoint_and_restore_a_vm_container() {
         "hull-busybox:test",
         "sh",
         "-c",
-        "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done",
+        "i=0; while :; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; sleep 0.1; done",
     ]);
     let count = |p: &Podman| -> u64 {
         let o = p.ok(&["exec", &name, "cat", "/count"]);

@@ -1355,8 +1355,10 @@ fn disk_rootfs_bundle(script: &str) -> Bundle {
     })
 }
 
-/// The counting container of the checkpoint tests.
-const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done";
+/// The counting container of the checkpoint tests (the number is written aside and renamed
+/// into place: a reader never finds /count empty).
+const COUNTER: &str =
+    "i=0; while :; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; sleep 0.1; done";
 
 /// The number container `id` last wrote to /count.
 fn guest_count(h: &Hull, cfg: &Path, id: &str) -> u64 {
@@ -1520,7 +1522,7 @@ fn a_foreground_restore_carries_the_output_and_exit_status_on() {
     let (h, _cleanup) = hull();
     let cfg = c.vm.as_path();
     let b = disk_rootfs_bundle(
-        "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo $i > /count; echo n$i; sleep 0.1; done; exit 3",
+        "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; echo n$i; sleep 0.1; done; exit 3",
     );
     let id = unique_id("ckfg");
     start_counting(&h, cfg, &b, &id, 10);
