@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod checkpoint;
 pub mod console;
 pub mod error;
 pub mod hooks;

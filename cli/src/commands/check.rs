@@ -62,6 +62,17 @@ fn check_report(config: Option<&Path>) -> String {
     line("vfio-pci devices", &r.vfio_devices);
     line("qemu", &r.qemu);
     line("virtiofsd", &r.virtiofsd);
+    line(
+        "checkpoint (vm pods)",
+        &Probe::yes("the whole VM is saved by QEMU, no CRIU; the pod needs rootfs = \"disk\""),
+    );
+    line(
+        "checkpoint (host)",
+        &match hull_container::checkpoint::criu_usable() {
+            Ok(v) => Probe::yes(format!("criu {v} dumps here")),
+            Err(why) => Probe::no(why),
+        },
+    );
     // What a vm pod would boot, from the config this command was given (or the default).
     let loaded = Config::load_or_default(config).map_err(|e| e.to_string());
     let accel = loaded.as_ref().map_or(Accel::Auto, |(cfg, _)| cfg.vm.accel);

@@ -42,7 +42,5 @@ pub fn run(g: &Globals, a: &RestoreArgs) -> Result<i32> {
         }
         return run_vm_container(g, &a.create, false, wants_terminal(&spec), Some(&dir));
     }
-    Err(Error::InvalidInput(format!(
-        "restore of host container {id}: not wired yet"
-    )))
+    Ok(hull_container::checkpoint::restore(id, &dir)?)
 }
