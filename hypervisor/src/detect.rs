@@ -555,7 +555,7 @@ mod tests {
         assert!(p.ok, "{p:?}");
         assert_eq!(
             p.reason,
-            "virtio-blk, cold-plugged at boot (builtin, qemu); into empty slots while running: qemu"
+            "virtio-blk, cold-plugged at boot (builtin, qemu); into empty slots while running: builtin, qemu"
         );
     }
 
