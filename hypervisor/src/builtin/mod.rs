@@ -54,6 +54,19 @@ enum Start {
 /// How long `stop` waits for a guest that is powering off before killing hull-vmm.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
 
+/// The hull-vmm to run: `HULL_VMM`, else next to the running executable, else on PATH.
+pub(crate) fn find_vmm_binary() -> Option<PathBuf> {
+    if let Some(b) = std::env::var_os("HULL_VMM").filter(|b| !b.is_empty()) {
+        return Some(b.into());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(VMM_BINARY)))
+        .filter(|p| p.is_file());
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    beside.or_else(|| find_in_path(VMM_BINARY, &path_var))
+}
+
 /// The one error of choosing this backend where it cannot run.
 fn no_hardware_kvm() -> HypervisorError {
     HypervisorError::Config(
@@ -200,23 +213,13 @@ impl BuiltinHypervisor {
         if let Some(b) = &self.vmm_binary {
             return Ok(b.clone());
         }
-        if let Some(b) = std::env::var_os("HULL_VMM").filter(|b| !b.is_empty()) {
-            return Ok(b.into());
-        }
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(|d| d.join(VMM_BINARY)))
-            .filter(|p| p.is_file());
-        let path_var = std::env::var_os("PATH").unwrap_or_default();
-        beside
-            .or_else(|| find_in_path(VMM_BINARY, &path_var))
-            .ok_or_else(|| HypervisorError::Spawn {
-                binary: VMM_BINARY.into(),
-                source: std::io::Error::new(
-                    ErrorKind::NotFound,
-                    "not in $HULL_VMM, next to this executable, or on PATH",
-                ),
-            })
+        find_vmm_binary().ok_or_else(|| HypervisorError::Spawn {
+            binary: VMM_BINARY.into(),
+            source: std::io::Error::new(
+                ErrorKind::NotFound,
+                "not in $HULL_VMM, next to this executable, or on PATH",
+            ),
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -717,6 +720,37 @@ mod tests {
     }
 
     #[test]
+    fn slots_are_empty_disk_slots_unless_filled_and_a_restore_names_its_snapshot() {
+        let mut c = cfg("/run/hull/vm1");
+        c.disk_slots = 3;
+        c.filled_slots = vec![(
+            1,
+            Disk {
+                path: "/p/c1.img".into(),
+                read_only: true,
+                shared: false,
+            },
+        )];
+        let mut h = BuiltinHypervisor::new(c);
+        let a = h.command_args().join(" ");
+        assert!(
+            a.contains(
+                "--disk-slot hull-slot-0 --disk-slot hull-slot-1,file=/p/c1.img,ro \
+                 --disk-slot hull-slot-2"
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("--restore"), "{a}");
+        h.start = Start::Restore("/t/abc/vm".into());
+        assert!(h.command_args().join(" ").ends_with(" --restore /t/abc/vm"));
+        // A filled slot keeps the VM off templates (its guest has seen the disk).
+        h.config.template_dir = Some("/t".into());
+        assert_eq!(h.template_root(), None);
+        h.config.filled_slots.clear();
+        assert_eq!(h.template_root(), Some("/t".into()));
+    }
+
+    #[test]
     fn command_line_names_the_kernel_the_sizes_and_both_sockets() {
         let mut c = cfg("/run/hull/vm1");
         c.extra_cmdline = "loglevel=7".into();
@@ -1083,6 +1117,12 @@ mod tests {
                         "status" if paused => r#"{"ok":true,"state":"paused"}"#,
                         "status" => r#"{"ok":true,"state":"running"}"#,
                         "snapshot" if paused => r#"{"ok":true,"state":"paused"}"#,
+                        "attach-disk" | "detach-disk" if v["slot"].as_u64() < Some(2) => {
+                            r#"{"ok":true,"state":"running"}"#
+                        }
+                        "attach-disk" | "detach-disk" => {
+                            r#"{"ok":false,"error":"invalid configuration: no disk slot 7"}"#
+                        }
                         _ => r#"{"ok":false,"error":"snapshot needs a paused VM"}"#,
                     };
                     requests.lock().unwrap().push_back(line.trim().to_string());
@@ -1121,7 +1161,9 @@ mod tests {
     fn boot_reaches_the_agent_over_the_handshake_then_pause_snapshot_stop() {
         let dir = tempdir();
         let vmm = stand_in(dir.path(), "exec sleep 1000");
-        let mut h = hypervisor_for_test(bootable_cfg(dir.path()), vmm);
+        let mut config = bootable_cfg(dir.path());
+        config.disk_slots = 2;
+        let mut h = hypervisor_for_test(config, vmm);
         let requests = Arc::new(Mutex::new(VecDeque::new()));
         let server = play_hull_vmm(
             dir.path(),
@@ -1157,6 +1199,35 @@ mod tests {
                 r#"{"cmd":"pause"}"#.into(),
                 format!(r#"{{"cmd":"snapshot","dir":"{}"}}"#, snap.display()),
                 r#"{"cmd":"resume"}"#.into(),
+            ]
+        );
+
+        // Disk slots: the image goes to hull-vmm by its absolute path; a slot the VM lacks
+        // is refused here, one hull-vmm lacks there.
+        let disk = Disk {
+            path: "rel/c1.img".into(),
+            read_only: true,
+            shared: false,
+        };
+        h.attach_disk(1, &disk).unwrap();
+        h.detach_disk(1).unwrap();
+        let e = h.attach_disk(2, &disk).unwrap_err().to_string();
+        assert!(e.contains("no disk slot 2 (the vm has 2)"), "{e}");
+        let e = h.detach_disk(7).unwrap_err().to_string();
+        assert!(e.contains("no disk slot 7"), "{e}");
+        let abs = std::path::absolute("rel/c1.img").unwrap();
+        let seen: Vec<serde_json::Value> = requests
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                serde_json::json!({"cmd": "attach-disk", "slot": 1, "path": abs, "read_only": true}),
+                serde_json::json!({"cmd": "detach-disk", "slot": 1}),
+                serde_json::json!({"cmd": "detach-disk", "slot": 7}),
             ]
         );
 
