@@ -127,7 +127,7 @@ impl HostReport {
         };
         let builtin = probe_builtin(
             &kvm_hardware,
-            crate::builtin::find_vmm_binary().filter(|p| p.is_file()),
+            crate::programs::find_vmm_binary().filter(|p| p.is_file()),
         );
         HostReport {
             kvm,

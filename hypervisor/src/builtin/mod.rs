@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::capabilities::Backend;
 use crate::error::{HypervisorError, Result};
-use crate::programs::find_in_path;
+use crate::programs::find_vmm_binary;
 use crate::template::{self, Template};
 use crate::vmm_process::VmmProcess;
 use crate::{
@@ -25,8 +25,7 @@ use crate::{
 };
 use hull_agent_client::{AgentChannel, AgentClient};
 
-/// The VMM binary (found through `HULL_VMM`, next to the running executable, then on PATH).
-pub const VMM_BINARY: &str = "hull-vmm";
+pub use crate::programs::VMM_BINARY;
 /// The guest vsock port hull-agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// How long one API socket request may take.
@@ -53,19 +52,6 @@ enum Start {
 }
 /// How long `stop` waits for a guest that is powering off before killing hull-vmm.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
-
-/// The hull-vmm to run: `HULL_VMM`, else next to the running executable, else on PATH.
-pub(crate) fn find_vmm_binary() -> Option<PathBuf> {
-    if let Some(b) = std::env::var_os("HULL_VMM").filter(|b| !b.is_empty()) {
-        return Some(b.into());
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join(VMM_BINARY)))
-        .filter(|p| p.is_file());
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    beside.or_else(|| find_in_path(VMM_BINARY, &path_var))
-}
 
 /// The one error of choosing this backend where it cannot run.
 fn no_hardware_kvm() -> HypervisorError {
