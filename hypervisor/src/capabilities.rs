@@ -62,9 +62,9 @@ impl Backend {
                 shared_fs: &[],
                 pause: true,
                 snapshot: true,
-                templates: false,
+                templates: true,
                 stops_by_guest_power_off: true,
-                block: DeviceSupport::COLD,
+                block: DeviceSupport::COLD_AND_SLOTS,
                 nic: DeviceSupport::COLD,
                 vfio: DeviceSupport::NONE,
             },
@@ -157,6 +157,9 @@ impl Capabilities {
         if needs.disks > 0 && !self.block.cold {
             return Some(Missing::Disks);
         }
+        if needs.disk_slots > 0 && !self.block.hot {
+            return Some(Missing::DiskSlots);
+        }
         (needs.pci_devices > 0 && !self.vfio.cold).then_some(Missing::Vfio)
     }
 }
@@ -170,6 +173,9 @@ pub struct Needs {
     pub nics: usize,
     /// This many disks at boot (the pod's block devices); 0: none.
     pub disks: usize,
+    /// This many empty disk slots filled while the VM runs (disk rootfs, devices of later
+    /// containers); 0: none.
+    pub disk_slots: usize,
     /// This many host PCI devices passed through with VFIO at boot; 0: none.
     pub pci_devices: usize,
 }
@@ -183,6 +189,8 @@ pub enum Missing {
     Nics,
     /// No disks at boot.
     Disks,
+    /// No disks added to a running VM.
+    DiskSlots,
     /// No VFIO PCI pass-through at boot.
     Vfio,
 }
@@ -193,6 +201,7 @@ impl fmt::Display for Missing {
             Missing::SharedFs(kind) => write!(f, "no shared filesystem ({kind})"),
             Missing::Nics => f.write_str("no network interfaces (virtio-net on a tap)"),
             Missing::Disks => f.write_str("no disks (virtio-blk)"),
+            Missing::DiskSlots => f.write_str("no disks added while the vm runs (disk slots)"),
             Missing::Vfio => f.write_str("no PCI device pass-through (VFIO)"),
         }
     }
@@ -260,6 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn disk_slots_need_a_backend_that_fills_them_while_the_vm_runs() {
+        let slots = Needs {
+            disk_slots: 3,
+            ..Needs::default()
+        };
+        for b in Backend::ALL {
+            assert_eq!(b.capabilities().lacks(&slots), None, "{b}");
+        }
+        let cold_only = Capabilities {
+            block: DeviceSupport::COLD,
+            ..Backend::Builtin.capabilities()
+        };
+        assert_eq!(cold_only.lacks(&slots), Some(Missing::DiskSlots));
+        assert_eq!(
+            Missing::DiskSlots.to_string(),
+            "no disks added while the vm runs (disk slots)"
+        );
+    }
+
+    #[test]
     fn pci_devices_need_a_backend_with_vfio_at_boot() {
         let pci = Needs {
             pci_devices: 1,
@@ -289,16 +318,11 @@ mod tests {
             };
             assert_eq!(c.vfio, vfio, "{b}");
             // NICs at boot only: microvm and hull-vmm have no hotplug. Disks at boot, and
-            // for QEMU into the empty slots a VM boots with.
+            // into the empty slots a VM boots with (QEMU: a new backing node and a resize;
+            // hull-vmm: a new backing and a configuration change).
             assert_eq!(c.nic, DeviceSupport::COLD, "{b}");
-            let block = match b {
-                Backend::Qemu => DeviceSupport::COLD_AND_SLOTS,
-                Backend::Builtin => DeviceSupport::COLD,
-            };
-            assert_eq!(c.block, block, "{b}");
-            assert!(c.pause, "{b}");
+            assert_eq!(c.block, DeviceSupport::COLD_AND_SLOTS, "{b}");
+            assert!(c.pause && c.snapshot && c.templates, "{b}");
         }
-        assert!(Backend::Builtin.capabilities().snapshot && Backend::Qemu.capabilities().snapshot);
-        assert!(Backend::Qemu.capabilities().templates);
     }
 }

@@ -61,6 +61,8 @@ pub struct HostReport {
     pub block: Probe,
     /// The QEMU binary (`HULL_QEMU`, else qemu-system-x86_64 on PATH).
     pub qemu: Probe,
+    /// The builtin backend (hull-vmm): what it can run, and whether it can here.
+    pub builtin: Probe,
     /// virtiofsd, which virtio-fs shares would need (shares are virtio-9p today).
     pub virtiofsd: Probe,
     /// Pod networking for vm pods: /dev/net/tun opens, so a pod's interfaces can get taps.
@@ -123,9 +125,14 @@ impl HostReport {
                 cache.display()
             )),
         };
+        let builtin = probe_builtin(
+            &kvm_hardware,
+            crate::programs::find_vmm_binary().filter(|p| p.is_file()),
+        );
         HostReport {
             kvm,
             kvm_hardware,
+            builtin,
             vhost_vsock: probe_device(
                 Path::new("/dev/vhost-vsock"),
                 "a vsock agent channel is possible (qemu's is virtio-serial)",
@@ -248,6 +255,27 @@ pub fn probe_iommu(groups: &Path) -> Probe {
         Err(e) => Probe::no(format!(
             "{}: {e}: no IOMMU, no VFIO pass-through",
             groups.display()
+        )),
+    }
+}
+
+/// The builtin backend: what its capabilities let it run (pods whose rootfs is on disks,
+/// not a shared filesystem), and whether it runs here (hardware KVM, the hull-vmm binary).
+pub fn probe_builtin(kvm_hardware: &Probe, vmm: Option<PathBuf>) -> Probe {
+    let c = Backend::Builtin.capabilities();
+    let can = if c.shared_fs.is_empty() && c.block.hot {
+        "runs pods with rootfs = \"disk\" (NICs, disks, disk slots, templates, pause), \
+         not rootfs = \"share\" (no shared filesystem) nor VFIO"
+    } else {
+        "runs pods"
+    };
+    match (kvm_hardware.ok, vmm) {
+        (true, Some(p)) => Probe::yes(format!("{can}; here: {}", p.display())),
+        (true, None) => Probe::no(format!(
+            "{can}; here: no hull-vmm ($HULL_VMM, next to hull, or on PATH)"
+        )),
+        (false, _) => Probe::no(format!(
+            "{can}; not here: KVM is not hardware-backed (a Linux guest cannot run on it)"
         )),
     }
 }
@@ -550,12 +578,28 @@ mod tests {
     }
 
     #[test]
+    fn builtin_says_what_it_runs_and_why_not_here() {
+        let hw = Probe::yes("fast");
+        let p = probe_builtin(&hw, Some("/usr/bin/hull-vmm".into()));
+        assert!(p.ok, "{p:?}");
+        assert!(p.reason.contains("rootfs = \"disk\""), "{p:?}");
+        assert!(p.reason.ends_with("here: /usr/bin/hull-vmm"), "{p:?}");
+        let p = probe_builtin(&hw, None);
+        assert!(!p.ok && p.reason.contains("no hull-vmm"), "{p:?}");
+        let p = probe_builtin(&Probe::no("slow"), Some("/x".into()));
+        assert!(
+            !p.ok && p.reason.contains("KVM is not hardware-backed"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn block_passthrough_is_cold_plugged_and_slotted() {
         let p = probe_block();
         assert!(p.ok, "{p:?}");
         assert_eq!(
             p.reason,
-            "virtio-blk, cold-plugged at boot (builtin, qemu); into empty slots while running: qemu"
+            "virtio-blk, cold-plugged at boot (builtin, qemu); into empty slots while running: builtin, qemu"
         );
     }
 

@@ -215,12 +215,13 @@ impl VmConfig {
     }
 
     /// What this VM needs of its backend: a shared filesystem when it shares directories,
-    /// NICs, disks and PCI devices when it has any.
+    /// NICs, disks, disk slots and PCI devices when it has any.
     pub fn needs(&self) -> Needs {
         Needs {
             shared_fs: (!self.shares.is_empty()).then_some(SharedFs::Virtio9p),
             nics: self.nics.len(),
             disks: self.disks.len(),
+            disk_slots: self.disk_slots,
             pci_devices: self.pci_devices.len(),
         }
     }

@@ -39,6 +39,23 @@ pub(crate) fn find_in_path(name: &str, path_var: &std::ffi::OsStr) -> Option<Pat
         })
 }
 
+/// The VMM binary of the builtin backend (found through `HULL_VMM`, next to the running
+/// executable, then on PATH).
+pub const VMM_BINARY: &str = "hull-vmm";
+
+/// The hull-vmm to run: `HULL_VMM`, else next to the running executable, else on PATH.
+pub(crate) fn find_vmm_binary() -> Option<PathBuf> {
+    if let Some(b) = std::env::var_os("HULL_VMM").filter(|b| !b.is_empty()) {
+        return Some(b.into());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(VMM_BINARY)))
+        .filter(|p| p.is_file());
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    beside.or_else(|| find_in_path(VMM_BINARY, &path_var))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! The control API: JSON lines over a unix socket. Requests `{"cmd":"pause"}`,
-//! `{"cmd":"resume"}`, `{"cmd":"snapshot","dir":"/path"}`, `{"cmd":"status"}`; each answered
-//! by one line `{"ok":true,"state":"paused"}` or `{"ok":false,"error":"..."}`.
+//! `{"cmd":"resume"}`, `{"cmd":"snapshot","dir":"/path"}`, `{"cmd":"status"}`,
+//! `{"cmd":"attach-disk","slot":0,"path":"/img","read_only":false}`,
+//! `{"cmd":"detach-disk","slot":0}`; each answered by one line `{"ok":true,"state":"paused"}`
+//! or `{"ok":false,"error":"..."}`.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -39,6 +41,23 @@ pub enum Request {
     },
     /// Report running / paused.
     Status,
+    /// Put an image file or block device into disk slot `slot` (the guest sees its size).
+    #[serde(rename = "attach-disk")]
+    AttachDisk {
+        /// The slot, counted from 0 in the order of `--disk-slot`.
+        slot: usize,
+        /// The image file or block device.
+        path: String,
+        /// The guest may only read it.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Empty disk slot `slot` (the guest sees size 0).
+    #[serde(rename = "detach-disk")]
+    DetachDisk {
+        /// The slot.
+        slot: usize,
+    },
 }
 
 /// A response.
@@ -201,6 +220,19 @@ mod tests {
             Request::Snapshot { dir: "/x".into() }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"attach-disk","slot":2,"path":"/i.img"}"#)
+                .unwrap(),
+            Request::AttachDisk {
+                slot: 2,
+                path: "/i.img".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"detach-disk","slot":0}"#).unwrap(),
+            Request::DetachDisk { slot: 0 }
+        );
         assert_eq!(
             serde_json::to_string(&Response::ok("paused")).unwrap(),
             r#"{"ok":true,"state":"paused"}"#

@@ -137,6 +137,52 @@ impl std::str::FromStr for BlockConfig {
     }
 }
 
+/// A disk slot: a virtio-blk device with a serial whose disk comes and goes while the guest
+/// runs (API `attach-disk` / `detach-disk`), empty (size 0) at start unless `disk` is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// The serial the guest reads (at most 20 bytes).
+    pub serial: String,
+    /// What the slot holds at start: (image or device, read-only); `None`: empty.
+    pub disk: Option<(PathBuf, bool)>,
+}
+
+impl std::str::FromStr for SlotConfig {
+    type Err = String;
+    /// Parses `SERIAL[,file=PATH][,ro]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let serial = parts.next().unwrap_or_default();
+        if serial.is_empty() || serial.len() > virtio::block::ID_BYTES {
+            return Err(format!(
+                "disk slot serial {serial:?}: expected 1 to {} bytes",
+                virtio::block::ID_BYTES
+            ));
+        }
+        let (mut file, mut read_only) = (None, false);
+        for opt in parts {
+            match opt {
+                "ro" => read_only = true,
+                _ => match opt.strip_prefix("file=") {
+                    Some(p) if !p.is_empty() => file = Some(PathBuf::from(p)),
+                    _ => {
+                        return Err(format!(
+                            "unknown disk slot option {opt:?} (expected file=PATH or ro)"
+                        ))
+                    }
+                },
+            }
+        }
+        if read_only && file.is_none() {
+            return Err("disk slot option ro without file=PATH".into());
+        }
+        Ok(SlotConfig {
+            serial: serial.to_string(),
+            disk: file.map(|f| (f, read_only)),
+        })
+    }
+}
+
 /// A net device on a tap this VMM inherited as an open fd: `FD` or `FD,mac=MAC`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetFdConfig {
@@ -199,6 +245,8 @@ pub struct VmResources {
     pub vsock_cid: u64,
     /// Block devices, in this order.
     pub block: Vec<BlockConfig>,
+    /// Disk slots, in this order, after the block devices.
+    pub disk_slots: Vec<SlotConfig>,
     /// Host tap interface for a net device.
     pub tap: Option<String>,
     /// Net devices on inherited tap fds, after the `tap` one, in this order.
@@ -228,6 +276,7 @@ impl Default for VmResources {
             vsock_uds: None,
             vsock_cid: 3,
             block: Vec::new(),
+            disk_slots: Vec::new(),
             tap: None,
             net_fds: Vec::new(),
             rng: true,
@@ -267,6 +316,8 @@ pub struct Vmm {
     exit: ExitNotifier,
     serial: Arc<Mutex<SerialDevice>>,
     virtio: Vec<VirtioSlot>,
+    /// The disk slots, in order: (index into `virtio`, the hold on its backing).
+    disk_slots: Vec<(usize, virtio::block::SlotHandle)>,
     paused: bool,
     /// irqfds (eventfd, GSI) registered with KVM once the vCPUs run (see [`Vmm::start`]).
     pending_irqfds: Vec<(EventFd, u32)>,
@@ -401,6 +452,7 @@ impl Vmm {
             exit,
             serial,
             virtio: Vec::new(),
+            disk_slots: Vec::new(),
             paused: false,
             pending_irqfds,
             pending_ioevents: Vec::new(),
@@ -423,6 +475,15 @@ impl Vmm {
         for b in self.config.block.clone() {
             let dev = virtio::block::Block::open(&b.path, b.read_only, b.serial.as_deref())?;
             self.add_virtio_device(Box::new(dev))?;
+        }
+        for slot in self.config.disk_slots.clone() {
+            let (dev, handle) = virtio::block::Block::slot(&slot.serial);
+            if let Some((path, read_only)) = &slot.disk {
+                handle.fill(path, *read_only)?;
+            }
+            let index = self.virtio.len();
+            self.add_virtio_device(Box::new(dev))?;
+            self.disk_slots.push((index, handle));
         }
         if let Some(tap) = self.config.tap.clone() {
             let dev = virtio::net::Net::with_tap(&tap)?;
@@ -629,6 +690,47 @@ impl Vmm {
     /// Whether the vCPUs are paused.
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// Puts the image or device at `path` into disk slot `slot` (replacing what it held) and
+    /// tells the guest of its new capacity; returns that capacity in bytes.
+    pub fn attach_disk(
+        &mut self,
+        slot: usize,
+        path: &std::path::Path,
+        read_only: bool,
+    ) -> Result<u64, BuildError> {
+        let (index, handle) = self.disk_slot(slot)?;
+        let sectors = handle.fill(path, read_only)?;
+        self.virtio[index]
+            .transport
+            .lock()
+            .expect("transport lock")
+            .config_changed();
+        info!(slot, path = %path.display(), read_only, sectors, "disk attached to a slot");
+        Ok(sectors * 512)
+    }
+
+    /// Empties disk slot `slot` (the guest sees size 0).
+    pub fn detach_disk(&mut self, slot: usize) -> Result<(), BuildError> {
+        let (index, handle) = self.disk_slot(slot)?;
+        handle.empty();
+        self.virtio[index]
+            .transport
+            .lock()
+            .expect("transport lock")
+            .config_changed();
+        info!(slot, "disk slot emptied");
+        Ok(())
+    }
+
+    fn disk_slot(&self, slot: usize) -> Result<(usize, virtio::block::SlotHandle), BuildError> {
+        self.disk_slots.get(slot).cloned().ok_or_else(|| {
+            BuildError::Config(format!(
+                "no disk slot {slot} (the VM has {})",
+                self.disk_slots.len()
+            ))
+        })
     }
 
     /// Saves vCPU, irqchip, PIT, device and memory state into `dir` (the VM must be paused).
@@ -868,6 +970,14 @@ impl Vmm {
             Request::Pause => self.pause(),
             Request::Resume => self.resume(),
             Request::Snapshot { dir } => self.snapshot(std::path::Path::new(&dir)),
+            Request::AttachDisk {
+                slot,
+                path,
+                read_only,
+            } => self
+                .attach_disk(slot, std::path::Path::new(&path), read_only)
+                .map(|_| ()),
+            Request::DetachDisk { slot } => self.detach_disk(slot),
             Request::Status => Ok(()),
         };
         match res {
@@ -924,6 +1034,29 @@ mod tests {
             e,
             "block serial \"123456789012345678901\" is longer than 20 bytes"
         );
+    }
+
+    #[test]
+    fn slot_config_parses_an_empty_or_filled_slot() {
+        assert_eq!(
+            "hull-slot-0".parse::<SlotConfig>().unwrap(),
+            SlotConfig {
+                serial: "hull-slot-0".into(),
+                disk: None
+            }
+        );
+        assert_eq!(
+            "hull-slot-1,file=/p/c.img,ro"
+                .parse::<SlotConfig>()
+                .unwrap(),
+            SlotConfig {
+                serial: "hull-slot-1".into(),
+                disk: Some(("/p/c.img".into(), true))
+            }
+        );
+        for bad in ["", "123456789012345678901", "s,ro", "s,file=", "s,rw"] {
+            assert!(bad.parse::<SlotConfig>().is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub mod seccomp;
 pub mod snapshot;
 pub mod vstate;
 
-pub use builder::{BlockConfig, BuildError, NetFdConfig, VmResources, Vmm};
+pub use builder::{BlockConfig, BuildError, NetFdConfig, SlotConfig, VmResources, Vmm};
 pub use vstate::vcpu::VmExit;

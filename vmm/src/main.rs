@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hull_vmm::{BlockConfig, NetFdConfig, VmExit, VmResources, Vmm};
+use hull_vmm::{BlockConfig, NetFdConfig, SlotConfig, VmExit, VmResources, Vmm};
 
 /// hull's built-in VMM.
 #[derive(Parser, Debug)]
@@ -40,6 +40,12 @@ struct Cli {
     /// each, in order.
     #[arg(long, value_name = "FILE[,ro][,serial=S]")]
     block: Vec<BlockConfig>,
+    /// A disk slot: a virtio-blk device with serial SERIAL (at most 20 bytes), empty (size 0)
+    /// unless file= fills it, whose disk the API's attach-disk / detach-disk swap while the
+    /// guest runs (the guest sees the capacity change). Repeatable: slot 0, 1, ... in order,
+    /// after the --block devices.
+    #[arg(long = "disk-slot", value_name = "SERIAL[,file=PATH][,ro]")]
+    disk_slots: Vec<SlotConfig>,
     /// Host tap interface for virtio-net (opened, or created, by name).
     #[arg(long)]
     tap: Option<String>,
@@ -48,7 +54,8 @@ struct Cli {
     /// IFF_VNET_HDR. Repeatable: one device each, in order, after --tap's.
     #[arg(long = "net-fd", value_name = "FD[,mac=MAC]")]
     net_fds: Vec<NetFdConfig>,
-    /// Unix socket for the JSON-lines control API (pause, resume, snapshot, status).
+    /// Unix socket for the JSON-lines control API (pause, resume, snapshot, status,
+    /// attach-disk, detach-disk).
     #[arg(long)]
     api_sock: Option<PathBuf>,
     /// Restore from a snapshot directory instead of booting the kernel.
@@ -79,6 +86,7 @@ fn resources(cli: Cli) -> VmResources {
         vsock_uds: cli.vsock_uds,
         vsock_cid: cli.vsock_cid,
         block: cli.block,
+        disk_slots: cli.disk_slots,
         tap: cli.tap,
         net_fds: cli.net_fds,
         rng: !cli.no_rng,

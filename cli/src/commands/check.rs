@@ -58,6 +58,7 @@ fn check_report(config: Option<&Path>) -> String {
     line("pod networking", &r.pod_networking);
     line("vhost-net", &r.vhost_net);
     line("block passthrough", &r.block);
+    line("builtin (hull-vmm)", &r.builtin);
     line("VFIO / IOMMU", &r.iommu);
     line("vfio-pci devices", &r.vfio_devices);
     line("qemu", &r.qemu);
@@ -113,6 +114,22 @@ fn check_report(config: Option<&Path>) -> String {
         out,
         "  {:<22} {picked} for a pod (its vm shares the pod's rootfs): {}",
         "vm hypervisor (auto)", auto.reason
+    );
+    // rootfs = "disk": no share, each container's image in a disk slot.
+    let disk = hull_hypervisor::Needs {
+        disk_slots: 1,
+        ..hull_hypervisor::Needs::default()
+    };
+    let auto = pick_backend(&disk, || r.kvm_hardware.ok, || r.qemu.ok);
+    let picked = match auto.backend {
+        Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
+        Some(Backend::Qemu) => format!("qemu ({})", accel.resolve(|| r.kvm_hardware.ok).name()),
+        None => "none".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "  {:<22} {picked} for a disk-rootfs pod: {}",
+        "", auto.reason
     );
     out
 }

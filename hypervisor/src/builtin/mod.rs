@@ -2,7 +2,10 @@
 //! agent is reached over hull-vmm's hybrid vsock socket (`CONNECT <port>\n` / `OK <n>\n`), the VM
 //! is controlled over hull-vmm's JSON-lines API socket, NICs are virtio-net on the pod's taps
 //! (`--net-fd`), disks are virtio-blk with their serials (`--block`; through the host page
-//! cache, a guest flush syncs them), and it ends cleanly only by the guest powering itself off.
+//! cache, a guest flush syncs them), disk slots are virtio-blk devices of size 0 whose disk the
+//! API swaps in and out (`--disk-slot`, `attach-disk`; the guest sees the capacity change),
+//! VMs start from templates (a hull-vmm snapshot of a booted guest whose agent answered,
+//! `--restore`) or checkpoints, and it ends cleanly only by the guest powering itself off.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -13,17 +16,40 @@ use std::time::Duration;
 
 use crate::capabilities::Backend;
 use crate::error::{HypervisorError, Result};
-use crate::programs::find_in_path;
+use crate::programs::find_vmm_binary;
+use crate::template::{self, Template};
 use crate::vmm_process::VmmProcess;
-use crate::{detect, disk_serial, mac_string, nic_device_mac, BootedVm, Hypervisor, VmConfig};
+use crate::{
+    detect, disk_serial, disk_slot_serial, mac_string, nic_device_mac, BootedVm, Disk, Hypervisor,
+    VmConfig,
+};
 use hull_agent_client::{AgentChannel, AgentClient};
 
-/// The VMM binary (found through `HULL_VMM`, next to the running executable, then on PATH).
-pub const VMM_BINARY: &str = "hull-vmm";
+pub use crate::programs::VMM_BINARY;
 /// The guest vsock port hull-agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// How long one API socket request may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a snapshot request may take (it writes all of the guest's RAM).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a guest restored from a template may take to answer before it is given up and
+/// the kernel boots instead.
+const RESTORE_BOUND: Duration = Duration::from_secs(10);
+/// How long the first `Check` of a restored guest may go unanswered before it is asked again
+/// on a fresh connection.
+const RESTORED_CHECK: Duration = Duration::from_secs(2);
+
+/// The directory of a template holding hull-vmm's snapshot (`vm.json`, `memory.bin`).
+const TEMPLATE_SNAPSHOT: &str = "vm";
+
+/// How hull-vmm gets the guest running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    /// Boots the kernel.
+    Boot,
+    /// Restores the snapshot (a template or a checkpoint) in this directory.
+    Restore(PathBuf),
+}
 /// How long `stop` waits for a guest that is powering off before killing hull-vmm.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
 
@@ -46,6 +72,11 @@ pub struct BuiltinHypervisor {
     vmm_binary: Option<PathBuf>,
     /// Tests only: `false` skips the hardware KVM check so that boot runs a stand-in hull-vmm.
     require_hardware_kvm: bool,
+    /// How the next hull-vmm starts.
+    start: Start,
+    /// The template the running guest was restored from, with its shared lock, until its
+    /// agent answered.
+    restored_from: Option<(Template, template::TemplateLock)>,
 }
 
 impl BuiltinHypervisor {
@@ -58,6 +89,8 @@ impl BuiltinHypervisor {
             process,
             vmm_binary: None,
             require_hardware_kvm: true,
+            start: Start::Boot,
+            restored_from: None,
         }
     }
 
@@ -137,10 +170,26 @@ impl BuiltinHypervisor {
                 disk_serial(i)
             ));
         }
+        // Slot i: empty, or (a restored VM) the disk it held at its checkpoint.
+        for i in 0..cfg.disk_slots {
+            a.push("--disk-slot".into());
+            let mut slot = disk_slot_serial(i);
+            if let Some((_, d)) = cfg.filled_slots.iter().find(|(n, _)| *n == i) {
+                slot.push_str(&format!(",file={}", s(&d.path)));
+                if d.read_only {
+                    slot.push_str(",ro");
+                }
+            }
+            a.push(slot);
+        }
         // NIC i: the pod's tap i, inherited by its fd number, with NIC i's device MAC.
         for (i, fd) in cfg.nic_fds().into_iter().enumerate() {
             a.push("--net-fd".into());
             a.push(format!("{fd},mac={}", mac_string(nic_device_mac(i))));
+        }
+        if let Start::Restore(dir) = &self.start {
+            a.push("--restore".into());
+            a.push(s(dir));
         }
         a
     }
@@ -150,23 +199,13 @@ impl BuiltinHypervisor {
         if let Some(b) = &self.vmm_binary {
             return Ok(b.clone());
         }
-        if let Some(b) = std::env::var_os("HULL_VMM").filter(|b| !b.is_empty()) {
-            return Ok(b.into());
-        }
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(|d| d.join(VMM_BINARY)))
-            .filter(|p| p.is_file());
-        let path_var = std::env::var_os("PATH").unwrap_or_default();
-        beside
-            .or_else(|| find_in_path(VMM_BINARY, &path_var))
-            .ok_or_else(|| HypervisorError::Spawn {
-                binary: VMM_BINARY.into(),
-                source: std::io::Error::new(
-                    ErrorKind::NotFound,
-                    "not in $HULL_VMM, next to this executable, or on PATH",
-                ),
-            })
+        find_vmm_binary().ok_or_else(|| HypervisorError::Spawn {
+            binary: VMM_BINARY.into(),
+            source: std::io::Error::new(
+                ErrorKind::NotFound,
+                "not in $HULL_VMM, next to this executable, or on PATH",
+            ),
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -184,7 +223,169 @@ impl BuiltinHypervisor {
                 d.path
             )));
         }
+        if let Some((i, d)) = cfg
+            .filled_slots
+            .iter()
+            .find(|(i, d)| *i >= cfg.disk_slots || d.path.to_string_lossy().contains(','))
+        {
+            return Err(HypervisorError::Config(format!(
+                "disk slot {i} ({:?}): no such slot (the vm has {}), or a comma in the path, \
+                 which hull-vmm's --disk-slot cannot name",
+                d.path, cfg.disk_slots
+            )));
+        }
         Backend::Builtin.check_covers(&cfg.needs())
+    }
+
+    /// Starts hull-vmm (as `self.start` says) with fresh sockets and logs; returns when it
+    /// did. A guest restored from a template has the template's boot log at the head of its
+    /// console log.
+    fn spawn(&mut self) -> Result<std::time::Instant> {
+        let dir = &self.config.state_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HypervisorError::io(format!("create {dir:?}"), e))?;
+        self.remove_sockets();
+        let log = File::create(self.vmm_log())
+            .map_err(|e| HypervisorError::io(format!("create {:?}", self.vmm_log()), e))?;
+        let console_path = self.console_log();
+        let _ = std::fs::remove_file(&console_path);
+        if let Start::Restore(snapshot) = &self.start {
+            if let Some(boot_log) = snapshot.parent().map(|t| t.join(template::BOOT_LOG)) {
+                let _ = std::fs::copy(boot_log, &console_path);
+            }
+        }
+        let console = File::options()
+            .create(true)
+            .append(true)
+            .open(&console_path)
+            .map_err(|e| HypervisorError::io(format!("create {console_path:?}"), e))?;
+
+        let binary = self.find_binary()?;
+        let mut cmd = Command::new(&binary);
+        cmd.args(self.command_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(console))
+            .stderr(Stdio::from(log));
+        // The taps stay open (held by `self.config`) until the spawn returned.
+        self.process
+            .spawn(cmd, &binary.display().to_string(), self.config.nic_fds())
+    }
+
+    /// Starts hull-vmm booting the kernel.
+    fn cold_start(&mut self) -> Result<std::time::Instant> {
+        self.start = Start::Boot;
+        self.spawn()
+    }
+
+    /// What makes a guest of this config interchangeable with another: the key of its
+    /// template (the NICs by count and MAC and the slots by serial: each VM restores with its
+    /// own taps and disks behind the same devices).
+    fn template_key(&self) -> Result<String> {
+        let cfg = &self.config;
+        let vmm = self.find_binary()?;
+        let mut facts = vec![
+            "hull-vmm".to_string(),
+            cfg.memory_mib.to_string(),
+            cfg.vcpus.to_string(),
+            self.kernel_cmdline(),
+        ];
+        facts.extend((0..cfg.nics.len()).map(|i| format!("nic:{}", mac_string(nic_device_mac(i)))));
+        facts.extend((0..cfg.disk_slots).map(|i| format!("slot:{}", disk_slot_serial(i))));
+        template::key(
+            &[
+                ("hull-vmm", &vmm),
+                ("kernel", &cfg.kernel),
+                ("initrd", &cfg.initrd),
+            ],
+            &facts,
+        )
+    }
+
+    /// Where this VM's template is kept, if it starts from one: never for a VM with disks
+    /// (a template's guest has seen other disks and their sizes).
+    fn template_root(&self) -> Option<PathBuf> {
+        let root = self.config.template_dir.clone()?;
+        if !self.config.disks.is_empty() || !self.config.filled_slots.is_empty() {
+            tracing::debug!(vm = %self.vm_id(), "vm with disks boots cold: a template's guest has seen other disks");
+            return None;
+        }
+        Some(root)
+    }
+
+    /// Starts the guest from a template under `root`: restores it, after making it first when
+    /// this configuration has none.
+    fn start_from_template(&mut self, root: &Path) -> Result<std::time::Instant> {
+        let t = Template::new(root, self.template_key()?);
+        // Shared while hull-vmm reads it; exclusive to make (or remove) it.
+        let in_use = match t.lock(false)? {
+            shared if t.ready() => shared,
+            shared => {
+                drop(shared);
+                let made = t.lock(true)?;
+                if !t.ready() {
+                    self.make_template(&t)?;
+                }
+                drop(made);
+                t.lock(false)?
+            }
+        };
+        t.touch();
+        self.start = Start::Restore(t.dir().join(TEMPLATE_SNAPSHOT));
+        let started = self.spawn()?;
+        // The shared lock is held until the guest answered (hull-vmm reads the snapshot as
+        // it starts): the template is not removed meanwhile.
+        self.restored_from = Some((t, in_use));
+        Ok(started)
+    }
+
+    /// Boots this VM, waits for the agent, and saves the guest (agent idle) as template `t`:
+    /// hull-vmm's snapshot in `<t>/vm`, named `memory` and `state` as templates are. Called
+    /// under `t`'s exclusive lock.
+    fn make_template(&mut self, t: &Template) -> Result<()> {
+        let staging = t.staging()?;
+        let made = (|| {
+            let started = self.cold_start()?;
+            let agent = self.process.wait_for_agent(
+                &self.agent_channel(),
+                started,
+                self.config.boot_timeout,
+                self.config.agent_call_timeout,
+                self.config.agent_call_timeout,
+            )?;
+            let snapshot = staging.join(TEMPLATE_SNAPSHOT);
+            self.api(serde_json::json!({"cmd": "pause"}))?;
+            self.api_within(
+                serde_json::json!({"cmd": "snapshot", "dir": snapshot}),
+                SNAPSHOT_TIMEOUT,
+            )?;
+            for (link, target) in [("memory", "memory.bin"), ("state", "vm.json")] {
+                let target = Path::new(TEMPLATE_SNAPSHOT).join(target);
+                std::os::unix::fs::symlink(&target, staging.join(link))
+                    .map_err(|e| HypervisorError::io(format!("link {link} in {staging:?}"), e))?;
+            }
+            // The guest's boot log goes with the template: VMs restored from it show it.
+            if let Err(e) = std::fs::copy(self.console_log(), staging.join(template::BOOT_LOG)) {
+                tracing::debug!("keep the template's boot log: {e}");
+            }
+            self.process.kill();
+            drop(agent);
+            tracing::info!(vm = %self.vm_id(), template = ?t.dir(), elapsed = ?started.elapsed(), "vm template made");
+            t.commit(&staging)
+        })();
+        if made.is_err() {
+            self.process.kill();
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        made
+    }
+
+    /// Kills the guest restored from template `t`, which failed with `e`, and removes `t`.
+    fn discard_template(&mut self, t: &Template, e: &HypervisorError) -> Result<()> {
+        tracing::warn!(vm = %self.vm_id(), template = ?t.dir(), error = %e, "vm template did not restore; removing it and booting");
+        self.process.kill();
+        let _l = t.lock(true)?;
+        t.remove();
+        Ok(())
     }
 
     fn remove_sockets(&self) {
@@ -195,6 +396,11 @@ impl BuiltinHypervisor {
 
     /// Sends one request to hull-vmm's API socket; returns the VM state it reports.
     fn api(&mut self, request: serde_json::Value) -> Result<String> {
+        self.api_within(request, API_TIMEOUT)
+    }
+
+    /// [`Self::api`] with its own bound on the answer.
+    fn api_within(&mut self, request: serde_json::Value, timeout: Duration) -> Result<String> {
         self.check_running()?;
         let cmd = request
             .get("cmd")
@@ -205,7 +411,7 @@ impl BuiltinHypervisor {
         let what = || format!("hull-vmm api {cmd} ({})", path.display());
         let io = |e| HypervisorError::io(what(), e);
         let mut stream = UnixStream::connect(&path).map_err(io)?;
-        stream.set_read_timeout(Some(API_TIMEOUT)).map_err(io)?;
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(API_TIMEOUT)).map_err(io)?;
         let mut line = request.to_string();
         line.push('\n');
@@ -253,41 +459,69 @@ impl Hypervisor for BuiltinHypervisor {
             return Err(no_hardware_kvm());
         }
         self.validate()?;
-        let dir = &self.config.state_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| HypervisorError::io(format!("create {dir:?}"), e))?;
-        self.remove_sockets();
-        let log = File::create(self.vmm_log())
-            .map_err(|e| HypervisorError::io(format!("create {:?}", self.vmm_log()), e))?;
-        let console = File::create(self.console_log())
-            .map_err(|e| HypervisorError::io(format!("create {:?}", self.console_log()), e))?;
-
-        let binary = self.find_binary()?;
-        let mut cmd = Command::new(&binary);
-        cmd.args(self.command_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(console))
-            .stderr(Stdio::from(log));
-        // The taps stay open (held by `self.config`) until the spawn returned.
-        let started =
-            self.process
-                .spawn(cmd, &binary.display().to_string(), self.config.nic_fds())?;
+        let started = match (self.config.restore_from.clone(), self.template_root()) {
+            (Some(dir), _) => {
+                self.start = Start::Restore(dir);
+                self.spawn()?
+            }
+            (None, Some(root)) => self.start_from_template(&root)?,
+            (None, None) => self.cold_start()?,
+        };
         Ok(BootedVm {
             channel: self.agent_channel(),
             started,
         })
     }
 
+    /// A guest restored from a template that does not answer within [`RESTORE_BOUND`] (or
+    /// dies first) is killed and the kernel boots instead; a template whose guest died is
+    /// removed.
     fn wait_for_agent(&mut self, vm: &BootedVm) -> Result<AgentClient> {
         // Each hybrid vsock connection is a guest connection of its own: an attempt may take
         // as long as a call.
-        let waited = self.process.wait_for_agent(
-            &vm.channel,
-            vm.started,
-            self.config.boot_timeout,
-            self.config.agent_call_timeout,
-            self.config.agent_call_timeout,
-        );
+        let (boot_timeout, call_timeout) =
+            (self.config.boot_timeout, self.config.agent_call_timeout);
+        let waited = match self.restored_from.take() {
+            None => self.process.wait_for_agent(
+                &vm.channel,
+                vm.started,
+                boot_timeout,
+                call_timeout,
+                call_timeout,
+            ),
+            Some((t, in_use)) => {
+                let restored = self.process.wait_for_agent(
+                    &vm.channel,
+                    vm.started,
+                    boot_timeout.min(RESTORE_BOUND),
+                    call_timeout,
+                    RESTORED_CHECK.min(call_timeout),
+                );
+                match restored {
+                    Ok(agent) => {
+                        tracing::info!(vm = %self.vm_id(), template = ?t.dir(), boot_time = ?vm.started.elapsed(), "vm restored from its template");
+                        Ok(agent)
+                    }
+                    Err(e) => {
+                        drop(in_use);
+                        if matches!(e, HypervisorError::ExitedDuringBoot { .. }) {
+                            self.discard_template(&t, &e)?;
+                        } else {
+                            tracing::warn!(vm = %self.vm_id(), template = ?t.dir(), error = %e, "vm restored from its template did not answer; booting instead");
+                            self.process.kill();
+                        }
+                        let started = self.cold_start()?;
+                        self.process.wait_for_agent(
+                            &vm.channel,
+                            started,
+                            boot_timeout,
+                            call_timeout,
+                            call_timeout,
+                        )
+                    }
+                }
+            }
+        };
         if waited.is_err() {
             self.remove_sockets();
         }
@@ -328,11 +562,38 @@ impl Hypervisor for BuiltinHypervisor {
         if was_running {
             self.api(serde_json::json!({"cmd": "pause"}))?;
         }
-        let saved = self.api(serde_json::json!({"cmd": "snapshot", "dir": dir}));
+        let saved = self.api_within(
+            serde_json::json!({"cmd": "snapshot", "dir": dir}),
+            SNAPSHOT_TIMEOUT,
+        );
         if was_running {
             self.api(serde_json::json!({"cmd": "resume"}))?;
         }
         saved.map(|_| ())
+    }
+
+    /// The slot's virtio-blk device takes the disk (hull-vmm's `attach-disk`) and raises a
+    /// configuration change; the guest sees the new capacity.
+    fn attach_disk(&mut self, slot: usize, disk: &Disk) -> Result<()> {
+        if slot >= self.config.disk_slots {
+            return Err(HypervisorError::Config(format!(
+                "no disk slot {slot} (the vm has {})",
+                self.config.disk_slots
+            )));
+        }
+        // hull-vmm's working directory is not ours to rely on.
+        let path = std::path::absolute(&disk.path)
+            .map_err(|e| HypervisorError::io(format!("resolve {:?}", disk.path), e))?;
+        self.api(serde_json::json!({
+            "cmd": "attach-disk", "slot": slot, "path": path, "read_only": disk.read_only,
+        }))?;
+        tracing::info!(vm = %self.vm_id(), slot, path = ?disk.path, "disk attached to a running vm");
+        Ok(())
+    }
+
+    fn detach_disk(&mut self, slot: usize) -> Result<()> {
+        self.api(serde_json::json!({"cmd": "detach-disk", "slot": slot}))
+            .map(|_| ())
     }
 
     fn check_running(&mut self) -> Result<()> {
@@ -442,6 +703,37 @@ mod tests {
         h.vmm_binary = Some(vmm);
         h.require_hardware_kvm = false;
         h
+    }
+
+    #[test]
+    fn slots_are_empty_disk_slots_unless_filled_and_a_restore_names_its_snapshot() {
+        let mut c = cfg("/run/hull/vm1");
+        c.disk_slots = 3;
+        c.filled_slots = vec![(
+            1,
+            Disk {
+                path: "/p/c1.img".into(),
+                read_only: true,
+                shared: false,
+            },
+        )];
+        let mut h = BuiltinHypervisor::new(c);
+        let a = h.command_args().join(" ");
+        assert!(
+            a.contains(
+                "--disk-slot hull-slot-0 --disk-slot hull-slot-1,file=/p/c1.img,ro \
+                 --disk-slot hull-slot-2"
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("--restore"), "{a}");
+        h.start = Start::Restore("/t/abc/vm".into());
+        assert!(h.command_args().join(" ").ends_with(" --restore /t/abc/vm"));
+        // A filled slot keeps the VM off templates (its guest has seen the disk).
+        h.config.template_dir = Some("/t".into());
+        assert_eq!(h.template_root(), None);
+        h.config.filled_slots.clear();
+        assert_eq!(h.template_root(), Some("/t".into()));
     }
 
     #[test]
@@ -691,12 +983,12 @@ mod tests {
         c.vcpus = 300;
         let e = hypervisor_for_test(c, vmm).boot().unwrap_err().to_string();
         assert!(e.contains("1 to 255 vCPUs"), "{e}");
-        // hull-vmm fixes its virtio-mmio devices at boot: NICs and disks then, never hot.
+        // hull-vmm fixes its virtio-mmio devices at boot: NICs and disks then, never hot;
+        // disks go into the empty slots made at boot while the VM runs.
         let caps = h.capabilities();
         assert!(!caps.vfio.cold && !caps.vfio.hot, "{caps:?}");
-        for d in [caps.nic, caps.block] {
-            assert!(d.cold && !d.hot, "{caps:?}");
-        }
+        assert!(caps.nic.cold && !caps.nic.hot, "{caps:?}");
+        assert!(caps.block.cold && caps.block.hot, "{caps:?}");
         assert!(!dir.path().join("vmm.pid").exists(), "hull-vmm ran");
     }
 
@@ -811,6 +1103,12 @@ mod tests {
                         "status" if paused => r#"{"ok":true,"state":"paused"}"#,
                         "status" => r#"{"ok":true,"state":"running"}"#,
                         "snapshot" if paused => r#"{"ok":true,"state":"paused"}"#,
+                        "attach-disk" | "detach-disk" if v["slot"].as_u64() < Some(2) => {
+                            r#"{"ok":true,"state":"running"}"#
+                        }
+                        "attach-disk" | "detach-disk" => {
+                            r#"{"ok":false,"error":"invalid configuration: no disk slot 7"}"#
+                        }
                         _ => r#"{"ok":false,"error":"snapshot needs a paused VM"}"#,
                     };
                     requests.lock().unwrap().push_back(line.trim().to_string());
@@ -849,7 +1147,9 @@ mod tests {
     fn boot_reaches_the_agent_over_the_handshake_then_pause_snapshot_stop() {
         let dir = tempdir();
         let vmm = stand_in(dir.path(), "exec sleep 1000");
-        let mut h = hypervisor_for_test(bootable_cfg(dir.path()), vmm);
+        let mut config = bootable_cfg(dir.path());
+        config.disk_slots = 2;
+        let mut h = hypervisor_for_test(config, vmm);
         let requests = Arc::new(Mutex::new(VecDeque::new()));
         let server = play_hull_vmm(
             dir.path(),
@@ -885,6 +1185,35 @@ mod tests {
                 r#"{"cmd":"pause"}"#.into(),
                 format!(r#"{{"cmd":"snapshot","dir":"{}"}}"#, snap.display()),
                 r#"{"cmd":"resume"}"#.into(),
+            ]
+        );
+
+        // Disk slots: the image goes to hull-vmm by its absolute path; a slot the VM lacks
+        // is refused here, one hull-vmm lacks there.
+        let disk = Disk {
+            path: "rel/c1.img".into(),
+            read_only: true,
+            shared: false,
+        };
+        h.attach_disk(1, &disk).unwrap();
+        h.detach_disk(1).unwrap();
+        let e = h.attach_disk(2, &disk).unwrap_err().to_string();
+        assert!(e.contains("no disk slot 2 (the vm has 2)"), "{e}");
+        let e = h.detach_disk(7).unwrap_err().to_string();
+        assert!(e.contains("no disk slot 7"), "{e}");
+        let abs = std::path::absolute("rel/c1.img").unwrap();
+        let seen: Vec<serde_json::Value> = requests
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                serde_json::json!({"cmd": "attach-disk", "slot": 1, "path": abs, "read_only": true}),
+                serde_json::json!({"cmd": "detach-disk", "slot": 1}),
+                serde_json::json!({"cmd": "detach-disk", "slot": 7}),
             ]
         );
 

@@ -61,9 +61,19 @@ pub fn total_size(mem: &GuestMemoryMmap) -> u64 {
     mem.iter().map(|r| r.len()).sum()
 }
 
-/// Writes all guest RAM, region after region, to `file`.
+/// The granularity at which zero memory is skipped (a page).
+const PAGE: usize = 4096;
+
+/// Writes all guest RAM, region after region, to `file`, leaving holes for pages of zeros
+/// (the file is as long as the RAM, its blocks only the RAM the guest wrote).
 pub fn dump(mem: &GuestMemoryMmap, file: &mut File) -> Result<(), MemoryError> {
+    use std::os::unix::fs::FileExt;
+    let io = |source| MemoryError::Io {
+        what: "write",
+        source,
+    };
     let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
     for region in mem.iter() {
         let mut off = 0u64;
         while off < region.len() {
@@ -71,18 +81,18 @@ pub fn dump(mem: &GuestMemoryMmap, file: &mut File) -> Result<(), MemoryError> {
             let addr = region.start_addr().unchecked_add(off);
             mem.read_slice(&mut buf[..n], addr)
                 .map_err(MemoryError::Access)?;
-            file.write_all(&buf[..n])
-                .map_err(|source| MemoryError::Io {
-                    what: "write",
-                    source,
-                })?;
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if page.iter().any(|b| *b != 0) {
+                    file.write_all_at(page, at + (i * PAGE) as u64)
+                        .map_err(io)?;
+                }
+            }
+            at += n as u64;
             off += n as u64;
         }
     }
-    file.flush().map_err(|source| MemoryError::Io {
-        what: "write",
-        source,
-    })
+    file.set_len(at).map_err(io)?;
+    file.flush().map_err(io)
 }
 
 /// Fills guest RAM from a file written by [`dump`].
@@ -108,11 +118,13 @@ pub fn load(mem: &GuestMemoryMmap, file: &mut File) -> Result<(), MemoryError> {
                     what: "read",
                     source,
                 })?;
-            // Skip all-zero chunks: fresh anonymous memory is already zero, and not touching it
-            // keeps the restored VM's RSS small.
-            if buf[..n].iter().any(|b| *b != 0) {
-                mem.write_slice(&buf[..n], region.start_addr().unchecked_add(off))
-                    .map_err(MemoryError::Access)?;
+            // Skip pages of zeros: fresh anonymous memory is already zero, and not touching
+            // it keeps the restored VM's RSS to the memory its guest had used.
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if page.iter().any(|b| *b != 0) {
+                    let addr = region.start_addr().unchecked_add(off + (i * PAGE) as u64);
+                    mem.write_slice(page, addr).map_err(MemoryError::Access)?;
+                }
             }
             off += n as u64;
         }
@@ -143,6 +155,11 @@ mod tests {
             .unwrap();
         let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
         dump(&mem, &mut f).unwrap();
+        // As long as the RAM, but only the written page takes a block.
+        use std::os::unix::fs::MetadataExt;
+        let meta = f.metadata().unwrap();
+        assert_eq!(meta.len(), 2 << 20);
+        assert!(meta.blocks() * 512 <= 64 * 1024, "{} blocks", meta.blocks());
         let mem2 = create_guest_memory(2 << 20).unwrap();
         use std::io::Seek;
         f.rewind().unwrap();

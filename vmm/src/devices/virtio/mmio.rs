@@ -183,6 +183,16 @@ impl MmioTransport {
         self.activated
     }
 
+    /// The device model changed its configuration space: a new generation, and (once the
+    /// driver runs the device) a configuration-change interrupt, on which it reads it again.
+    /// Before DRIVER_OK the driver reads the configuration when it probes.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & STATUS_DRIVER_OK != 0 {
+            self.interrupt.signal_config_change();
+        }
+    }
+
     /// Host fds of the device model.
     pub fn host_fds(&self) -> Vec<(RawFd, bool)> {
         if self.activated {
@@ -557,6 +567,59 @@ mod tests {
         w(&mut t, reg::STATUS, 0);
         assert!(!t.is_activated());
         assert_eq!(r(&mut t, reg::STATUS), 0);
+    }
+
+    #[test]
+    fn a_filled_slot_raises_a_config_change_with_its_new_capacity() {
+        use crate::devices::virtio::block::Block;
+        use crate::devices::virtio::INT_CONFIG;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (block, slot) = Block::slot("hull-slot-0");
+        let mut t = MmioTransport::new(mem, Box::new(block), evt.try_clone().unwrap());
+        let capacity = |t: &mut MmioTransport| {
+            let mut d = [0u8; 8];
+            t.read(reg::CONFIG, &mut d);
+            u64::from_le_bytes(d)
+        };
+        assert_eq!(capacity(&mut t), 0);
+        // Before the driver runs the device: a new generation, no interrupt.
+        t.config_changed();
+        assert_eq!(r(&mut t, reg::CONFIG_GENERATION), 1);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+        assert!(evt.read().is_err(), "no interrupt before DRIVER_OK");
+        let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        w(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, reg::STATUS, ok);
+        w(&mut t, reg::QUEUE_NUM, 16);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x1000);
+        w(&mut t, reg::QUEUE_AVAIL_LOW, 0x2000);
+        w(&mut t, reg::QUEUE_USED_LOW, 0x3000);
+        w(&mut t, reg::QUEUE_READY, 1);
+        w(&mut t, reg::STATUS, ok | STATUS_DRIVER_OK);
+        assert!(t.is_activated());
+
+        let img = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        img.as_file().set_len(8192).unwrap();
+        assert_eq!(slot.fill(img.as_path(), false).unwrap(), 16);
+        t.config_changed();
+        assert_eq!(r(&mut t, reg::CONFIG_GENERATION), 2);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), INT_CONFIG);
+        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(capacity(&mut t), 16);
+        w(&mut t, reg::INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+
+        slot.empty();
+        t.config_changed();
+        assert_eq!(capacity(&mut t), 0);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), INT_CONFIG);
+        // A missing image leaves the slot as it was.
+        assert!(slot
+            .fill(std::path::Path::new("/nonexistent.img"), false)
+            .is_err());
+        assert_eq!(slot.sectors(), 0);
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl Interrupt {
         }
     }
 
+    /// Tells the driver the device's configuration space changed (a disk's capacity).
+    pub fn signal_config_change(&self) {
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            tracing::warn!(error = %e, "cannot raise virtio interrupt");
+        }
+    }
+
     /// Current interrupt status bits.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)

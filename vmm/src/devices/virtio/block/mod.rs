@@ -1,9 +1,12 @@
-//! virtio-blk on a raw image file or a host block device, optionally read-only, with a serial.
+//! virtio-blk on a raw image file or a host block device, optionally read-only, with a serial;
+//! or a disk slot: a device of size 0 whose backing the VMM fills and empties while the guest
+//! runs ([`SlotHandle`]), telling the guest of the new capacity by a configuration change.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 use virtio_queue::Queue;
@@ -35,19 +38,18 @@ pub const S_UNSUPP: u8 = 2;
 /// The longest serial (`VIRTIO_BLK_ID_BYTES`): `GET_ID` answers at most this many bytes.
 pub const ID_BYTES: usize = 20;
 
-/// The block device.
-pub struct Block {
-    file: File,
+/// What a block device reads and writes: an open image or device, or nothing (an empty
+/// slot, size 0).
+#[derive(Default)]
+struct Backing {
+    file: Option<File>,
     read_only: bool,
     sectors: u64,
-    id: [u8; ID_BYTES],
-    active: Option<Activation>,
 }
 
-impl Block {
-    /// Opens the raw image or device node at `path`; `serial` is what `GET_ID` answers (cut
-    /// to [`ID_BYTES`]), the file's name without one.
-    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Block, VirtioError> {
+impl Backing {
+    /// Opens the raw image or device node at `path`.
+    fn open(path: &Path, read_only: bool) -> Result<Backing, VirtioError> {
         let open_err = |source| VirtioError::Open {
             what: "block image",
             name: path.display().to_string(),
@@ -60,7 +62,62 @@ impl Block {
             .map_err(open_err)?;
         // A block device node's metadata says 0 bytes; its end is its size (a file's too).
         let len = (&file).seek(SeekFrom::End(0)).map_err(open_err)?;
-        let mut id = [0u8; ID_BYTES];
+        Ok(Backing {
+            file: Some(file),
+            read_only,
+            sectors: len / SECTOR_SIZE,
+        })
+    }
+}
+
+/// The block device.
+pub struct Block {
+    backing: Arc<Mutex<Backing>>,
+    /// Offered `VIRTIO_BLK_F_RO` (fixed at boot: a slot is not, whatever it holds later).
+    ro_feature: bool,
+    id: [u8; ID_BYTES],
+    active: Option<Activation>,
+}
+
+/// The VMM's hold on a disk slot's backing: fills and empties it while the guest runs. The
+/// caller then tells the guest through the transport's configuration change.
+#[derive(Clone)]
+pub struct SlotHandle(Arc<Mutex<Backing>>);
+
+impl SlotHandle {
+    /// Puts the image or device at `path` into the slot (replacing what it held); returns
+    /// its size in sectors. On error the slot is unchanged.
+    pub fn fill(&self, path: &Path, read_only: bool) -> Result<u64, VirtioError> {
+        let b = Backing::open(path, read_only)?;
+        let sectors = b.sectors;
+        *self.0.lock().expect("block backing lock") = b;
+        Ok(sectors)
+    }
+
+    /// Empties the slot (size 0; requests in flight after this fail).
+    pub fn empty(&self) {
+        *self.0.lock().expect("block backing lock") = Backing::default();
+    }
+
+    /// The slot's size in sectors (0: empty).
+    pub fn sectors(&self) -> u64 {
+        self.0.lock().expect("block backing lock").sectors
+    }
+}
+
+/// `serial` cut to [`ID_BYTES`], zero-padded.
+fn id_bytes(serial: &str) -> [u8; ID_BYTES] {
+    let mut id = [0u8; ID_BYTES];
+    let n = serial.len().min(ID_BYTES);
+    id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+    id
+}
+
+impl Block {
+    /// Opens the raw image or device node at `path`; `serial` is what `GET_ID` answers (cut
+    /// to [`ID_BYTES`]), the file's name without one.
+    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Block, VirtioError> {
+        let backing = Backing::open(path, read_only)?;
         let name = match serial {
             Some(s) => s.to_string(),
             None => path
@@ -68,20 +125,31 @@ impl Block {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        let n = name.len().min(ID_BYTES);
-        id[..n].copy_from_slice(&name.as_bytes()[..n]);
         Ok(Block {
-            file,
-            read_only,
-            sectors: len / SECTOR_SIZE,
-            id,
+            backing: Arc::new(Mutex::new(backing)),
+            ro_feature: read_only,
+            id: id_bytes(&name),
             active: None,
         })
     }
 
+    /// An empty disk slot (size 0) whose `GET_ID` answers `serial`, and the handle that fills
+    /// it. The slot never offers `VIRTIO_BLK_F_RO`: a read-only disk put into it refuses
+    /// writes instead.
+    pub fn slot(serial: &str) -> (Block, SlotHandle) {
+        let backing = Arc::new(Mutex::new(Backing::default()));
+        let block = Block {
+            backing: backing.clone(),
+            ro_feature: false,
+            id: id_bytes(serial),
+            active: None,
+        };
+        (block, SlotHandle(backing))
+    }
+
     /// Disk size in 512-byte sectors.
     pub fn sectors(&self) -> u64 {
-        self.sectors
+        self.backing.lock().expect("block backing lock").sectors
     }
 
     fn execute(&self, mem: &GuestMemoryMmap, chain: &ParsedChain) -> u32 {
@@ -91,7 +159,8 @@ impl Block {
             return 0;
         };
         let status_addr = status_seg.addr.unchecked_add_len(status_seg.len - 1);
-        let (status, written) = match self.request(mem, chain) {
+        let backing = self.backing.lock().expect("block backing lock");
+        let (status, written) = match self.request(&backing, mem, chain) {
             Ok(n) => (S_OK, n),
             Err(s) => (s, 0),
         };
@@ -101,7 +170,7 @@ impl Block {
         written + 1
     }
 
-    fn request(&self, mem: &GuestMemoryMmap, chain: &ParsedChain) -> Result<u32, u8> {
+    fn request(&self, b: &Backing, mem: &GuestMemoryMmap, chain: &ParsedChain) -> Result<u32, u8> {
         let header = chain
             .segments
             .first()
@@ -127,11 +196,9 @@ impl Block {
                     if !seg.write {
                         return Err(S_IOERR);
                     }
-                    self.check_bounds(offset, len)?;
+                    let file = check_bounds(b, offset, len)?;
                     let mut buf = vec![0u8; len as usize];
-                    self.file
-                        .read_exact_at(&mut buf, offset)
-                        .map_err(|_| S_IOERR)?;
+                    file.read_exact_at(&mut buf, offset).map_err(|_| S_IOERR)?;
                     mem.write_slice(&buf, seg.addr).map_err(|_| S_IOERR)?;
                     offset += u64::from(len);
                     written += len;
@@ -139,7 +206,7 @@ impl Block {
                 Ok(written)
             }
             T_OUT => {
-                if self.read_only {
+                if b.read_only {
                     return Err(S_IOERR);
                 }
                 for (i, seg) in data {
@@ -149,17 +216,17 @@ impl Block {
                     if seg.write {
                         return Err(S_IOERR);
                     }
-                    self.check_bounds(offset, seg.len)?;
+                    let file = check_bounds(b, offset, seg.len)?;
                     let mut buf = vec![0u8; seg.len as usize];
                     mem.read_slice(&mut buf, seg.addr).map_err(|_| S_IOERR)?;
-                    self.file.write_all_at(&buf, offset).map_err(|_| S_IOERR)?;
+                    file.write_all_at(&buf, offset).map_err(|_| S_IOERR)?;
                     offset += u64::from(seg.len);
                 }
                 Ok(0)
             }
             T_FLUSH => {
-                if !self.read_only {
-                    self.file.sync_all().map_err(|_| S_IOERR)?;
+                if let Some(f) = b.file.as_ref().filter(|_| !b.read_only) {
+                    f.sync_all().map_err(|_| S_IOERR)?;
                 }
                 Ok(0)
             }
@@ -177,13 +244,14 @@ impl Block {
             _ => Err(S_UNSUPP),
         }
     }
+}
 
-    fn check_bounds(&self, offset: u64, len: u32) -> Result<(), u8> {
-        let end = offset.checked_add(u64::from(len)).ok_or(S_IOERR)?;
-        if end > self.sectors * SECTOR_SIZE {
-            return Err(S_IOERR);
-        }
-        Ok(())
+/// The backing file, when `len` bytes at `offset` lie inside it.
+fn check_bounds(b: &Backing, offset: u64, len: u32) -> Result<&File, u8> {
+    let end = offset.checked_add(u64::from(len)).ok_or(S_IOERR)?;
+    match &b.file {
+        Some(f) if end <= b.sectors * SECTOR_SIZE => Ok(f),
+        _ => Err(S_IOERR),
     }
 }
 
@@ -208,13 +276,13 @@ impl VirtioDevice for Block {
         &QUEUE_SIZES
     }
     fn avail_features(&self) -> u64 {
-        let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        let ro = if self.ro_feature { VIRTIO_BLK_F_RO } else { 0 };
         VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | ro
     }
     fn set_acked_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Config space: capacity (u64 sectors) first; the rest reads as zero.
-        let cfg = self.sectors.to_le_bytes();
+        let cfg = self.sectors().to_le_bytes();
         read_config_bytes(&cfg, offset, data);
     }
     fn activate(
@@ -385,6 +453,43 @@ mod tests {
         );
         assert_eq!(st, S_OK);
         assert_eq!(u[0].1, 21);
+    }
+
+    #[test]
+    fn a_slot_reads_nothing_until_filled_then_its_disk_and_a_read_only_one_refuses_writes() {
+        let img = image();
+        let m = test_mem();
+        let (mut dev, slot) = Block::slot("hull-slot-1");
+        assert_eq!(dev.sectors(), 0);
+        assert_eq!(dev.avail_features() & VIRTIO_BLK_F_RO, 0);
+        let read = [
+            desc(0x10_0000, 16, 0),
+            desc(0x20_0000, 512, VRING_DESC_F_WRITE),
+            desc(0x30_0000, 1, VRING_DESC_F_WRITE),
+        ];
+        header(&m, T_IN, 1);
+        assert_eq!(run(&mut dev, &m, &read).1, S_IOERR, "empty slot");
+        assert_eq!(slot.fill(img.as_path(), true).unwrap(), 8);
+        assert_eq!(dev.sectors(), 8);
+        header(&m, T_IN, 1);
+        assert_eq!(run(&mut dev, &m, &read).1, S_OK);
+        let mut b = [0u8; 4];
+        m.read_slice(&mut b, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(&b, b"SEC1");
+        header(&m, T_OUT, 1);
+        let write = [
+            desc(0x10_0000, 16, 0),
+            desc(0x20_0000, 512, 0),
+            desc(0x30_0000, 1, VRING_DESC_F_WRITE),
+        ];
+        assert_eq!(run(&mut dev, &m, &write).1, S_IOERR, "read-only disk");
+        slot.fill(img.as_path(), false).unwrap();
+        header(&m, T_OUT, 1);
+        assert_eq!(run(&mut dev, &m, &write).1, S_OK);
+        slot.empty();
+        assert_eq!(dev.sectors(), 0);
+        header(&m, T_IN, 0);
+        assert_eq!(run(&mut dev, &m, &read).1, S_IOERR, "emptied slot");
     }
 
     #[test]

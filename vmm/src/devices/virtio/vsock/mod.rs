@@ -15,7 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use self::packet::*;
@@ -96,6 +96,11 @@ pub struct Vsock {
     rx: VecDeque<(Header, Vec<u8>)>,
     next_local_port: u32,
     reset_pending: bool,
+    /// After a transport reset event: the event queue's available index when it was sent.
+    /// Until the guest has handled it (it gives the buffer back: the index moves), new host
+    /// connections wait in `held`: one the guest took first would die with the reset.
+    reset_unseen: Option<u16>,
+    held: Vec<ConnKey>,
     active: Option<Activation>,
 }
 
@@ -125,6 +130,8 @@ impl Vsock {
             rx: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             reset_pending: false,
+            reset_unseen: None,
+            held: Vec::new(),
             active: None,
         })
     }
@@ -339,7 +346,11 @@ impl Vsock {
         let key = (local, port);
         self.conns
             .insert(key, Conn::new(stream, ConnState::Connecting));
-        self.push(key, OP_REQUEST);
+        if self.reset_unseen.is_some() {
+            self.held.push(key);
+        } else {
+            self.push(key, OP_REQUEST);
+        }
     }
 
     fn read_host(&mut self, key: ConnKey) {
@@ -430,6 +441,19 @@ impl Vsock {
 
     /// Tells the guest, through the event queue, that all connections are gone.
     fn deliver_events(&mut self) {
+        if let (Some(sent_at), Some((mem, queues, _))) = (self.reset_unseen, self.active.as_ref()) {
+            let now = queues[EVQ]
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .map(|i| i.0)
+                .unwrap_or(sent_at);
+            if now != sent_at {
+                self.reset_unseen = None;
+                for key in std::mem::take(&mut self.held) {
+                    self.push(key, OP_REQUEST);
+                }
+                self.deliver_rx();
+            }
+        }
         if !self.reset_pending {
             return;
         }
@@ -450,6 +474,10 @@ impl Vsock {
         });
         if used {
             self.reset_pending = false;
+            self.reset_unseen = queues[EVQ]
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .map(|i| i.0)
+                .ok();
             irq.signal_used_queue();
         }
     }
@@ -541,6 +569,8 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.reset_pending = false;
+        self.reset_unseen = None;
+        self.held.clear();
         self.conns.clear();
         self.handshakes.clear();
         self.rx.clear();

@@ -1,0 +1,150 @@
+//! Pods on the built-in VMM (`hull-vmm`), proven where it can run: this project's machines'
+//! own KVM cannot run a Linux guest's user space, so the test boots a nested machine
+//! (`scripts/nested-machine`: QEMU TCG emulating AMD SVM, a real /dev/kvm inside, this host's
+//! root visible) and, inside it, runs hull with `[vm] hypervisor = "builtin"` and
+//! `rootfs = "disk"` (each container's rootfs an ext4 image in a disk slot: hull-vmm has no
+//! shared filesystem). One machine, one script: `hull check` sees hardware-backed KVM and
+//! picks builtin for disk-rootfs pods; `hull run` prints the guest kernel's release and returns
+//! the container's exit status, first booting (and saving the template), then restored from
+//! the template; a pod through the CLI's sandbox server (create, start, exec, delete) runs
+//! from the template (hull-vmm's `--restore`); nothing is left. (The stand-in tests of the
+//! backend, without a guest, are beside its code in hypervisor/src/builtin.)
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_tests::*;
+
+/// The release in the kernel image's banner (`Linux version 6.1.x (...)`).
+fn kernel_release(vmlinux: &Path) -> String {
+    let data = std::fs::read(vmlinux).unwrap();
+    let marker = b"Linux version ";
+    let at = data
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .unwrap_or_else(|| panic!("no version banner in {}", vmlinux.display()))
+        + marker.len();
+    let end = data[at..].iter().position(|b| *b == b' ').unwrap() + at;
+    String::from_utf8_lossy(&data[at..end]).into_owned()
+}
+
+#[test]
+fn pods_run_on_the_builtin_vmm_in_a_nested_machine_with_hardware_kvm() {
+    let Some(a) = guest_artefacts() else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
+    assert!(script.is_file(), "{} is missing", script.display());
+    let release = kernel_release(&a.kernel);
+    let dir = tempfile::Builder::new()
+        .prefix("hull-builtin-")
+        .tempdir()
+        .unwrap();
+    let once = Bundle::new(&["sh", "-c", "uname -r; exit 7"]);
+    let sleeper = Bundle::new(&["sleep", "300"]);
+    let config = dir.path().join("vm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "isolation = \"vm\"\n[vm]\nhypervisor = \"builtin\"\nrootfs = \"disk\"\n\
+             kernel = {:?}\ninitrd = {:?}\nboot_timeout_s = 120\ntemplate = true\n\
+             template_dir = \"/run/hull-builtin-templates\"\n",
+            a.kernel.to_str().unwrap(),
+            a.initrd.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let inner = dir.path().join("inner.sh");
+    std::fs::write(
+        &inner,
+        format!(
+            r#"set -u
+export HULL_VMM={vmm}
+hull="{hull} --root /run/hull-builtin --config {config}"
+ms() {{ echo $(( ($(date +%s%N) - $1) / 1000000 )); }}
+echo "== check"
+{hull} check 2>&1 | grep -E "KVM hardware-backed|builtin"
+echo "== cold"
+t=$(date +%s%N); $hull run --bundle {once} cold; echo "exit $? ms $(ms $t)"
+echo "== template"
+t=$(date +%s%N); $hull run --bundle {once} warm; echo "exit $? ms $(ms $t)"
+echo "== pod"
+t=$(date +%s%N); $hull create --bundle {sleeper} pod; echo "create $? ms $(ms $t)"
+$hull start pod; echo "start $?"
+echo "vmm args: $(ps -o args= -C hull-vmm)"
+echo "vmm rss: $(ps -o rss= -C hull-vmm)"
+t=$(date +%s%N); $hull exec pod sh -c 'uname -r; exit 3'; echo "exec $? ms $(ms $t)"
+$hull delete --force pod; echo "delete $?"
+echo "== left: $(ls -A /run/hull-builtin | wc -l) $(pgrep -c hull-vmm) $(grep -c /run/hull-builtin /proc/mounts)"
+"#,
+            vmm = bin("hull-vmm").display(),
+            hull = bin("hull").display(),
+            config = config.display(),
+            once = once.path().display(),
+            sleeper = sleeper.path().display(),
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = output_with_timeout(
+        {
+            let mut c = Command::new(&script);
+            c.args(["--one-tcg-thread", "--timeout", "600"]);
+            for d in [dir.path(), once.path(), sleeper.path()] {
+                c.arg("--share").arg(d);
+            }
+            c.args(["--", "sh"]).arg(&inner);
+            c
+        },
+        Duration::from_secs(660),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{err}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(0), "the nested machine failed");
+    let section = |name: &str| -> String {
+        text.split("== ")
+            .find(|s| s.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} section"))
+            .to_string()
+    };
+    let s = section("check");
+    assert!(s.contains("KVM hardware-backed    yes"), "{s}");
+    assert!(
+        s.contains("builtin (hull-vmm) for a disk-rootfs pod"),
+        "{s}"
+    );
+    for name in ["cold", "template"] {
+        let s = section(name);
+        // The container's output is the guest kernel's release: it ran in the VM.
+        assert!(
+            s.lines().any(|l| l == release),
+            "{name}: no {release} line: {s}"
+        );
+        assert!(s.contains("exit 7 "), "{name}: {s}");
+    }
+    let s = section("pod");
+    assert!(s.contains("create 0 "), "{s}");
+    assert!(s.contains("start 0"), "{s}");
+    // The pod's VM was restored from the template the first run made, with its disk slots.
+    let args = s
+        .lines()
+        .find(|l| l.starts_with("vmm args: "))
+        .unwrap_or_else(|| panic!("{s}"));
+    for w in [
+        " --restore /run/hull-builtin-templates/",
+        " --disk-slot hull-slot-0",
+    ] {
+        assert!(args.contains(w), "{w} missing: {args}");
+    }
+    assert!(s.lines().any(|l| l == release), "exec output: {s}");
+    assert!(s.contains("exec 3 "), "{s}");
+    assert!(s.contains("delete 0"), "{s}");
+    assert!(
+        section("left").starts_with("left: 0 0 0"),
+        "{}",
+        section("left")
+    );
+}
