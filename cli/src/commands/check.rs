@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hull_runtime::config::Config;
+use hull_runtime::config::{Config, RootfsMode};
 use hull_runtime::pod::VmPod;
 
 use super::Globals;
@@ -77,6 +77,10 @@ fn check_report(config: Option<&Path>) -> String {
     // What a vm pod would boot, from the config this command was given (or the default).
     let loaded = Config::load_or_default(config).map_err(|e| e.to_string());
     let accel = loaded.as_ref().map_or(Accel::Auto, |(cfg, _)| cfg.vm.accel);
+    let vm_section = loaded
+        .as_ref()
+        .map(|(cfg, _)| cfg.vm.clone())
+        .unwrap_or_default();
     let guest = loaded.and_then(|(cfg, path)| {
         let from = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
         cfg.vm
@@ -103,33 +107,29 @@ fn check_report(config: Option<&Path>) -> String {
             line("guest initrd (cache)", &r.guest_initrd);
         }
     }
-    // Every pod's VM shares the pod's rootfs: `auto` picks a backend that can.
-    let auto = pick_backend(&VmPod::vm_needs(), || r.kvm_hardware.ok, || r.qemu.ok);
-    let picked = match auto.backend {
-        Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
-        Some(Backend::Qemu) => format!("qemu ({})", accel.resolve(|| r.kvm_hardware.ok).name()),
-        None => "none".to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "  {:<22} {picked} for a pod (its vm shares the pod's rootfs): {}",
-        "vm hypervisor (auto)", auto.reason
-    );
-    // rootfs = "disk": no share, each container's image in a disk slot.
-    let disk = hull_hypervisor::Needs {
-        disk_slots: 1,
-        ..hull_hypervisor::Needs::default()
-    };
-    let auto = pick_backend(&disk, || r.kvm_hardware.ok, || r.qemu.ok);
-    let picked = match auto.backend {
-        Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
-        Some(Backend::Qemu) => format!("qemu ({})", accel.resolve(|| r.kvm_hardware.ok).name()),
-        None => "none".to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "  {:<22} {picked} for a disk-rootfs pod: {}",
-        "", auto.reason
-    );
+    // What `auto` picks for a pod's VM: sharing the pod's rootfs (9p), or with each
+    // container's rootfs image in a disk slot (rootfs = "disk").
+    for (mode, label, what) in [
+        (
+            RootfsMode::Share,
+            "vm hypervisor (auto)",
+            "a pod (its vm shares the pod's rootfs)",
+        ),
+        (RootfsMode::Disk, "", "a disk-rootfs pod"),
+    ] {
+        let auto = pick_backend(
+            &VmPod::vm_needs(&vm_section, mode),
+            || r.kvm_hardware.ok,
+            || r.qemu.ok,
+        );
+        let picked = match auto.backend {
+            Some(Backend::Builtin) => "builtin (hull-vmm)".to_string(),
+            Some(Backend::Qemu) => {
+                format!("qemu ({})", accel.resolve(|| r.kvm_hardware.ok).name())
+            }
+            None => "none".to_string(),
+        };
+        let _ = writeln!(out, "  {label:<22} {picked} for {what}: {}", auto.reason);
+    }
     out
 }

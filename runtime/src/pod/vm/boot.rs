@@ -9,25 +9,24 @@ use oci_spec::runtime::Spec;
 
 use super::network::PodNet;
 use super::{vm_err, Vm, VmPod, GUEST_SHARED, SHARE_TAG};
-use crate::config::RootfsMode;
+use crate::config::{RootfsMode, VmSection};
 use crate::error::{Error, Result};
 
 impl VmPod {
-    /// What every pod's VM needs of its hypervisor: a shared filesystem (virtio-9p), which
-    /// carries the containers' root filesystems. `hull check` reports what `auto` picks for it.
-    pub fn vm_needs() -> Needs {
-        Self::vm_needs_for(RootfsMode::Share)
-    }
-
-    /// What a pod's VM needs of its hypervisor with its root filesystems `rootfs`: the 9p
-    /// share, or (`disk`) disk slots filled while the VM runs.
-    pub fn vm_needs_for(rootfs: RootfsMode) -> Needs {
+    /// What a pod's VM needs of its hypervisor with `config` and its root filesystems
+    /// `rootfs`: the 9p share (`share`), and the disk slots `[vm] disk_slots` asks, plus one
+    /// per container image (`disk`). `hull check` reports what `auto` picks for it.
+    pub fn vm_needs(config: &VmSection, rootfs: RootfsMode) -> Needs {
         match rootfs {
             RootfsMode::Share => Needs {
                 shared_fs: Some(SharedFs::Virtio9p),
+                disk_slots: config.disk_slots,
                 ..Needs::default()
             },
-            RootfsMode::Disk => Needs::default(),
+            RootfsMode::Disk => Needs {
+                disk_slots: config.disk_slots + super::rootdisk::ROOTFS_SLOTS,
+                ..Needs::default()
+            },
         }
     }
 
@@ -202,7 +201,6 @@ impl VmPod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VmSection;
 
     #[test]
     fn a_pods_vm_needs_what_vm_needs_says() {
@@ -215,9 +213,12 @@ mod tests {
             initrd: Some(initrd),
             ..Default::default()
         };
-        let pod = VmPod::new(dir.path().join("root"), "pod", section);
-        let cfg = pod.vm_config(&Spec::default(), RootfsMode::Share).unwrap();
-        assert_eq!(cfg.needs(), VmPod::vm_needs());
-        assert_eq!(cfg.shares.len(), 1, "the pod's shared directory");
+        let pod = VmPod::new(dir.path().join("root"), "pod", section.clone());
+        for mode in [RootfsMode::Share, RootfsMode::Disk] {
+            let cfg = pod.vm_config(&Spec::default(), mode).unwrap();
+            assert_eq!(cfg.needs(), VmPod::vm_needs(&section, mode), "{mode:?}");
+            let shares = usize::from(mode == RootfsMode::Share);
+            assert_eq!(cfg.shares.len(), shares, "the pod's shared directory");
+        }
     }
 }
