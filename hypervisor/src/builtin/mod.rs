@@ -316,20 +316,7 @@ impl BuiltinHypervisor {
     /// this configuration has none.
     fn start_from_template(&mut self, root: &Path) -> Result<std::time::Instant> {
         let t = Template::new(root, self.template_key()?);
-        // Shared while hull-vmm reads it; exclusive to make (or remove) it.
-        let in_use = match t.lock(false)? {
-            shared if t.ready() => shared,
-            shared => {
-                drop(shared);
-                let made = t.lock(true)?;
-                if !t.ready() {
-                    self.make_template(&t)?;
-                }
-                drop(made);
-                t.lock(false)?
-            }
-        };
-        t.touch();
+        let in_use = t.ready_for_use(|t| self.make_template(t))?;
         self.start = Start::Restore(t.dir().join(TEMPLATE_SNAPSHOT));
         let started = self.spawn()?;
         // The shared lock is held until the guest answered (hull-vmm reads the snapshot as

@@ -497,22 +497,7 @@ impl QemuHypervisor {
     /// boots instead.
     fn start_from_template(&mut self, root: &Path) -> Result<Instant> {
         let t = Template::new(root, self.template_key()?);
-        // A shared lock while QEMU reads the state (no removal meanwhile). Starts of a ready
-        // template only ever take it shared, so they never wait on each other; the exclusive
-        // lock is for making the template (and removing a bad one).
-        let in_use = match t.lock(false)? {
-            shared if t.ready() => shared,
-            shared => {
-                drop(shared);
-                let made = t.lock(true)?;
-                if !t.ready() {
-                    self.make_template(&t)?;
-                }
-                drop(made);
-                t.lock(false)?
-            }
-        };
-        t.touch();
+        let in_use = t.ready_for_use(|t| self.make_template(t))?;
         self.start = Start::Restore {
             memory: t.memory(),
             state: t.state(),

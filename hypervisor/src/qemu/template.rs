@@ -106,6 +106,30 @@ impl Template {
         self.memory().is_file() && self.state().is_file()
     }
 
+    /// The template ready to restore from, under a shared lock (held while the VMM reads it:
+    /// no removal meanwhile), made first by `make` under the exclusive lock when it is not
+    /// there yet. Starts of a ready template only ever take the lock shared, so they never wait
+    /// on each other. Marks the template used (for the least-recently-used sweep).
+    pub fn ready_for_use(
+        &self,
+        make: impl FnOnce(&Template) -> Result<()>,
+    ) -> Result<TemplateLock> {
+        let in_use = match self.lock(false)? {
+            shared if self.ready() => shared,
+            shared => {
+                drop(shared);
+                let made = self.lock(true)?;
+                if !self.ready() {
+                    make(self)?;
+                }
+                drop(made);
+                self.lock(false)?
+            }
+        };
+        self.touch();
+        Ok(in_use)
+    }
+
     /// Takes the template's lock: `exclusive` to make or remove it, shared to restore from it.
     pub fn lock(&self, exclusive: bool) -> Result<TemplateLock> {
         std::fs::create_dir_all(&self.root)
