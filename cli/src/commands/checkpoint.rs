@@ -7,7 +7,7 @@ use super::{Globals, Target};
 use crate::args::CheckpointArgs;
 use crate::error::{Error, Result};
 use hull_container::checkpoint::{self, CheckpointOptions};
-use hull_runtime::pod::Containers;
+use hull_runtime::pod::HostPod;
 
 /// The file CRIU writes last into a checkpoint, which Podman looks for.
 const CRIU_INVENTORY: &str = "inventory.img";
@@ -42,23 +42,23 @@ pub fn run(g: &Globals, a: &CheckpointArgs) -> Result<i32> {
             std::fs::write(&marker, VM_INVENTORY_NOTE).map_err(|e| Error::io(&marker, e))?;
             Ok(0)
         }
-        Target::Host(pod) => {
-            let opts = CheckpointOptions {
-                image_path: std::path::absolute(&a.criu.image_path)
-                    .map_err(|e| Error::io(&a.criu.image_path, e))?,
-                work_path: a.criu.work_path.clone(),
-                leave_running: a.leave_running,
-                tcp_established: a.criu.tcp_established,
-                file_locks: a.criu.file_locks,
-                ext_unix_sk: a.criu.ext_unix_sk,
-                shell_job: a.criu.shell_job,
-            };
-            checkpoint::checkpoint(pod.driver(), id, &opts)?;
-            // runc's rule: a container checkpointed without --leave-running is gone.
-            if !a.leave_running {
-                pod.delete(id, true)?;
-            }
-            Ok(0)
-        }
+        Target::Host(pod) => host(&pod, a),
     }
+}
+
+/// `hull checkpoint` of a host container: CRIU saves its processes (libcontainer's
+/// checkpoint, which also deletes the container unless `--leave-running`, runc's rule).
+pub fn host(pod: &HostPod, a: &CheckpointArgs) -> Result<i32> {
+    let opts = CheckpointOptions {
+        image_path: std::path::absolute(&a.criu.image_path)
+            .map_err(|e| Error::io(&a.criu.image_path, e))?,
+        work_path: a.criu.work_path.clone(),
+        leave_running: a.leave_running,
+        tcp_established: a.criu.tcp_established,
+        file_locks: a.criu.file_locks,
+        ext_unix_sk: a.criu.ext_unix_sk,
+        shell_job: a.criu.shell_job,
+    };
+    checkpoint::checkpoint(pod.driver(), &a.id, &opts)?;
+    Ok(0)
 }
