@@ -25,8 +25,8 @@ use crate::root::ContainerRoot;
 
 /// The file CRIU writes into every checkpoint (the image set's description).
 const INVENTORY: &str = "inventory.img";
-/// The first two words of every CRIU image file: the common magic, then the inventory's.
-const INVENTORY_MAGIC: [u32; 2] = [0x5476_4319, 0x5831_3116];
+/// The first word of CRIU's inventory image (its magic, "Veliky Novgorod" in CRIU's magic.h).
+const INVENTORY_MAGIC: u32 = 0x5831_3116;
 /// Where libcontainer's checkpoint records the container's stdin, stdout and stderr.
 const DESCRIPTORS: &str = "descriptors.json";
 /// CRIU's log of a dump (libcontainer's name), in the work dir.
@@ -278,11 +278,10 @@ fn check_images(dir: &Path) -> std::result::Result<(), String> {
         }
         Err(e) => return Err(format!("{}: {e}", inventory.display())),
     };
-    let magic = |i: usize| {
-        head.get(4 * i..4 * i + 4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-    };
-    if magic(0) != Some(INVENTORY_MAGIC[0]) || magic(1) != Some(INVENTORY_MAGIC[1]) {
+    let magic = head
+        .get(..4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+    if magic != Some(INVENTORY_MAGIC) {
         return Err(format!(
             "{} is not a CRIU image (a corrupt checkpoint)",
             inventory.display()
@@ -468,6 +467,14 @@ pub fn restore(root: &ContainerRoot, id: &str, opts: &RestoreOptions) -> Result<
         }
         Err(e) => return Err(Error::io(&dir, e)),
     }
+    // The lock every verb takes on a container's state dir (see `ContainerRoot::open`):
+    // none of them sees the container before it is restored and recorded.
+    let _lock = fs::File::open(&dir)
+        .map_err(|e| Error::io(&dir, e))
+        .and_then(|f| {
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| Error::sys(format!("lock state of {id}"), e))
+        });
     let mut undo = Restoring {
         root,
         id,
@@ -477,6 +484,7 @@ pub fn restore(root: &ContainerRoot, id: &str, opts: &RestoreOptions) -> Result<
         pid_file: opts.pid_file.clone(),
         done: false,
     };
+    let _lock = _lock?;
     let lc_err = |e: &(dyn std::error::Error + 'static)| Error::Container {
         op: "restore",
         id: id.to_string(),
@@ -524,9 +532,12 @@ pub fn restore(root: &ContainerRoot, id: &str, opts: &RestoreOptions) -> Result<
         .args(["--restore-detached", "--restore-sibling"])
         .arg("--pidfile")
         .arg(&pid_path)
-        .args(["--manage-cgroups", "soft"]);
+        .arg("--manage-cgroups=soft");
     if !root.systemd_cgroup() {
-        cmd.arg("--cgroup-root").arg(&config.cgroup_path);
+        // The cgroupfs drivers take the path under each hierarchy's root (libcontainer's
+        // default, `:youki:<id>`, too); CRIU wants it absolute.
+        cmd.arg("--cgroup-root")
+            .arg(Path::new("/").join(&config.cgroup_path));
         undo.cgroup = Some(config.cgroup_path.clone());
     }
     for (on, flag) in [
@@ -540,15 +551,27 @@ pub fn restore(root: &ContainerRoot, id: &str, opts: &RestoreOptions) -> Result<
         }
     }
     cmd.args(&external)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     tracing::debug!(container = %id, criu = %version, ?cmd, "restore");
-    let status = cmd
-        .status()
+    let out = cmd
+        .output()
         .map_err(|e| Error::Unsupported(format!("{what} needs CRIU: run criu: {e}")))?;
     drop(inherited);
-    if !status.success() {
-        let why = log_error(&work.join(RESTORE_LOG), &format!("criu restore {status}"));
+    if !out.status.success() {
+        // CRIU's log has the cause; what fails before the log opens goes to its stderr.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let fallback = first_error(&stderr)
+            .or_else(|| {
+                stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().to_string())
+            })
+            .unwrap_or_else(|| format!("criu restore {}", out.status));
+        let why = log_error(&work.join(RESTORE_LOG), &fallback);
         work_before.restore();
         return Err(Error::Container {
             op: "restore",
