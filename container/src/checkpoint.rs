@@ -93,9 +93,21 @@ fn criu_version() -> std::result::Result<String, String> {
         .ok_or_else(|| format!("criu --version said {:?}", text.trim()))
 }
 
-/// The first error line of a CRIU log, without its source location.
+/// The first error line of a CRIU log, without its timestamp (`-v4` logs have one) and
+/// source location.
 fn first_error(log: &str) -> Option<String> {
-    let line = log.lines().find(|l| l.starts_with("Error ("))?;
+    let line = log.lines().find_map(|l| {
+        let at = l.find("Error (")?;
+        // Only a timestamp may come before it: "(00.009478) Error (criu/vdso.c:381): ...".
+        let before = l[..at].trim();
+        let stamp = before.is_empty()
+            || (before.starts_with('(')
+                && before.ends_with(')')
+                && before[1..before.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.'));
+        stamp.then(|| &l[at..])
+    })?;
     Some(match line.split_once("): ") {
         Some((_, msg)) => msg.trim().to_string(),
         None => line.trim().to_string(),
@@ -624,6 +636,153 @@ mod tests {
             Some("vdso: Unexpected rt vDSO area bounds")
         );
         assert_eq!(first_error("all fine\n"), None);
+    }
+
+    #[test]
+    fn a_timestamped_error_is_found_and_a_mention_of_one_is_not() {
+        let log = "(00.009470) mentions Error (nothing): here\n\
+                   (00.009478) Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n";
+        assert_eq!(
+            first_error(log).as_deref(),
+            Some("vdso: Unexpected rt vDSO area bounds")
+        );
+    }
+
+    #[test]
+    fn an_image_dir_must_hold_a_criu_inventory() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = check_images(&t.path().join("nope")).unwrap_err();
+        assert!(missing.contains("not a directory"), "{missing}");
+        let empty = check_images(t.path()).unwrap_err();
+        assert!(empty.contains("no inventory.img"), "{empty}");
+        fs::write(t.path().join(INVENTORY), "hull vm checkpoint").unwrap();
+        let corrupt = check_images(t.path()).unwrap_err();
+        assert!(corrupt.contains("not a CRIU image"), "{corrupt}");
+        fs::write(t.path().join(INVENTORY), INVENTORY_MAGIC.to_le_bytes()).unwrap();
+        check_images(t.path()).unwrap();
+    }
+
+    #[test]
+    fn a_failed_checkpoint_takes_away_only_what_it_added() {
+        let t = tempfile::tempdir().unwrap();
+        let made = t.path().join("made");
+        let given = t.path().join("given");
+        fs::create_dir(&given).unwrap();
+        fs::write(given.join("mine"), "x").unwrap();
+        let notes = [Untouched::note(&made), Untouched::note(&given)];
+        fs::create_dir(&made).unwrap();
+        fs::write(made.join("dump.log"), "x").unwrap();
+        fs::write(given.join("descriptors.json"), "[]").unwrap();
+        fs::create_dir(given.join("sub")).unwrap();
+        for n in &notes {
+            n.restore();
+        }
+        assert!(!made.exists());
+        assert_eq!(entries(&given), vec![OsString::from("mine")]);
+    }
+
+    /// A bundle whose spec is `hull spec`'s defaults edited by `edit`.
+    fn bundle(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("rootfs")).unwrap();
+        let mut v = serde_json::to_value(Spec::default()).unwrap();
+        v["process"]["terminal"] = false.into();
+        edit(&mut v);
+        fs::write(t.path().join("config.json"), v.to_string()).unwrap();
+        t
+    }
+
+    #[test]
+    fn restore_gives_back_bind_mounts_joined_namespaces_and_stdio_pipes() {
+        let b = bundle(|v| {
+            v["mounts"] = serde_json::json!([
+                {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]},
+                {"destination": "/etc/hosts", "source": "/etc/hosts", "options": ["bind", "ro"]},
+                {"destination": "/proc", "type": "proc", "source": "proc"}
+            ]);
+            v["linux"]["namespaces"] = serde_json::json!([
+                {"type": "network", "path": "/proc/self/ns/net"},
+                {"type": "mount"}
+            ]);
+        });
+        let spec = load_bundle_spec(b.path()).unwrap();
+        let images = tempfile::tempdir().unwrap();
+        fs::write(
+            images.path().join(DESCRIPTORS),
+            r#"["/dev/null","pipe:[4242]","/tmp/log (deleted)"]"#,
+        )
+        .unwrap();
+        let (args, fds) = external_args(&spec, b.path(), images.path()).unwrap();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let pairs: Vec<(&str, &str)> = args
+            .chunks(2)
+            .map(|p| (p[0].as_str(), p[1].as_str()))
+            .collect();
+        let data = format!("/data:{}", b.path().join("data").display());
+        assert!(
+            pairs.contains(&("--ext-mount-map", data.as_str())),
+            "{pairs:?}"
+        );
+        assert!(pairs.contains(&("--ext-mount-map", "/etc/hosts:/etc/hosts")));
+        assert!(!args.iter().any(|a| a.starts_with("/proc:")));
+        assert_eq!(fds.len(), 2, "the netns and stdout: {pairs:?}");
+        let net = format!("fd[{}]:extRootNetNS", fds[0].as_raw_fd());
+        let out = format!("fd[{}]:pipe:[4242]", fds[1].as_raw_fd());
+        assert!(pairs.contains(&("--inherit-fd", net.as_str())), "{pairs:?}");
+        assert!(pairs.contains(&("--inherit-fd", out.as_str())), "{pairs:?}");
+        // What criu inherits stays open across exec.
+        for fd in &fds {
+            let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert_eq!(flags & libc::FD_CLOEXEC, 0);
+        }
+    }
+
+    #[test]
+    fn restore_refuses_in_one_line_and_leaves_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let root = ContainerRoot::new(state.path(), false);
+        let b = bundle(|_| {});
+        let images = tempfile::tempdir().unwrap();
+        let opts = RestoreOptions {
+            image_path: images.path().to_path_buf(),
+            bundle: b.path().to_path_buf(),
+            ..Default::default()
+        };
+        let e = restore(&root, "r1", &opts).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "restore of host container r1: {} holds no CRIU checkpoint (no inventory.img)",
+                images.path().display()
+            )
+        );
+        // A terminal cannot be given back yet: said before anything is made.
+        fs::write(images.path().join(INVENTORY), INVENTORY_MAGIC.to_le_bytes()).unwrap();
+        let tty = bundle(|v| v["process"]["terminal"] = true.into());
+        let e = restore(
+            &root,
+            "r1",
+            &RestoreOptions {
+                bundle: tty.path().to_path_buf(),
+                ..opts.clone()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("terminal"), "{e}");
+        assert!(entries(state.path()).is_empty());
+        // An id that exists is refused as such.
+        fs::create_dir(state.path().join("r2")).unwrap();
+        let e = restore(&root, "r2", &opts).unwrap_err();
+        assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+        assert_eq!(e.to_string(), "container r2 already exists");
+        assert!(matches!(
+            restore(&root, "../x", &opts).unwrap_err(),
+            Error::InvalidId(_)
+        ));
     }
 
     #[test]

@@ -299,7 +299,9 @@ echo "== foreground $saved $(count) $($hull state ck | grep -o '"status": *"[a-z
 $hull kill ck KILL
 wait $fg
 echo "== foreground-exit $? $(ls /run/hull-ck | wc -l)"
-echo "== left $(ls /sys/fs/cgroup | grep -c ck) $(grep -c /run/hull-ck /proc/self/mountinfo)"
+mkdir /run/bad && printf '\026\061\061\130' > /run/bad/inventory.img
+echo "== truncated $($hull restore -d --image-path /run/bad --bundle $b bad 2>&1 | tr '\n' '|') $(ls /run/bad)"
+echo "== left $(ls /sys/fs/cgroup | grep -c -e ck -e bad) $(grep -c /run/hull-ck /proc/self/mountinfo) $(ls /run/hull-ck | wc -l)"
 "#,
             hull = bin("hull").display(),
             bundle = b.path().display(),
@@ -381,5 +383,13 @@ echo "== left $(ls /sys/fs/cgroup | grep -c ck) $(grep -c /run/hull-ck /proc/sel
         "137 0",
         "killed, waited for, deleted"
     );
-    assert_eq!(line("left"), "0 0", "no cgroup, no mount left");
+    // A checkpoint cut short: CRIU itself refuses it, in one line, and nothing is left.
+    let truncated = line("truncated");
+    assert!(
+        truncated.starts_with("hull: restore container bad: CRIU ")
+            && truncated.ends_with("| inventory.img")
+            && truncated.matches('|').count() == 1,
+        "{truncated}"
+    );
+    assert_eq!(line("left"), "0 0 0", "no cgroup, mount or state left");
 }
