@@ -309,6 +309,40 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// What a shell script printed in the nested machine (`scripts/nested-machine`: Debian's own
+/// kernel, cgroup v2 alone, this host's files visible): its stdout, once it exited 0 (else
+/// the test fails, with everything it said). `shares` are mounted read-write at their paths.
+pub fn in_nested_machine(script: &str, shares: &[&Path]) -> String {
+    let machine = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
+    let dir = tempfile::tempdir().unwrap();
+    let inner = dir.path().join("inner.sh");
+    std::fs::write(&inner, script).unwrap();
+    let mut c = Command::new(&machine);
+    c.args(["--timeout", "300", "--share"]).arg(dir.path());
+    for s in shares {
+        c.arg("--share").arg(s);
+    }
+    c.args(["--", "sh"]).arg(&inner);
+    let started = Instant::now();
+    let out = output_with_timeout(c, Duration::from_secs(360));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "the script failed");
+    text
+}
+
+/// The rest of the line of `text` that starts `== NAME ` (how nested scripts report).
+pub fn reported(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("== {name} ")))
+        .unwrap_or_else(|| panic!("no {name} line"))
+        .to_string()
+}
+
 /// Lazily unmount every mount point under `dir` (what a stopped daemon left behind).
 pub fn unmount_under(dir: &Path) {
     let needle = dir.to_string_lossy().into_owned();

@@ -3,22 +3,14 @@
 //! /sys/fs/cgroup). Metrics, a memory and pids update, pause (the v2 freezer) and delete,
 //! through the real `hull` binary, end to end.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
-
 use hull_tests::*;
 use serde_json::Value;
 
 #[test]
 fn metrics_update_pause_and_delete_work_on_a_pure_cgroup_v2_host() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
     let b = Bundle::new(&["sh", "-c", "while :; do sleep 1; done"]);
-    let dir = tempfile::tempdir().unwrap();
-    let inner = dir.path().join("inner.sh");
-    std::fs::write(
-        &inner,
-        format!(
+    let text = in_nested_machine(
+        &format!(
             r#"hull="{hull} --root /run/hull-v2"
 echo "== fs $(stat -fc %T /sys/fs/cgroup)"
 $hull run -d --bundle {bundle} v2c || exit 1
@@ -36,35 +28,9 @@ echo "== left $(ls /run/hull-v2 | wc -l) $([ -d $cg ] && echo cgroup || echo non
             hull = bin("hull").display(),
             bundle = b.path().display(),
         ),
-    )
-    .unwrap();
-    let started = Instant::now();
-    let out = output_with_timeout(
-        {
-            let mut c = Command::new(&script);
-            c.args(["--timeout", "300", "--share"])
-                .arg(dir.path())
-                .arg("--share")
-                .arg(b.path())
-                .args(["--", "sh"])
-                .arg(&inner);
-            c
-        },
-        Duration::from_secs(360),
+        &[b.path()],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{}",
-        started.elapsed(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "the script failed");
-    let line = |name: &str| -> String {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("== {name} ")))
-            .unwrap_or_else(|| panic!("no {name} line"))
-            .to_string()
-    };
+    let line = |name: &str| reported(&text, name);
     assert_eq!(line("fs"), "cgroup2fs", "the machine has cgroup v2 alone");
     let ev: Value = serde_json::from_str(&line("stats")).unwrap();
     assert!(

@@ -7,8 +7,7 @@
 //! and here as well when this host's CRIU dumps; each test says which branch it ran.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_tests::*;
 
@@ -253,7 +252,6 @@ fn host_checkpoint_and_restore_refuse_bad_input_in_one_line() {
 /// counting on from its number; a foreground restore waits for it and deletes it after.
 #[test]
 fn a_host_counter_is_checkpointed_and_restored_where_criu_dumps() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
     if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
         skip(
             "a_host_counter_is_checkpointed_and_restored_where_criu_dumps",
@@ -262,11 +260,8 @@ fn a_host_counter_is_checkpointed_and_restored_where_criu_dumps() {
         return;
     }
     let b = Bundle::new(&["sh", "-c", COUNTER]);
-    let dir = tempfile::tempdir().unwrap();
-    let inner = dir.path().join("inner.sh");
-    std::fs::write(
-        &inner,
-        format!(
+    let text = in_nested_machine(
+        &format!(
             r#"hull="{hull} --root /run/hull-ck"
 b={bundle}
 count() {{ cat $b/rootfs/count; }}
@@ -306,35 +301,10 @@ echo "== left $(ls /sys/fs/cgroup | grep -c -e ck -e bad) $(grep -c /run/hull-ck
             hull = bin("hull").display(),
             bundle = b.path().display(),
         ),
-    )
-    .unwrap();
-    let started = Instant::now();
-    let out = output_with_timeout(
-        {
-            let mut c = Command::new(&script);
-            c.args(["--timeout", "300", "--share"])
-                .arg(dir.path())
-                .arg("--share")
-                .arg(b.path())
-                .args(["--", "sh"])
-                .arg(&inner);
-            c
-        },
-        Duration::from_secs(360),
+        &[b.path()],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "RAN the working-CRIU round trip in the nested machine ({:?})\n--- stdout\n{text}--- stderr\n{}",
-        started.elapsed(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "the script failed");
-    let line = |name: &str| -> String {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("== {name} ")))
-            .unwrap_or_else(|| panic!("no {name} line"))
-            .to_string()
-    };
+    eprintln!("RAN the working-CRIU round trip in the nested machine");
+    let line = |name: &str| reported(&text, name);
     let nums = |name: &str| -> Vec<u64> {
         line(name)
             .split_whitespace()
@@ -361,23 +331,17 @@ echo "== left $(ls /sys/fs/cgroup | grep -c -e ck -e bad) $(grep -c /run/hull-ck
         "{}",
         line("stopped")
     );
-    // Restored: on from its number, not from 1.
-    let restored = nums("restored");
-    assert!(
-        restored[1] > restored[0] && restored[1] < restored[0] + 20,
-        "{}",
-        line("restored")
-    );
-    assert!(line("restored").contains("\"running\""));
+    // Restored (detached, then in the foreground): running, on from its number, not from 1.
+    for (name, slack) in [("restored", 20), ("foreground", 30)] {
+        let n = nums(name);
+        assert!(
+            n[1] > n[0] && n[1] < n[0] + slack && line(name).contains("\"running\""),
+            "{}",
+            line(name)
+        );
+    }
     assert_eq!(line("cgroup"), "/:youki:ck", "restored into its own cgroup");
     assert_eq!(line("counting"), "yes");
-    let fg = nums("foreground");
-    assert!(
-        fg[1] > fg[0] && fg[1] < fg[0] + 30,
-        "{}",
-        line("foreground")
-    );
-    assert!(line("foreground").contains("\"running\""));
     assert_eq!(
         line("foreground-exit"),
         "137 0",
