@@ -226,6 +226,14 @@ impl VmConfig {
         }
     }
 
+    /// What a template key records of the VM's devices (both backends): NICs by count and
+    /// MAC, not by tap (each VM restores with its own taps), and the disk slots by serial.
+    pub(crate) fn device_facts(&self) -> Vec<String> {
+        let nics = (0..self.nics.len()).map(|i| format!("nic:{}", mac_string(nic_device_mac(i))));
+        let slots = (0..self.disk_slots).map(|i| format!("slot:{}", disk_slot_serial(i)));
+        nics.chain(slots).collect()
+    }
+
     /// The NICs' tap fds, by their own numbers: the VMM inherits them as they are.
     pub(crate) fn nic_fds(&self) -> Vec<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;

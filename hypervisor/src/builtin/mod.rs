@@ -289,8 +289,7 @@ impl BuiltinHypervisor {
             cfg.vcpus.to_string(),
             self.kernel_cmdline(),
         ];
-        facts.extend((0..cfg.nics.len()).map(|i| format!("nic:{}", mac_string(nic_device_mac(i)))));
-        facts.extend((0..cfg.disk_slots).map(|i| format!("slot:{}", disk_slot_serial(i))));
+        facts.extend(cfg.device_facts());
         template::key(
             &[
                 ("hull-vmm", &vmm),

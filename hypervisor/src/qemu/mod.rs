@@ -451,9 +451,7 @@ impl QemuHypervisor {
             AGENT_SERIAL_DEVICE.into(),
         ];
         facts.extend(cfg.shares.iter().map(|s| format!("9p:{}", s.tag)));
-        // The NICs by count and MAC, not by tap: each VM restores with its own taps.
-        facts.extend((0..cfg.nics.len()).map(|i| format!("nic:{}", mac_string(nic_device_mac(i)))));
-        facts.extend((0..cfg.disk_slots).map(|i| format!("slot:{}", crate::disk_slot_serial(i))));
+        facts.extend(cfg.device_facts());
         template::key(
             &[
                 ("qemu", &qemu),

@@ -128,14 +128,8 @@ impl VmPod {
         let booting = format!("boot the pod's vm (kernel {})", cfg.kernel.display());
         let mut hv = hull_hypervisor::select(self.config.hypervisor, cfg)
             .map_err(|e| vm_err("the pod's hypervisor", e))?;
-        if rootfs == RootfsMode::Disk && !hv.capabilities().block.hot {
-            return Err(Error::Vm(format!(
-                "pod {}: rootfs = \"disk\" puts each container's rootfs on a disk added to the \
-                 running vm, which the {} backend cannot do",
-                self.id,
-                hv.backend()
-            )));
-        }
+        // A backend that cannot fill disk slots (rootfs = "disk") was refused by `select`:
+        // the config's needs (`vm_needs`) count the slots.
         let vm = hv.boot().map_err(|e| vm_err(&booting, e))?;
         let agent = hv.wait_for_agent(&vm).map_err(|e| vm_err(&booting, e))?;
         tracing::info!(pod = %self.id, backend = %hv.backend(), boot = ?vm.started.elapsed(), dir = %self.dir.display(), "vm up");
