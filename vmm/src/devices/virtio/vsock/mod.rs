@@ -158,6 +158,7 @@ impl Vsock {
     }
 
     fn reset_conn(&mut self, key: ConnKey) {
+        debug!(?key, "connection reset");
         self.conns.remove(&key);
         self.push(key, OP_RST);
     }
@@ -202,6 +203,7 @@ impl Vsock {
             }
             OP_RESPONSE => match self.conns.get_mut(&key) {
                 Some(c) if c.state == ConnState::Connecting => {
+                    debug!(?key, "guest accepted");
                     // The line goes straight to the fresh socket (its buffer is empty), not
                     // through `to_host`, so that it is not counted as guest data in fwd_cnt.
                     let line = format!("OK {}\n", key.0);
@@ -346,6 +348,7 @@ impl Vsock {
         let key = (local, port);
         self.conns
             .insert(key, Conn::new(stream, ConnState::Connecting));
+        debug!(?key, held = self.reset_unseen.is_some(), "host connects");
         if self.reset_unseen.is_some() {
             self.held.push(key);
         } else {
