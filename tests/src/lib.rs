@@ -335,6 +335,29 @@ pub fn in_nested_machine(script: &str, shares: &[&Path]) -> String {
     text
 }
 
+/// Why a nested machine's run of VM pods (L2 guests: KVM inside QEMU's emulated AMD SVM) is
+/// worth one more run, if it is: the first line of `stderr` (hull's errors) or of the guests'
+/// `consoles` that says an L2 guest went away or stopped answering. Measured here, the same
+/// guest kernel and agent fail this way in about one nested run in six (a guest kernel page
+/// fault with a garbage GS base in its own page-fault handler, "Fatal exception in interrupt";
+/// boots or agent calls that never finish), and never outside the emulator (the vm tests run
+/// the same guests under QEMU TCG hundreds of times). A hull bug that does this fails every
+/// run, so the retry still fails on it; a test retries once, and says so on stderr.
+pub fn nested_guest_fault(stderr: &str, consoles: &str) -> Option<String> {
+    const SIGNS: [&str; 5] = [
+        "timed out",
+        "socket disconnected",
+        "did not answer",
+        "Kernel panic",
+        "stack guard page was hit",
+    ];
+    stderr
+        .lines()
+        .chain(consoles.lines())
+        .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+        .map(str::to_string)
+}
+
 /// The rest of the line of `text` that starts `== NAME ` (how nested scripts report).
 pub fn reported(text: &str, name: &str) -> String {
     text.lines()
