@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export HULL_BIN_DIR := $(CURDIR)/target/debug
 
-.PHONY: setup build release shim guest demo test test-nested fuzz bench fmt clippy
+.PHONY: setup build release shim guest demo test fuzz bench fmt clippy
 
 setup:
 	@scripts/setup-host
@@ -34,11 +34,6 @@ demo: release guest
 test: build
 	$(CARGO) test --workspace --locked --no-fail-fast -- --test-threads=2
 	@scripts/fuzz $(FUZZ_SECONDS)
-
-# Pods on the built-in VMM inside the nested test machine (scripts/nested-machine), ~2-3 min;
-# not in `test`: the nested machine's guests are not reliable yet (issue 20).
-test-nested: build
-	$(CARGO) test -p hull-tests --test builtin --locked -- --ignored --nocapture
 
 # A bounded fuzz campaign of every fuzz target (FUZZ_SECONDS each) from the checked-in corpus.
 FUZZ_SECONDS ?= 60

@@ -29,12 +29,13 @@ fn kernel_release(vmlinux: &Path) -> String {
     String::from_utf8_lossy(&data[at..end]).into_owned()
 }
 
-/// Not in `make test`: the nested machine's own guests are unreliable (in this session's runs
-/// one in four passed: L2 kernels panicking at boot, an "ENTRY_TRAMPOLINE stack guard page was
-/// hit", agents that never answer; with and without eBPF device filters in the agent). `make
-/// test-nested` runs it; issue 20 stays open on it.
+/// L1 has one CPU on one TCG thread (`--cpus 1 --one-tcg-thread`). With two CPUs, L1's kernel
+/// finds its TSCs unsynchronized under TCG ("Marking TSC unstable") and no run passed (0 of 3,
+/// with and without the TSC-deadline timer in the guest's CPUID): boots that never reached the
+/// agent, agent calls that timed out. With a TCG thread per vCPU, L1 itself froze about once in
+/// five runs (RCU stalls). With one CPU, 5 of 6 runs passed, about 60 s each; the sixth lost
+/// its guests to the emulator (see `nested_guest_fault`), so a run with that sign runs again.
 #[test]
-#[ignore = "flaky nested L2 guests: run with `make test-nested` (issue 20)"]
 fn pods_run_on_the_builtin_vmm_in_a_nested_machine_with_hardware_kvm() {
     let Some(a) = guest_artefacts() else { return };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
@@ -67,8 +68,8 @@ export HULL_VMM={vmm}
 hull="{hull} --root /run/hull-builtin --config {config}"
 ms() {{ echo $(( ($(date +%s%N) - $1) / 1000000 )); }}
 # The guests' console logs outlive their pods here (a failing run prints them).
-( while :; do for f in /run/hull-builtin/*/vm-*/vm/console.log; do
-    [ -f "$f" ] && cp "$f" "{logs}/$(echo "$f" | cut -d/ -f4).console.log"; done; sleep 0.2; done ) &
+( while :; do for f in /run/hull-builtin/*/vm-*/vm/console.log /run/hull-builtin/*/vm-*/vm/vmm.log; do
+    [ -f "$f" ] && cp "$f" "{logs}/$(echo "$f" | cut -d/ -f4).$(basename "$f")" 2> /dev/null; done; sleep 0.2; done ) &
 copier=$!
 echo "== check"
 {hull} check 2>&1 | grep -E "KVM hardware-backed|builtin"
@@ -95,36 +96,55 @@ echo "== left: $(ls -A /run/hull-builtin | wc -l) $(pgrep -c hull-vmm) $(grep -c
         ),
     )
     .unwrap();
-    let started = Instant::now();
-    let out = output_with_timeout(
-        {
-            let mut c = Command::new(&script);
-            c.args(["--one-tcg-thread", "--timeout", "600"]);
-            for d in [dir.path(), once.path(), sleeper.path()] {
-                c.arg("--share").arg(d);
-            }
-            c.args(["--", "sh"]).arg(&inner);
-            c
-        },
-        Duration::from_secs(660),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    eprintln!(
-        "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{err}",
-        started.elapsed()
-    );
-    // The end of each guest's console: why a guest went away, when one did.
-    for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".console.log") {
-            let log = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(12).collect();
-            eprintln!("--- {name} (last lines)");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
+    let run = || {
+        // A retry's logs are its own.
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".console.log") || name.ends_with(".vmm.log") {
+                std::fs::remove_file(e.path()).unwrap();
             }
         }
+        let started = Instant::now();
+        let out = output_with_timeout(
+            {
+                let mut c = Command::new(&script);
+                c.args(["--one-tcg-thread", "--cpus", "1", "--timeout", "600"]);
+                for d in [dir.path(), once.path(), sleeper.path()] {
+                    c.arg("--share").arg(d);
+                }
+                c.args(["--", "sh"]).arg(&inner);
+                c
+            },
+            Duration::from_secs(660),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!(
+            "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{err}",
+            started.elapsed()
+        );
+        // The end of each guest's console and hull-vmm log: why a guest went away, when one did.
+        let mut consoles = String::new();
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".console.log") || name.ends_with(".vmm.log") {
+                let log = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("--- {name} (last lines)");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+                if name.ends_with(".console.log") {
+                    consoles.push_str(&log);
+                }
+            }
+        }
+        (out, text, err, consoles)
+    };
+    let (mut out, mut text, err, consoles) = run();
+    if let Some(why) = nested_guest_fault(&err, &consoles) {
+        eprintln!("=== RETRY: an L2 guest failed in the emulated machine ({why}); one more run");
+        (out, text, _, _) = run();
     }
     assert_eq!(out.status.code(), Some(0), "the nested machine failed");
     let section = |name: &str| -> String {
