@@ -43,6 +43,8 @@ fuzz:
 bench: release guest
 	@scripts/bench-host
 	@scripts/bench-vm
+	@scripts/bench-exec
+	@scripts/bench-density
 	@scripts/bench-net
 	@scripts/bench-blk
 
