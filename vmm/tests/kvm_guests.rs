@@ -356,3 +356,72 @@ fn each_net_fd_is_a_net_device_with_its_mac_on_the_command_line() {
     let e = Vmm::build(twice, Box::new(std::io::sink())).err().unwrap();
     assert!(e.to_string().contains("is given twice"), "{e}");
 }
+
+/// A guest's armed TSC-deadline timer survives a snapshot: restored into a fresh vCPU, the
+/// deadline is still there. (KVM drops a write of IA32_TSC_DEADLINE while the LAPIC timer is
+/// not in TSC-deadline mode; restoring MSRs before the LAPIC lost it, and a restored guest
+/// sleeping on that timer never woke: agent calls into pods from templates timed out.)
+#[test]
+fn an_armed_tsc_deadline_timer_survives_save_and_restore() {
+    use hull_vmm::vstate::vcpu::{ExitNotifier, SnapshotCaps, Vcpu};
+    if !kvm_available("an_armed_tsc_deadline_timer_survives_save_and_restore") {
+        return;
+    }
+    const APIC_LVTT: usize = 0x320;
+    const LVTT_TSC_DEADLINE: u32 = 2 << 17;
+    const MSR_TSC_DEADLINE: u32 = 0x6e0;
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let caps = Arc::new(SnapshotCaps::detect(&kvm));
+    assert!(
+        caps.msrs.contains(&MSR_TSC_DEADLINE),
+        "this host's KVM does not save IA32_TSC_DEADLINE"
+    );
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    let vcpu_in_new_vm = || {
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let exit = ExitNotifier::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let vcpu = Vcpu::new(&vm, 0, exit, caps.clone()).unwrap();
+        (vm, vcpu)
+    };
+    let deadline_of = |v: &Vcpu| {
+        v.save_state()
+            .unwrap()
+            .msrs
+            .iter()
+            .find(|m| m.index == MSR_TSC_DEADLINE)
+            .map(|m| m.data)
+    };
+
+    // VM A: the timer in TSC-deadline mode, vector 0xec, armed far ahead.
+    let (_vm_a, a) = vcpu_in_new_vm();
+    hull_vmm::arch::cpuid::setup_cpuid(a.fd(), &cpuid, 0, 1).unwrap();
+    let mut lapic = a.fd().get_lapic().unwrap();
+    for (i, b) in (LVTT_TSC_DEADLINE | 0xec).to_le_bytes().iter().enumerate() {
+        lapic.regs[APIC_LVTT + i] = *b as libc::c_char;
+    }
+    a.fd().set_lapic(&lapic).unwrap();
+    let armed = 1u64 << 62;
+    hull_vmm::arch::msr::set_msrs(
+        a.fd(),
+        &[kvm_bindings::kvm_msr_entry {
+            index: MSR_TSC_DEADLINE,
+            data: armed,
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    assert_eq!(deadline_of(&a), Some(armed));
+    let state = a.save_state().unwrap();
+
+    // VM B: a fresh vCPU loaded with A's state has the same deadline.
+    let (_vm_b, b) = vcpu_in_new_vm();
+    b.restore(&cpuid, 1, &state).unwrap();
+    assert_eq!(
+        deadline_of(&b),
+        Some(armed),
+        "the restored timer is disarmed"
+    );
+}

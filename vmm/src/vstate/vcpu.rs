@@ -452,7 +452,6 @@ impl Vcpu {
 
     /// Loads a state written by [`Vcpu::save_state`] (CPUID must be set first).
     pub fn restore_state(&self, s: &VcpuState) -> Result<(), VcpuError> {
-        msr::set_msrs(&self.fd, &s.msrs)?;
         self.fd
             .set_sregs(&s.sregs)
             .map_err(self.kvm_err("set sregs"))?;
@@ -487,6 +486,10 @@ impl Vcpu {
         self.fd
             .set_lapic(&s.lapic)
             .map_err(self.kvm_err("set LAPIC"))?;
+        // After the LAPIC: KVM ignores a write of IA32_TSC_DEADLINE unless the LAPIC's timer
+        // is in TSC-deadline mode, which a fresh vCPU's is not. MSRs first lost the guest's
+        // armed timer, and a restored guest waiting on it (a sleep) never woke.
+        msr::set_msrs(&self.fd, &s.msrs)?;
         self.fd
             .set_mp_state(s.mp_state)
             .map_err(self.kvm_err("set MP state"))?;
