@@ -313,26 +313,72 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// kernel, cgroup v2 alone, this host's files visible): its stdout, once it exited 0 (else
 /// the test fails, with everything it said). `shares` are mounted read-write at their paths.
 pub fn in_nested_machine(script: &str, shares: &[&Path]) -> String {
-    let machine = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
     let dir = tempfile::tempdir().unwrap();
     let inner = dir.path().join("inner.sh");
     std::fs::write(&inner, script).unwrap();
+    let mut all = vec![dir.path()];
+    all.extend_from_slice(shares);
+    let run = nested_machine(
+        &["--timeout", "300"],
+        &all,
+        &inner,
+        Duration::from_secs(360),
+    );
+    assert_eq!(run.out.status.code(), Some(0), "the script failed");
+    run.stdout
+}
+
+/// What one run of a script in `scripts/nested-machine` ended with and printed.
+pub struct NestedRun {
+    /// The nested machine's exit.
+    pub out: Output,
+    /// Its stdout, as text.
+    pub stdout: String,
+    /// Its stderr, as text.
+    pub stderr: String,
+}
+
+/// Runs `sh inner` in `scripts/nested-machine` with `args` and each of `shares` shared in (the
+/// nested machine has a /tmp of its own), within `limit`; prints how long it ran and what it
+/// printed.
+pub fn nested_machine(args: &[&str], shares: &[&Path], inner: &Path, limit: Duration) -> NestedRun {
+    let machine = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
+    assert!(machine.is_file(), "{} is missing", machine.display());
     let mut c = Command::new(&machine);
-    c.args(["--timeout", "300", "--share"]).arg(dir.path());
+    c.args(args);
     for s in shares {
         c.arg("--share").arg(s);
     }
-    c.args(["--", "sh"]).arg(&inner);
+    c.args(["--", "sh"]).arg(inner);
     let started = Instant::now();
-    let out = output_with_timeout(c, Duration::from_secs(360));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = output_with_timeout(c, limit);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!(
-        "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{}",
-        started.elapsed(),
-        String::from_utf8_lossy(&out.stderr)
+        "nested machine ran for {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        started.elapsed()
     );
-    assert_eq!(out.status.code(), Some(0), "the script failed");
-    text
+    NestedRun {
+        out,
+        stdout,
+        stderr,
+    }
+}
+
+/// `run` (a nested machine's run of VM pods, with the text of its guests' consoles), and once
+/// more, saying why on stderr, when the first run shows an L2 guest lost to the emulator
+/// ([`nested_guest_fault`]); the last run.
+pub fn with_one_retry(mut run: impl FnMut() -> (NestedRun, String)) -> NestedRun {
+    let (first, consoles) = run();
+    match nested_guest_fault(&first.stderr, &consoles) {
+        Some(why) => {
+            eprintln!(
+                "=== RETRY: an L2 guest failed in the emulated machine ({why}); one more run"
+            );
+            run().0
+        }
+        None => first,
+    }
 }
 
 /// Why a nested machine's run of VM pods (L2 guests: KVM inside QEMU's emulated AMD SVM) is

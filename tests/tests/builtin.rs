@@ -11,8 +11,7 @@
 //! backend, without a guest, are beside its code in hypervisor/src/builtin.)
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_tests::*;
 
@@ -40,8 +39,6 @@ fn kernel_release(vmlinux: &Path) -> String {
 #[test]
 fn pods_run_on_the_builtin_vmm_in_a_nested_machine_with_hardware_kvm() {
     let Some(a) = guest_artefacts() else { return };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
-    assert!(script.is_file(), "{} is missing", script.display());
     let release = kernel_release(&a.kernel);
     let dir = tempfile::Builder::new()
         .prefix("hull-builtin-")
@@ -98,7 +95,7 @@ echo "== left: $(ls -A /run/hull-builtin | wc -l) $(pgrep -c hull-vmm) $(grep -c
         ),
     )
     .unwrap();
-    let run = || {
+    let run = with_one_retry(|| {
         // A retry's logs are its own.
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -106,25 +103,9 @@ echo "== left: $(ls -A /run/hull-builtin | wc -l) $(pgrep -c hull-vmm) $(grep -c
                 std::fs::remove_file(e.path()).unwrap();
             }
         }
-        let started = Instant::now();
-        let out = output_with_timeout(
-            {
-                let mut c = Command::new(&script);
-                c.args(["--one-tcg-thread", "--cpus", "1", "--timeout", "600"]);
-                for d in [dir.path(), once.path(), sleeper.path()] {
-                    c.arg("--share").arg(d);
-                }
-                c.args(["--", "sh"]).arg(&inner);
-                c
-            },
-            Duration::from_secs(660),
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!(
-            "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{err}",
-            started.elapsed()
-        );
+        let args = ["--one-tcg-thread", "--cpus", "1", "--timeout", "600"];
+        let shares = [dir.path(), once.path(), sleeper.path()];
+        let run = nested_machine(&args, &shares, &inner, Duration::from_secs(660));
         // The end of each guest's console and hull-vmm log: why a guest went away, when one did.
         let mut consoles = String::new();
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
@@ -141,13 +122,9 @@ echo "== left: $(ls -A /run/hull-builtin | wc -l) $(pgrep -c hull-vmm) $(grep -c
                 }
             }
         }
-        (out, text, err, consoles)
-    };
-    let (mut out, mut text, err, consoles) = run();
-    if let Some(why) = nested_guest_fault(&err, &consoles) {
-        eprintln!("=== RETRY: an L2 guest failed in the emulated machine ({why}); one more run");
-        (out, text, _, _) = run();
-    }
+        (run, consoles)
+    });
+    let (out, text) = (run.out, run.stdout);
     assert_eq!(out.status.code(), Some(0), "the nested machine failed");
     let section = |name: &str| -> String {
         text.split("== ")

@@ -7,9 +7,7 @@
 //! pod asking for the group while the first holds it is refused. (The refusals on a host
 //! without an IOMMU are in vm.rs.)
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_tests::*;
 
@@ -26,8 +24,6 @@ const PROBE: &str = "for d in /sys/bus/pci/devices/*; do \
 #[test]
 fn a_pci_device_bound_to_vfio_pci_is_driven_by_the_pods_guest_kernel() {
     let Some(a) = guest_artefacts() else { return };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-machine");
-    assert!(script.is_file(), "{} is missing", script.display());
     let dir = tempfile::Builder::new()
         .prefix("hull-vfio-")
         .tempdir()
@@ -101,40 +97,19 @@ done
         ),
     )
     .unwrap();
-    let run = || {
-        let started = Instant::now();
-        let out = output_with_timeout(
-            {
-                let mut c = Command::new(&script);
-                c.args(["--iommu", "--nvme", "64", "--timeout", "900"]);
-                // The nested machine has a /tmp of its own: the temporary dirs are shared in.
-                for d in [
-                    dir.path(),
-                    by_group.path(),
-                    by_annotation.path(),
-                    holder.path(),
-                ] {
-                    c.arg("--share").arg(d);
-                }
-                c.args(["--", "sh"]).arg(&inner);
-                c
-            },
-            Duration::from_secs(960),
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        eprintln!(
-            "nested machine ran for {:?}\n--- stdout\n{text}--- stderr\n{err}",
-            started.elapsed()
-        );
-        (out, text, err)
-    };
-    let (mut out, mut text, err) = run();
-    // The guests' consoles of failed boots are in `err` (the script prints them).
-    if let Some(why) = nested_guest_fault(&err, "") {
-        eprintln!("=== RETRY: an L2 guest failed in the emulated machine ({why}); one more run");
-        (out, text, _) = run();
-    }
+    // The guests' consoles of failed boots are in stderr (the script prints them).
+    let run = with_one_retry(|| {
+        let shares = [
+            dir.path(),
+            by_group.path(),
+            by_annotation.path(),
+            holder.path(),
+        ];
+        let args = ["--iommu", "--nvme", "64", "--timeout", "900"];
+        let run = nested_machine(&args, &shares, &inner, Duration::from_secs(960));
+        (run, String::new())
+    });
+    let (out, text) = (run.out, run.stdout);
     assert_eq!(out.status.code(), Some(0), "the nested machine failed");
     let section = |name: &str| -> String {
         text.split("== ")
