@@ -363,13 +363,13 @@ fn each_net_fd_is_a_net_device_with_its_mac_on_the_command_line() {
 /// sleeping on that timer never woke: agent calls into pods from templates timed out.)
 #[test]
 fn an_armed_tsc_deadline_timer_survives_save_and_restore() {
+    use hull_vmm::arch::msr::MSR_IA32_TSC_DEADLINE as MSR_TSC_DEADLINE;
     use hull_vmm::vstate::vcpu::{ExitNotifier, SnapshotCaps, Vcpu};
     if !kvm_available("an_armed_tsc_deadline_timer_survives_save_and_restore") {
         return;
     }
     const APIC_LVTT: usize = 0x320;
     const LVTT_TSC_DEADLINE: u32 = 2 << 17;
-    const MSR_TSC_DEADLINE: u32 = 0x6e0;
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let caps = Arc::new(SnapshotCaps::detect(&kvm));
     assert!(

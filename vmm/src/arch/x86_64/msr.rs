@@ -40,6 +40,9 @@ pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// `IA32_TSC`.
 pub const MSR_IA32_TSC: u32 = 0x10;
+/// `IA32_TSC_DEADLINE`: restored after the LAPIC (KVM drops it unless the LAPIC timer is in
+/// TSC-deadline mode).
+pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// `IA32_MISC_ENABLE`.
 pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 /// `IA32_MISC_ENABLE.FAST_STRING`.
@@ -49,9 +52,9 @@ pub const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 0x1;
 /// type, TSC deadline and adjust, TSC_AUX, and the KVM paravirtual clock, async-PF, steal-time
 /// and PV-EOI MSRs (old and new numbers).
 pub const SNAPSHOT_EXTRA_MSRS: &[u32] = &[
-    0x277,       // IA32_PAT
-    0x2ff,       // MTRRdefType
-    0x6e0,       // IA32_TSC_DEADLINE
+    0x277, // IA32_PAT
+    0x2ff, // MTRRdefType
+    MSR_IA32_TSC_DEADLINE,
     0x3b,        // IA32_TSC_ADJUST
     0xc000_0103, // TSC_AUX
     0x11,        // MSR_KVM_WALL_CLOCK
