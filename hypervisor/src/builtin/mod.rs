@@ -468,6 +468,15 @@ impl Hypervisor for BuiltinHypervisor {
         let (boot_timeout, call_timeout) =
             (self.config.boot_timeout, self.config.agent_call_timeout);
         let waited = match self.restored_from.take() {
+            // A guest restored from a checkpoint: its agent runs already, and a first
+            // `Check` lost on the way is asked again after RESTORED_CHECK, as for a template.
+            None if self.config.restore_from.is_some() => self.process.wait_for_agent(
+                &vm.channel,
+                vm.started,
+                boot_timeout,
+                call_timeout,
+                RESTORED_CHECK.min(call_timeout),
+            ),
             None => self.process.wait_for_agent(
                 &vm.channel,
                 vm.started,

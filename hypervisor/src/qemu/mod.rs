@@ -811,12 +811,20 @@ impl Hypervisor for QemuHypervisor {
         let (boot_timeout, call_timeout) =
             (self.config.boot_timeout, self.config.agent_call_timeout);
         let Some(t) = self.restored_from.take() else {
+            // A guest restored from a checkpoint is a restored guest too: its agent runs
+            // already, and a first `Check` its port lost is asked again after RESTORED_CHECK
+            // (not after a whole call timeout, 30 s, which outlasts containerd's clients).
+            let attempt = if self.config.restore_from.is_some() {
+                RESTORED_CHECK.min(call_timeout)
+            } else {
+                call_timeout
+            };
             return self.process.wait_for_agent(
                 &vm.channel,
                 vm.started,
                 boot_timeout,
                 call_timeout,
-                call_timeout,
+                attempt,
             );
         };
         // A restored guest's agent runs already; a request its port lost (seen ~1 in 12
