@@ -435,6 +435,28 @@ fn run(mut cmd: Command) -> Run {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Where each live shim waits: a hung call or a shim that does not exit shows here.
+            for pid in self.shims() {
+                let bt = Command::new("gdb")
+                    .args([
+                        "-batch",
+                        "-p",
+                        &pid.to_string(),
+                        "-ex",
+                        "thread apply all bt",
+                    ])
+                    .stdin(Stdio::null())
+                    .output();
+                match bt {
+                    Ok(o) => eprintln!(
+                        "shim {pid} threads:\n{}",
+                        String::from_utf8_lossy(&o.stdout)
+                    ),
+                    Err(e) => eprintln!("shim {pid}: no backtrace (gdb: {e})"),
+                }
+            }
+        }
         // Kill what this test started, by pid: the shims, the containers (by cgroup), the daemon.
         for pid in self.shims() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
