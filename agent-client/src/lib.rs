@@ -66,6 +66,29 @@ pub struct AgentClient {
     agent: AgentServiceClient,
     health: HealthClient,
     call_timeout: Duration,
+    /// This connection's session, announced in every `Check` (see [`new_session`]).
+    session: u64,
+}
+
+/// A random, non-zero session number for a new connection. The agent drops the answers to
+/// requests a previous client on the same byte stream made once a `Check` announces a new
+/// session: a restored VM's virtio-serial port carries both, and the new client's ttrpc
+/// stream ids start at 1 again.
+fn new_session() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom(2) writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let r = if n == b.len() as isize {
+        u64::from_ne_bytes(b)
+    } else {
+        // No entropy yet (never on a host that runs VMs): time and pid differ per connection.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ (u64::from(std::process::id()) << 32)
+    };
+    r.max(1)
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -121,6 +144,7 @@ impl AgentClient {
             agent: AgentServiceClient::new(client.clone()),
             health: HealthClient::new(client),
             call_timeout,
+            session: new_session(),
         })
     }
 
@@ -142,7 +166,13 @@ impl AgentClient {
     fn check_within(&self, timeout: Duration) -> Result<bool> {
         let r = self
             .health
-            .check(ctx(timeout), &hpb::CheckRequest::new())
+            .check(
+                ctx(timeout),
+                &hpb::CheckRequest {
+                    session: self.session,
+                    ..Default::default()
+                },
+            )
             .map_err(|e| AgentClientError::from_ttrpc("Check", e))?;
         Ok(r.status.enum_value_or_default() == hpb::health_check_response::ServingStatus::SERVING)
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ const FRAME_BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Requests handled at once on one connection; more are refused with RESOURCE_EXHAUSTED.
 const MAX_IN_FLIGHT: usize = 256;
+
+/// The health check, whose request carries the host client's session.
+const HEALTH_CHECK: &str = "/hull.agent.Health/Check";
 
 /// Why a frame could not be taken off the wire.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +249,13 @@ pub fn serve_connection(services: &Arc<Services>, mut reader: File, writer: File
         .name("ttrpc-writer".into())
         .spawn(move || write_loop(&w, rx));
     let in_flight = Arc::new(AtomicUsize::new(0));
+    // One stream may carry several host clients in turn: a restored VM's host reconnects to
+    // the port while the guest, which never saw the old client go, serves on. Each client
+    // announces its session in its first Check; from then on, answers to requests read
+    // before it are dropped: they would reach the new client under stream ids it reuses
+    // (an old long-poll's end of stream taken for a wait's exit status 0).
+    let epoch = Arc::new(AtomicU64::new(0));
+    let mut session = 0u64;
 
     let end = loop {
         let (mh, body) = match read_frame(&mut reader) {
@@ -274,6 +284,19 @@ pub fn serve_connection(services: &Arc<Services>, mut reader: File, writer: File
             }
         };
         let path = format!("/{}/{}", req.service, req.method);
+        if path == HEALTH_CHECK {
+            let announced = announced_session(&req.payload);
+            if announced != 0 && announced != session {
+                if session != 0 {
+                    tracing::info!(
+                        in_flight = in_flight.load(Ordering::SeqCst),
+                        "a new host client on this stream: the previous one's answers are dropped"
+                    );
+                }
+                session = announced;
+                epoch.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         if !services.has(&path) {
             send_status(
                 &tx,
@@ -296,10 +319,25 @@ pub fn serve_connection(services: &Arc<Services>, mut reader: File, writer: File
         let services = services.clone();
         let tx2 = tx.clone();
         let in_flight2 = in_flight.clone();
+        let (epoch2, mine) = (Arc::clone(&epoch), epoch.load(Ordering::SeqCst));
         let spawned = std::thread::Builder::new()
             .name("ttrpc-req".into())
             .spawn(move || {
-                handle_request(&services, &path, fd, mh, req, tx2);
+                // The handler answers before it returns: hold the answer back until then, and
+                // pass it on only while the client that asked is still the stream's client.
+                let (answer_tx, answers) = mpsc::channel();
+                handle_request(&services, &path, fd, mh, req, answer_tx);
+                for answer in answers.try_iter() {
+                    if epoch2.load(Ordering::SeqCst) == mine {
+                        let _ = tx2.send(answer);
+                    } else {
+                        tracing::debug!(
+                            stream_id = mh.stream_id,
+                            path,
+                            "answer to a previous host client dropped"
+                        );
+                    }
+                }
                 in_flight2.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
@@ -321,6 +359,14 @@ pub fn serve_connection(services: &Arc<Services>, mut reader: File, writer: File
         None => tracing::warn!("connection writer busy: not closed"),
     }
     end
+}
+
+/// The session a Check request's payload announces (0: none, or undecodable).
+fn announced_session(payload: &[u8]) -> u64 {
+    use hull_protocols::protobuf::Message;
+    hull_protocols::health::CheckRequest::parse_from_bytes(payload)
+        .map(|r| r.session)
+        .unwrap_or(0)
 }
 
 fn handle_request(
@@ -425,6 +471,100 @@ mod tests {
             decode_frame(&frame[..12]),
             Err(FrameError::Truncated(_))
         ));
+    }
+
+    /// Answers with the request's payload once the test has released that payload.
+    struct Gated(Arc<parking_lot::Mutex<Vec<Vec<u8>>>>);
+
+    impl MethodHandler for Gated {
+        fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<()> {
+            while !self.0.lock().contains(&req.payload) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut res = Response::new();
+            res.set_status(ttrpc::get_status(Code::OK, ""));
+            res.payload = req.payload;
+            let buf = <Response as Codec>::encode(&res).unwrap();
+            let mh = MessageHeader::new_response(ctx.mh.stream_id, buf.len() as u32);
+            ctx.res_tx.send((mh, buf)).unwrap();
+            Ok(())
+        }
+    }
+
+    fn send(to: &mut std::os::unix::net::UnixStream, stream_id: u32, path: &str, payload: Vec<u8>) {
+        let (service, method) = path[1..].split_once('/').unwrap();
+        let mut req = Request::new();
+        req.service = service.into();
+        req.method = method.into();
+        req.payload = payload;
+        let body = <Request as Codec>::encode(&req).unwrap();
+        let mut frame: Vec<u8> = MessageHeader::new_request(stream_id, body.len() as u32).into();
+        frame.extend_from_slice(&body);
+        to.write_all(&frame).unwrap();
+    }
+
+    fn answer(from: &mut std::os::unix::net::UnixStream) -> (u32, Vec<u8>) {
+        let mut head = [0u8; MESSAGE_HEADER_LENGTH];
+        from.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+        let stream_id = u32::from_be_bytes(head[4..8].try_into().unwrap());
+        let mut body = vec![0u8; len];
+        from.read_exact(&mut body).unwrap();
+        let res = <Response as Codec>::decode(&body).unwrap();
+        (stream_id, res.payload)
+    }
+
+    fn check(session: u64) -> Vec<u8> {
+        use hull_protocols::protobuf::Message;
+        hull_protocols::health::CheckRequest {
+            session,
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()
+    }
+
+    /// A restored VM's port: the host's new client (its stream ids starting at 1 again) must
+    /// never get the answer to the previous client's request under a reused stream id.
+    #[test]
+    fn answers_to_a_previous_host_client_on_the_stream_are_dropped() {
+        let released = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
+        methods.insert(HEALTH_CHECK.into(), Box::new(Gated(Arc::clone(&released))));
+        methods.insert(
+            "/test.Slow/Wait".into(),
+            Box::new(Gated(Arc::clone(&released))),
+        );
+        let services = Arc::new(Services { methods });
+        let (mut host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+        let guest = File::from(std::os::fd::OwnedFd::from(guest));
+        let writer = guest.try_clone().unwrap();
+        std::thread::spawn(move || serve_connection(&services, guest, writer));
+        host.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        released.lock().extend([check(7), check(8)]);
+
+        // The first client: its Check, then a long-poll on stream 3 that is still waiting
+        // when the VM is saved.
+        send(&mut host, 1, HEALTH_CHECK, check(7));
+        assert_eq!(answer(&mut host), (1, check(7)));
+        send(&mut host, 3, "/test.Slow/Wait", b"old".to_vec());
+        // The restored VM's new client: Check, then its own long-poll on stream 3.
+        send(&mut host, 1, HEALTH_CHECK, check(8));
+        assert_eq!(answer(&mut host), (1, check(8)));
+        send(&mut host, 3, "/test.Slow/Wait", b"new".to_vec());
+        // The old long-poll ends first: its answer must not reach the new client.
+        released.lock().push(b"old".to_vec());
+        std::thread::sleep(Duration::from_millis(200));
+        released.lock().push(b"new".to_vec());
+        assert_eq!(answer(&mut host), (3, b"new".to_vec()));
+
+        // A client that keeps its session keeps its answers.
+        send(&mut host, 5, "/test.Slow/Wait", b"again".to_vec());
+        send(&mut host, 7, HEALTH_CHECK, check(8));
+        assert_eq!(answer(&mut host), (7, check(8)));
+        released.lock().push(b"again".to_vec());
+        assert_eq!(answer(&mut host), (5, b"again".to_vec()));
     }
 
     #[test]
