@@ -1373,12 +1373,27 @@ fn guest_count(h: &Hull, cfg: &Path, id: &str) -> u64 {
     o.trim().parse().unwrap_or_else(|_| panic!("/count: {o:?}"))
 }
 
-/// Creates (detached) and starts `b` as `id`, and waits until its counter reached `at`.
+/// Creates (detached) and starts `b` as `id`, and waits until its counter reached `at`
+/// (until its first write, /count is not there yet: that counts as 0).
 fn start_counting(h: &Hull, cfg: &Path, b: &Bundle, id: &str, at: u64) {
     create_detached(h, cfg, b, id);
     h.ok(&["--config", cfg.to_str().unwrap(), "start", id]);
+    let count = || {
+        let o = h.run(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "exec",
+            id,
+            "cat",
+            "/count",
+        ]);
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
     assert!(
-        wait_until(Duration::from_secs(60), || guest_count(h, cfg, id) >= at),
+        wait_until(Duration::from_secs(60), || count() >= at),
         "the counter of {id} never reached {at}"
     );
 }
