@@ -63,11 +63,11 @@ fn pods_run_on_the_builtin_vmm_in_a_nested_machine_with_hardware_kvm() {
         &inner,
         format!(
             r#"set -u
-export HULL_VMM={vmm}
-hull="{hull} --root /run/hull-builtin --config {config}"
+export HULL_VMM={vmm} HULL_LOG=info
+hull="{hull} --log {logs}/hull.log --root /run/hull-builtin --config {config}"
 ms() {{ echo $(( ($(date +%s%N) - $1) / 1000000 )); }}
 # The guests' console logs outlive their pods here (a failing run prints them).
-( while :; do for f in /run/hull-builtin/*/vm-*/vm/console.log /run/hull-builtin/*/vm-*/vm/vmm.log; do
+( while :; do for f in /run/hull-builtin/*/vm-*/vm/console.log /run/hull-builtin/*/vm-*/vm/vmm.log /run/hull-builtin/*/server.log; do
     [ -f "$f" ] && cp "$f" "{logs}/$(echo "$f" | cut -d/ -f4).$(basename "$f")" 2> /dev/null; done; sleep 0.2; done ) &
 copier=$!
 echo "== check"
@@ -99,18 +99,33 @@ echo "== left: $(ls -A /run/hull-builtin | wc -l) $(pgrep -c hull-vmm) $(grep -c
         // A retry's logs are its own.
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".console.log") || name.ends_with(".vmm.log") {
+            if name.ends_with(".console.log")
+                || name.ends_with(".vmm.log")
+                || name.ends_with(".server.log")
+                || name == "hull.log"
+            {
                 std::fs::remove_file(e.path()).unwrap();
             }
         }
         let args = ["--one-tcg-thread", "--cpus", "1", "--timeout", "600"];
         let shares = [dir.path(), once.path(), sleeper.path()];
         let run = nested_machine(&args, &shares, &inner, Duration::from_secs(660));
+        // hull's log (info and up), and below each pod's sandbox server's: a template that did
+        // not restore says why there.
+        let log = std::fs::read_to_string(dir.path().join("hull.log")).unwrap_or_default();
+        eprintln!("--- hull.log (last lines)");
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
         // The end of each guest's console and hull-vmm log: why a guest went away, when one did.
         let mut consoles = String::new();
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".console.log") || name.ends_with(".vmm.log") {
+            if name.ends_with(".console.log")
+                || name.ends_with(".vmm.log")
+                || name.ends_with(".server.log")
+            {
                 let log = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 eprintln!("--- {name} (last lines)");
