@@ -174,17 +174,21 @@ pub fn become_subreaper() -> Result<()> {
     Ok(())
 }
 
-/// Shuts down: as PID 1, reboot(RB_POWER_OFF) (the VM powers off; in a child pid namespace the
-/// namespace ends); otherwise the agent just exits.
+/// Ends the VM: as PID 1, reboot(RB_AUTOBOOT) (in a child pid namespace the namespace ends);
+/// otherwise the agent just exits. A reboot, not RB_POWER_OFF: hull's VMs have no ACPI, so
+/// the kernel has no way to power off and turns a power-off into a halt ("reboot: System
+/// halted"), which leaves the VMM running until it is killed (hull-vmm's stop waited its whole
+/// 3 s grace for every pod). A reboot ends every backend's VM at once: hull-vmm exits on the
+/// i8042 reset of `reboot=k`, QEMU on the triple fault of `reboot=t` under `-no-reboot`.
 pub fn power_off(is_init: bool) -> ! {
-    tracing::info!(is_init, "powering off");
+    tracing::info!(is_init, "ending the vm");
     // SAFETY: sync(2) takes no arguments.
     unsafe { libc::sync() };
     // SAFETY: getpid(2) takes no arguments.
     if is_init && unsafe { libc::getpid() } == 1 {
         // SAFETY: reboot(2) with a valid command; only reached as PID 1.
-        unsafe { libc::reboot(libc::RB_POWER_OFF) };
-        tracing::error!(error = %std::io::Error::last_os_error(), "reboot(RB_POWER_OFF) failed");
+        unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+        tracing::error!(error = %std::io::Error::last_os_error(), "reboot(RB_AUTOBOOT) failed");
     }
     std::process::exit(0)
 }
