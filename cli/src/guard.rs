@@ -199,7 +199,15 @@ pub fn ensure() -> Result<()> {
     let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
+    // Where hull was started from goes along: what lies beside it (hull-vmm) is not beside
+    // the copy.
+    let started_as = (
+        OsString::from(hull_hypervisor::STARTED_AS_ENV),
+        exe.clone().into_os_string(),
+    );
     let env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != hull_hypervisor::STARTED_AS_ENV)
+        .chain(std::iter::once(started_as))
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use builtin::BuiltinHypervisor;
 pub use capabilities::{Backend, Capabilities, DeviceSupport, Missing, Needs, SharedFs};
 pub use error::{HypervisorError, Result};
+pub use programs::STARTED_AS_ENV;
 pub use qemu::{template, QemuDrive, QemuHypervisor, VmRunState};
 
 use hull_agent_client::{AgentChannel, AgentClient};
