@@ -105,23 +105,33 @@ fn is_zero(page: &[u8]) -> bool {
     head.iter().all(|b| *b == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
 }
 
-/// The next offset at or after `from` where `file` has data (`SEEK_DATA`) or a hole
-/// (`SEEK_HOLE`); `None` when there is no data past `from` (ENXIO).
-fn seek(file: &File, from: u64, whence: libc::c_int) -> Result<Option<u64>, MemoryError> {
+/// The data extents of `file` (`SEEK_DATA`/`SEEK_HOLE`), as (offset, length), up to `len`.
+/// (hull-runtime's rootdisk has the same walk for rootfs images; the crates share no
+/// dependency to hold one copy.)
+fn extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use std::os::fd::AsRawFd;
-    // SAFETY: lseek on the descriptor `file` owns; it only moves that file's offset.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        // SAFETY: lseek on the descriptor `file` owns; it only moves that file's offset.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(e);
         }
-        return Err(MemoryError::Io {
-            what: "read",
-            source: e,
-        });
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        out.push((data as u64, (hole - data) as u64));
+        pos = hole;
     }
-    Ok(Some(r as u64))
+    Ok(out)
 }
 
 /// Fills guest RAM from a file written by [`dump`]. Only the file's data is read: the
@@ -140,49 +150,32 @@ pub fn load(mem: &GuestMemoryMmap, file: &mut File) -> Result<(), MemoryError> {
     if found != expected {
         return Err(MemoryError::SizeMismatch { expected, found });
     }
-    // The regions lie end to end in the file, as `dump` wrote them: (file offset, region).
-    let mut regions = Vec::new();
-    let mut at = 0u64;
-    for r in mem.iter() {
-        regions.push((at, r.start_addr(), r.len()));
-        at += r.len();
-    }
-    let guest_addr = |off: u64| {
-        regions
-            .iter()
-            .find(|(start, _, len)| (*start..start + len).contains(&off))
-            .map(|(start, addr, _)| addr.unchecked_add(off - start))
-    };
+    let data = extents(file, expected).map_err(io)?;
     let page = PAGE as u64;
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < expected {
-        let Some(data) = seek(file, pos, libc::SEEK_DATA)? else {
-            break;
-        };
-        let data = data / page * page;
-        let hole = seek(file, data, libc::SEEK_HOLE)?
-            .unwrap_or(expected)
-            .div_ceil(page)
-            .saturating_mul(page)
-            .min(expected);
-        let mut off = data;
-        while off < hole {
-            let n = ((hole - off) as usize).min(buf.len());
-            file.read_exact_at(&mut buf[..n], off).map_err(io)?;
-            for (i, p) in buf[..n].chunks(PAGE).enumerate() {
-                if !is_zero(p) {
-                    let fo = off + (i * PAGE) as u64;
-                    let addr = guest_addr(fo).ok_or(MemoryError::SizeMismatch {
-                        expected,
-                        found: fo,
-                    })?;
-                    mem.write_slice(p, addr).map_err(MemoryError::Access)?;
+    // The regions lie end to end in the file, as `dump` wrote them; `at` is where this one
+    // starts. Each extent is widened to whole pages and cut to the region.
+    let mut at = 0u64;
+    for region in mem.iter() {
+        let end = at + region.len();
+        for &(off, n) in &data {
+            let mut from = (off / page * page).max(at);
+            let to = (off + n).div_ceil(page).saturating_mul(page).min(end);
+            while from < to {
+                let k = ((to - from) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..k], from).map_err(io)?;
+                for (i, p) in buf[..k].chunks(PAGE).enumerate() {
+                    if !is_zero(p) {
+                        let addr = region
+                            .start_addr()
+                            .unchecked_add(from - at + (i * PAGE) as u64);
+                        mem.write_slice(p, addr).map_err(MemoryError::Access)?;
+                    }
                 }
+                from += k as u64;
             }
-            off += n as u64;
         }
-        pos = hole.max(data + page);
+        at = end;
     }
     Ok(())
 }
