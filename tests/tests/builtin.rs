@@ -95,37 +95,29 @@ echo "== left: $(ls -A /run/hull-builtin | wc -l) $(pgrep -c hull-vmm) $(grep -c
         ),
     )
     .unwrap();
+    // The logs a run leaves in `dir`: each guest's console and hull-vmm log, each pod's
+    // sandbox server log (a template that did not restore says why there), and hull's.
+    let is_log = |name: &str| {
+        [".console.log", ".vmm.log", ".server.log", "hull.log"]
+            .iter()
+            .any(|s| name.ends_with(s))
+    };
     let run = with_one_retry(|| {
         // A retry's logs are its own.
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".console.log")
-                || name.ends_with(".vmm.log")
-                || name.ends_with(".server.log")
-                || name == "hull.log"
-            {
+            if is_log(&name) {
                 std::fs::remove_file(e.path()).unwrap();
             }
         }
         let args = ["--one-tcg-thread", "--cpus", "1", "--timeout", "600"];
         let shares = [dir.path(), once.path(), sleeper.path()];
         let run = nested_machine(&args, &shares, &inner, Duration::from_secs(660));
-        // hull's log (info and up), and below each pod's sandbox server's: a template that did
-        // not restore says why there.
-        let log = std::fs::read_to_string(dir.path().join("hull.log")).unwrap_or_default();
-        eprintln!("--- hull.log (last lines)");
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        for l in tail.iter().rev() {
-            eprintln!("{l}");
-        }
-        // The end of each guest's console and hull-vmm log: why a guest went away, when one did.
+        // The end of each log: why a guest went away, when one did.
         let mut consoles = String::new();
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".console.log")
-                || name.ends_with(".vmm.log")
-                || name.ends_with(".server.log")
-            {
+            if is_log(&name) {
                 let log = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 eprintln!("--- {name} (last lines)");
