@@ -312,6 +312,9 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// What a shell script printed in the nested machine (`scripts/nested-machine`: Debian's own
 /// kernel, cgroup v2 alone, this host's files visible): its stdout, once it exited 0 (else
 /// the test fails, with everything it said). `shares` are mounted read-write at their paths.
+/// L1 runs with one CPU on one TCG thread, as in the builtin test (`builtin.rs`): with two
+/// CPUs on a TCG thread each, L1 froze now and then (the CRIU test's machine once printed
+/// "command start" and then nothing until its timeout, in a fresh-clone CI run).
 pub fn in_nested_machine(script: &str, shares: &[&Path]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let inner = dir.path().join("inner.sh");
@@ -319,7 +322,7 @@ pub fn in_nested_machine(script: &str, shares: &[&Path]) -> String {
     let mut all = vec![dir.path()];
     all.extend_from_slice(shares);
     let run = nested_machine(
-        &["--timeout", "300"],
+        &["--cpus", "1", "--one-tcg-thread", "--timeout", "300"],
         &all,
         &inner,
         Duration::from_secs(360),
