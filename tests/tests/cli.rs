@@ -220,6 +220,87 @@ fn exec_argv_and_process_file_and_detached() {
     h.ok(&["delete", &id]);
 }
 
+/// A host container gets a cgroup of its own in every cgroup v1 hierarchy of a controller
+/// this host mounts (each controller's mount point and the container's path under it, as
+/// hull's patched libcgroups finds them from one read of mountinfo), and `delete` removes
+/// every one.
+#[test]
+fn a_host_container_has_its_cgroup_in_every_v1_hierarchy_and_delete_removes_them() {
+    const TEST: &str = "a_host_container_has_its_cgroup_in_every_v1_hierarchy";
+    // (mount point, controllers) of each v1 hierarchy with a controller libcgroups drives.
+    let driven = [
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "devices",
+        "hugetlb",
+        "memory",
+        "pids",
+        "perf_event",
+        "blkio",
+        "net_prio",
+        "net_cls",
+        "freezer",
+    ];
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v1: Vec<(String, Vec<String>)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut r = right.split(' ');
+            (r.next()? == "cgroup").then_some(())?;
+            let ctrls: Vec<String> = r
+                .nth(1)?
+                .split(',')
+                .filter(|o| driven.contains(o))
+                .map(String::from)
+                .collect();
+            (!ctrls.is_empty()).then(|| (left.split(' ').nth(4).unwrap().to_string(), ctrls))
+        })
+        .collect();
+    if v1.is_empty() {
+        skip(
+            TEST,
+            "this host mounts no cgroup v1 controller (cgroup_v2.rs covers v2)",
+        );
+        return;
+    }
+    let h = Hull::new();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("cgv1");
+    h.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    let pid = h.state(&id)["pid"].as_i64().unwrap();
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for (mount, ctrls) in &v1 {
+        let path = cg
+            .lines()
+            .find_map(|l| {
+                let mut p = l.splitn(3, ':');
+                let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+                ctrls
+                    .iter()
+                    .all(|x| c.split(',').any(|y| y == x))
+                    .then(|| path.to_string())
+            })
+            .unwrap_or_else(|| panic!("no line for {mount} in /proc/{pid}/cgroup:\n{cg}"));
+        assert!(
+            path.contains(&id),
+            "{mount}: the container is in {path}, not a cgroup of its own"
+        );
+        let procs = std::fs::read_to_string(format!("{mount}{path}/cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == pid.to_string()),
+            "{mount}{path}/cgroup.procs lacks the init {pid}: {procs}"
+        );
+    }
+    h.ok(&["kill", &id, "KILL"]);
+    assert!(wait_until(Duration::from_secs(5), || h.state(&id)
+        ["status"]
+        == "stopped"));
+    h.ok(&["delete", &id]);
+    assert_eq!(cgroups_named(&id), Vec::<std::path::PathBuf>::new());
+}
+
 #[test]
 fn list_pause_resume_update_events() {
     let h = Hull::new();
