@@ -51,6 +51,7 @@ bench: release guest
 	@scripts/bench-host
 	@scripts/bench-vm
 	@scripts/bench-exec
+	@scripts/bench-memory
 	@scripts/bench-density
 	@scripts/bench-net
 	@scripts/bench-blk
