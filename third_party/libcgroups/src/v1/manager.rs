@@ -87,16 +87,22 @@ impl Manager {
     ///
     /// hull: mountinfo and `/proc/self/cgroup` are read once for all subsystems, not once
     /// per subsystem each (22 opens through the safe procfs handle, ~0.5 ms a manager).
+    /// A file that cannot be read leaves every subsystem out, with a warning each, as a
+    /// failed lookup of one subsystem did before.
     pub fn new(cgroup_path: &Path) -> Result<Self, V1ManagerError> {
         let mut subsystems = HashMap::new();
-        let mounts = util::cgroup_mounts()?;
-        let cgroups: Vec<_> = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
-            ProcfsBase::ProcSelf,
-            "cgroup",
-            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-        )?)?
-        .into_iter()
-        .collect();
+        let read = || -> Result<_, V1ManagerError> {
+            let mounts = util::cgroup_mounts()?;
+            let cgroups: Vec<_> = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
+                ProcfsBase::ProcSelf,
+                "cgroup",
+                OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
+            )?)?
+            .into_iter()
+            .collect();
+            Ok((mounts, cgroups))
+        };
+        let (mounts, cgroups) = read().unwrap_or_default();
         for subsystem in CONTROLLERS {
             if let Ok(subsystem_path) =
                 Self::get_subsystem_path(&mounts, &cgroups, cgroup_path, subsystem)
