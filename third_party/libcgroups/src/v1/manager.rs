@@ -93,13 +93,12 @@ impl Manager {
         let mut subsystems = HashMap::new();
         let read = || -> Result<_, V1ManagerError> {
             let mounts = util::cgroup_mounts()?;
-            let cgroups: Vec<_> = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
+            let cgroups = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
                 ProcfsBase::ProcSelf,
                 "cgroup",
                 OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
             )?)?
-            .into_iter()
-            .collect();
+            .0;
             Ok((mounts, cgroups))
         };
         let (mounts, cgroups) = read().unwrap_or_default();

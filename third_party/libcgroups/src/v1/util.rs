@@ -25,26 +25,11 @@ pub enum V1MountPointError {
 /// List all cgroup v1 subsystem mount points on the system. This can include unsupported
 /// subsystems, comounted controllers and named hierarchies.
 pub fn list_subsystem_mount_points() -> Result<Vec<PathBuf>, V1MountPointError> {
-    let reader = BufReader::new(ProcfsHandle::new()?.open(
-        ProcfsBase::ProcSelf,
-        "mountinfo",
-        OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-    )?);
-
-    reader
-        .lines()
-        .map(|lr| {
-            lr.map_err(V1MountPointError::Io)
-                .and_then(|line| MountInfo::from_line(&line).map_err(V1MountPointError::MountInfo))
-        })
-        .try_fold(Vec::new(), |mut mount_points, r| {
-            r.map(|m| {
-                if m.fs_type == "cgroup" {
-                    mount_points.push(m.mount_point);
-                }
-                mount_points
-            })
-        })
+    // hull: the same read as every other lookup here (`cgroup_mounts`).
+    Ok(cgroup_mounts()?
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect())
 }
 
 /// List the mount points of all currently supported cgroup subsystems.
