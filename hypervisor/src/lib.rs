@@ -357,6 +357,11 @@ pub trait Hypervisor: Send {
     fn snapshot(&mut self, dir: &Path) -> Result<()>;
     /// Errors if the VM is not running (its process exited, or it was stopped).
     fn check_running(&mut self) -> Result<()>;
+    /// After a call into the guest failed: `Some` when the VM ended by itself meanwhile (its
+    /// process exited; it was not stopped), waiting up to `bound` for an exit under way. Its
+    /// logs are then kept as a failed boot's are, and the error
+    /// ([`HypervisorError::NotRunning`]) says how it ended and names the kept console log.
+    fn ended_by_itself(&mut self, bound: Duration) -> Option<HypervisorError>;
     /// The file the guest's console is written to.
     fn console_log(&self) -> PathBuf;
     /// The host process running the VM, while it runs (a subreaper must leave it alone).

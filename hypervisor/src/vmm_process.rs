@@ -152,6 +152,8 @@ pub(crate) struct VmmProcess {
     child: Option<OwnedChild>,
     exit: Option<ExitStatus>,
     stopped: bool,
+    /// The logs kept when the VM was found ended by itself (kept once).
+    kept_after_end: Option<PathBuf>,
 }
 
 impl VmmProcess {
@@ -165,6 +167,7 @@ impl VmmProcess {
             child: None,
             exit: None,
             stopped: false,
+            kept_after_end: None,
         }
     }
 
@@ -188,6 +191,7 @@ impl VmmProcess {
         self.child = Some(child);
         self.exit = None;
         self.stopped = false;
+        self.kept_after_end = None;
         Ok(started)
     }
 
@@ -231,6 +235,36 @@ impl VmmProcess {
         self.alive().map_err(|status| HypervisorError::NotRunning {
             status,
             console_log: self.console_log.clone(),
+        })
+    }
+
+    /// After a call into the running guest failed: `Some` when the VMM ended by itself (it
+    /// exited, and was not stopped), waiting up to `bound` for an exit under way (a guest that
+    /// reset or panicked closes its connections just before its VMM exits). The VMM's and the
+    /// guest's logs are then kept, once, as a failed start's are ([`FAILED_BOOT_LOGS`]), and
+    /// the error ([`HypervisorError::NotRunning`]) says how it ended and names the kept
+    /// console log.
+    pub(crate) fn ended_by_itself(&mut self, bound: Duration) -> Option<HypervisorError> {
+        if self.stopped {
+            return None;
+        }
+        if self.child.is_some() {
+            self.wait_exit(bound);
+        }
+        let status = self.alive().err()?;
+        // Never started, or its state is unknown: nothing ended by itself.
+        self.exit?;
+        let console_log = match &self.kept_after_end {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.keep_logs("ended");
+                self.kept_after_end = Some(p.clone());
+                p
+            }
+        };
+        Some(HypervisorError::NotRunning {
+            status,
+            console_log,
         })
     }
 

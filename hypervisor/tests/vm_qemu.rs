@@ -234,6 +234,10 @@ fn killing_qemu_under_a_running_vm_is_noticed() {
         boot_time.as_secs_f64()
     );
     vm.check_running().unwrap();
+    assert!(
+        vm.ended_by_itself(Duration::ZERO).is_none(),
+        "a running vm has not ended"
+    );
     let pid = vm.pid().unwrap();
     // SAFETY: kill(2) of the QEMU child this test started (unreaped, so the pid is still ours).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
@@ -245,6 +249,32 @@ fn killing_qemu_under_a_running_vm_is_noticed() {
         t.elapsed() < Duration::from_secs(10),
         "the call failed, it did not hang"
     );
+    // Why the call failed: the VM ended by itself, and its console is kept for a post-mortem
+    // (the VM's own directory goes with its pod).
+    let ended = vm
+        .ended_by_itself(Duration::from_secs(5))
+        .expect("the vm ended by itself");
+    let HypervisorError::NotRunning {
+        status,
+        console_log,
+    } = &ended
+    else {
+        panic!("{ended}")
+    };
+    assert!(status.contains("signal: 9"), "{ended}");
+    assert!(
+        console_log.starts_with("/var/log/hull/failed-boots"),
+        "{ended}"
+    );
+    let console = std::fs::read_to_string(console_log).unwrap();
+    assert!(
+        console.contains("hull-agent"),
+        "the guest's boot: {console}"
+    );
+    // Asked again, the same kept logs.
+    let again = vm.ended_by_itself(Duration::ZERO).expect("still ended");
+    assert_eq!(again.to_string(), ended.to_string());
+    let _ = std::fs::remove_dir_all(console_log.parent().unwrap());
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let e = loop {
@@ -258,6 +288,10 @@ fn killing_qemu_under_a_running_vm_is_noticed() {
     assert!(e.to_string().contains("signal: 9"), "{e}");
     assert!(vm.pause().is_err());
     vm.stop(false).unwrap();
+    assert!(
+        vm.ended_by_itself(Duration::ZERO).is_none(),
+        "a stopped vm did not end by itself"
+    );
 }
 
 /// Run only as the child of `qemu_dies_with_the_process_that_owns_it`: boots a VM, writes

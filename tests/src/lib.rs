@@ -389,13 +389,16 @@ pub fn with_one_retry(mut run: impl FnMut() -> (NestedRun, String)) -> NestedRun
 /// `consoles` that says an L2 guest went away or stopped answering. Measured here, the same
 /// guest kernel and agent fail this way in about one nested run in six (a guest kernel page
 /// fault with a garbage GS base in its own page-fault handler, "Fatal exception in interrupt";
-/// boots or agent calls that never finish), and never outside the emulator (the vm tests run
-/// the same guests under QEMU TCG hundreds of times). A hull bug that does this fails every
-/// run, so the retry still fails on it; a test retries once, and says so on stderr.
+/// boots or agent calls that never finish; a guest that ended under StartContainer, seen as a
+/// broken agent connection), and never outside the emulator (the vm tests run the same guests
+/// under QEMU TCG hundreds of times). A hull bug that does this fails every run, so the retry
+/// still fails on it; a test retries once, and says so on stderr.
 pub fn nested_guest_fault(stderr: &str, consoles: &str) -> Option<String> {
-    const SIGNS: [&str; 5] = [
+    const SIGNS: [&str; 7] = [
         "timed out",
         "socket disconnected",
+        "transport error",
+        "vm ended during the call",
         "did not answer",
         "Kernel panic",
         "stack guard page was hit",

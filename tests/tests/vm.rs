@@ -361,6 +361,62 @@ fn a_prestart_hook_fills_the_pods_new_namespace_before_the_vm_boots() {
     assert!(gone, "{host_if} outlived the pod's namespace");
 }
 
+/// A VM that ends while a call into it is under way (its guest panicked or reset, or QEMU
+/// crashed) is named as the cause: `hull start` says the pod's vm ended during the call, how
+/// QEMU ended, and where its console log is kept for a post-mortem (the pod's own directory
+/// goes with the pod), not only that a pipe broke. QEMU is frozen with SIGSTOP so that the
+/// call is in flight when it is killed.
+#[test]
+fn a_vm_that_ends_under_a_call_is_named_with_its_kept_console() {
+    let Some(c) = Configs::new() else { return };
+    let (h, _cleanup) = hull();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = unique_id("ends");
+    create_detached(&h, &c.vm, &b, &id);
+    let qemus: Vec<i32> = processes_mentioning(&id)
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu-system"))
+        })
+        .collect();
+    assert_eq!(qemus.len(), 1, "the pod's qemu: {qemus:?}");
+    let qemu = nix::unistd::Pid::from_raw(qemus[0]);
+    nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut start = hull_cmd(&h, &c.vm, &["start", &id]);
+    start
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let start = start.spawn().unwrap();
+    // The request is in the frozen QEMU's socket when it dies.
+    std::thread::sleep(Duration::from_secs(1));
+    nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = start.wait_with_output().unwrap();
+    let err = stderr(&out);
+    println!("{err}");
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("start container") && err.contains("the pod's vm ended during the call"),
+        "{err}"
+    );
+    assert!(err.contains("signal: 9"), "how qemu ended: {err}");
+    let kept = err
+        .split("console log: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no console log named: {err}"));
+    assert!(kept.starts_with("/var/log/hull/failed-boots/"), "{err}");
+    let console = std::fs::read_to_string(kept).unwrap();
+    assert!(
+        console.contains("hull-agent"),
+        "the kept console: {console}"
+    );
+    let _ = std::fs::remove_dir_all(Path::new(kept).parent().unwrap());
+    h.ok(&["delete", "--force", &id]);
+    nothing_left(&h);
+}
+
 /// A SIGKILLed sandbox server takes its VM (and so the tap) with it; the redirect it put on the
 /// pod's veth is what `hull delete` finds and removes.
 #[test]

@@ -595,6 +595,10 @@ impl Hypervisor for BuiltinHypervisor {
         self.process.check_running()
     }
 
+    fn ended_by_itself(&mut self, bound: Duration) -> Option<HypervisorError> {
+        self.process.ended_by_itself(bound)
+    }
+
     fn console_log(&self) -> PathBuf {
         self.config.state_dir.join("console.log")
     }

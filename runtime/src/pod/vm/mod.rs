@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hull_agent_client::AgentClient;
+use hull_agent_client::{AgentClient, AgentClientError};
 use hull_container::hooks::{self, Phase};
 use hull_container::{load_bundle_spec, validate_id};
 use hull_hypervisor::Hypervisor;
@@ -50,6 +50,8 @@ const GUEST_SHARED: &str = "/run/hull/shared";
 const DRAIN: Duration = Duration::from_secs(5);
 /// Bound of one WaitProcess call (the wait loops; a dead VM is noticed between calls).
 const WAIT_SLICE: Duration = Duration::from_secs(10);
+/// How long a broken agent connection waits for its VM's exit, if one is under way.
+const END_WAIT: Duration = Duration::from_secs(2);
 
 fn vm_err(what: impl std::fmt::Display, e: impl std::error::Error + 'static) -> Error {
     Error::Vm(format!("{what}: {}", hull_container::chain(&e)))
@@ -182,6 +184,36 @@ impl VmPod {
         Ok(vm.agent.clone())
     }
 
+    /// The error of the failed agent call `what`. When the connection broke (no answer of
+    /// the agent's) because the VM ended by itself, that comes first, with how its process
+    /// ended and its kept console log: a guest that panicked or reset, or a VMM that crashed,
+    /// shows as a broken pipe otherwise.
+    fn agent_err(&self, what: String, e: AgentClientError) -> Error {
+        if matches!(e, AgentClientError::Transport { .. }) {
+            let deadline = Instant::now() + END_WAIT;
+            loop {
+                // Polled, not waited on under the lock: other calls may need it meanwhile.
+                let ended = self
+                    .inner
+                    .lock()
+                    .vm
+                    .as_mut()
+                    .and_then(|v| v.hv.ended_by_itself(Duration::ZERO));
+                if let Some(end) = ended {
+                    tracing::warn!(pod = %self.id, "the vm ended during {what}: {end}");
+                    return Error::Vm(format!(
+                        "{what}: the pod's vm ended during the call: {end} (the call: {e})"
+                    ));
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        vm_err(what, e)
+    }
+
     fn container_guard<'a>(
         g: &'a mut MutexGuard<'_, Inner>,
         id: &str,
@@ -240,7 +272,7 @@ impl Containers for VmPod {
             let agent = self.agent()?;
             let pid = agent
                 .create_container_with_disks(&id, &json, &guest_rootfs, storages, disks)
-                .map_err(|e| vm_err(format!("create container {id} in the vm"), e))?
+                .map_err(|e| self.agent_err(format!("create container {id} in the vm"), e))?
                 as i32;
             let relayed = self.relay(
                 &agent,
@@ -303,7 +335,7 @@ impl Containers for VmPod {
         // The agent answers once the program runs (exec'd): then the poststart hooks.
         self.agent()?
             .start_container(id)
-            .map_err(|e| vm_err(format!("start container {id} in the vm"), e))?;
+            .map_err(|e| self.agent_err(format!("start container {id} in the vm"), e))?;
         let poststart = {
             let mut g = self.inner.lock();
             match g.containers.get_mut(id) {
@@ -372,7 +404,7 @@ impl Containers for VmPod {
         } else {
             agent.exec_process(id, &exec_id, &json)
         };
-        let pid = started.map_err(|e| vm_err(format!("exec in container {id}"), e))? as i32;
+        let pid = started.map_err(|e| self.agent_err(format!("exec in container {id}"), e))? as i32;
         let terminal = opts.process.terminal().unwrap_or(false);
         let proc_ = match self.relay(
             &agent,
@@ -403,14 +435,16 @@ impl Containers for VmPod {
         }
         self.agent()?
             .signal_process(id, "", signal.number() as u32, all)
-            .map_err(|e| vm_err(format!("signal {signal} to container {id}"), e))
+            .map_err(|e| self.agent_err(format!("signal {signal} to container {id}"), e))
     }
 
     fn signal(&self, id: &str, pid: i32, signal: Sig) -> Result<()> {
         let p = self.proc_of(id, pid)?;
         self.agent()?
             .signal_process(id, &p.exec_id, signal.number() as u32, false)
-            .map_err(|e| vm_err(format!("signal {signal} to pid {pid} of container {id}"), e))
+            .map_err(|e| {
+                self.agent_err(format!("signal {signal} to pid {pid} of container {id}"), e)
+            })
     }
 
     fn wait(&self, id: &str, pid: i32) -> Result<ExitStatus> {
