@@ -373,15 +373,9 @@ fn a_vm_that_ends_under_a_call_is_named_with_its_kept_console() {
     let b = Bundle::new(&["sleep", "100"]);
     let id = unique_id("ends");
     create_detached(&h, &c.vm, &b, &id);
-    let qemus: Vec<i32> = processes_mentioning(&id)
-        .into_iter()
-        .filter(|&p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.starts_with("qemu-system"))
-        })
-        .collect();
+    let qemus = qemus_mentioning(&id);
     assert_eq!(qemus.len(), 1, "the pod's qemu: {qemus:?}");
-    let qemu = nix::unistd::Pid::from_raw(qemus[0]);
+    let qemu = nix::unistd::Pid::from_raw(qemus[0].0);
     nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let mut start = hull_cmd(&h, &c.vm, &["start", &id]);
     start
@@ -1123,16 +1117,11 @@ fn pause_ps_stats(h: &Hull, cfg: &Path) {
     nothing_left(h);
 }
 
-/// The command lines of the running QEMU processes whose arguments mention `needle`.
-fn qemu_command_lines(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
+/// The running QEMU processes whose arguments mention `needle`: pid and command line.
+fn qemus_mentioning(needle: &str) -> Vec<(i32, String)> {
+    command_lines_mentioning(needle)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.starts_with("qemu-system") || c.contains("/qemu-system"))
-        .filter(|c| c.contains(needle))
+        .filter(|(_, c)| c.starts_with("qemu-system") || c.contains("/qemu-system"))
         .collect()
 }
 
@@ -1155,16 +1144,16 @@ fn twenty_vm_pods_started_at_once_from_a_template_all_restore() {
     eprintln!("20 vm pods created at once in {:?}", started.elapsed());
     // Each really restored (none fell back to a boot): its QEMU maps the template's memory
     // and took the template's device state as an incoming migration.
-    let restored = qemu_command_lines(tdir.to_str().unwrap())
+    let restored = qemus_mentioning(tdir.to_str().unwrap())
         .iter()
-        .filter(|c| c.contains("-incoming defer"))
+        .filter(|(_, c)| c.contains("-incoming defer"))
         .count();
     assert_eq!(restored, ids.len(), "vm pods restored from the template");
     for id in &ids {
         assert_eq!(h.state(id)["status"], "created", "{id}");
         h.ok(&["delete", "--force", id]);
     }
-    assert!(qemu_command_lines(tdir.to_str().unwrap()).is_empty());
+    assert!(qemus_mentioning(tdir.to_str().unwrap()).is_empty());
     nothing_left(&h);
 }
 

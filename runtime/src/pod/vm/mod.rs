@@ -187,28 +187,21 @@ impl VmPod {
     /// The error of the failed agent call `what`. When the connection broke (no answer of
     /// the agent's) because the VM ended by itself, that comes first, with how its process
     /// ended and its kept console log: a guest that panicked or reset, or a VMM that crashed,
-    /// shows as a broken pipe otherwise.
+    /// shows as a broken pipe otherwise. The wait for an exit under way holds the pod's lock
+    /// (at most [`END_WAIT`], and only after a broken connection).
     fn agent_err(&self, what: String, e: AgentClientError) -> Error {
         if matches!(e, AgentClientError::Transport { .. }) {
-            let deadline = Instant::now() + END_WAIT;
-            loop {
-                // Polled, not waited on under the lock: other calls may need it meanwhile.
-                let ended = self
-                    .inner
-                    .lock()
-                    .vm
-                    .as_mut()
-                    .and_then(|v| v.hv.ended_by_itself(Duration::ZERO));
-                if let Some(end) = ended {
-                    tracing::warn!(pod = %self.id, "the vm ended during {what}: {end}");
-                    return Error::Vm(format!(
-                        "{what}: the pod's vm ended during the call: {end} (the call: {e})"
-                    ));
-                }
-                if Instant::now() >= deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let ended = self
+                .inner
+                .lock()
+                .vm
+                .as_mut()
+                .and_then(|v| v.hv.ended_by_itself(END_WAIT));
+            if let Some(end) = ended {
+                tracing::warn!(pod = %self.id, "the vm ended during {what}: {end}");
+                return Error::Vm(format!(
+                    "{what}: the pod's vm ended during the call: {end} (the call: {e})"
+                ));
             }
         }
         vm_err(what, e)
