@@ -402,7 +402,7 @@ pub fn with_one_retry(mut run: impl FnMut() -> (NestedRun, String)) -> NestedRun
 /// broken agent connection: a "transport error", also when hull names the ended vm as its
 /// cause; a guest that reset before its console said anything, which QEMU's -no-reboot ends
 /// with exit status 0: measured 1 boot in 25 with two L1 CPUs; L1 itself freezing, which the
-/// machine's timeout ends: 1 boot in 60 with one), and never outside the emulator (the vm tests
+/// machine's timeout ends: 2 boots in 80 with one), and never outside the emulator (the vm tests
 /// run the same guests under QEMU TCG hundreds of times). A hull bug that does this fails every
 /// run, so the retry still fails on it; a test retries once, and says so on stderr.
 pub fn nested_guest_fault(stderr: &str, consoles: &str) -> Option<String> {

@@ -106,10 +106,10 @@ done
             holder.path(),
         ];
         // One L1 CPU: with two, one L2 boot in 25 reset silently (CI saw it twice). A run
-        // takes about 40 s; the timeout ends an L1 that froze (1 boot in 60 with one CPU)
+        // takes 35-41 s; the timeout ends an L1 that froze (2 boots in 80 with one CPU)
         // early enough for the retry.
-        let args = ["--iommu", "--nvme", "64", "--cpus", "1", "--timeout", "360"];
-        let run = nested_machine(&args, &shares, &inner, Duration::from_secs(420));
+        let args = ["--iommu", "--nvme", "64", "--cpus", "1", "--timeout", "180"];
+        let run = nested_machine(&args, &shares, &inner, Duration::from_secs(240));
         (run, String::new())
     });
     let (out, text) = (run.out, run.stdout);
