@@ -254,17 +254,12 @@ impl VmmProcess {
         let status = self.alive().err()?;
         // Never started, or its state is unknown: nothing ended by itself.
         self.exit?;
-        let console_log = match &self.kept_after_end {
-            Some(p) => p.clone(),
-            None => {
-                let p = self.keep_logs("ended");
-                self.kept_after_end = Some(p.clone());
-                p
-            }
-        };
+        if self.kept_after_end.is_none() {
+            self.kept_after_end = Some(self.keep_logs("ended"));
+        }
         Some(HypervisorError::NotRunning {
             status,
-            console_log,
+            console_log: self.kept_after_end.clone()?,
         })
     }
 
@@ -305,7 +300,7 @@ impl VmmProcess {
         prune_oldest(Path::new(FAILED_BOOT_LOGS), FAILED_BOOT_KEEP);
         match kept {
             Ok(p) => {
-                tracing::warn!(logs = ?dir, "{} start failed ({why}); its logs are kept", self.what);
+                tracing::warn!(logs = ?dir, "{} failed ({why}); its logs are kept", self.what);
                 p
             }
             Err(e) => {
